@@ -1,0 +1,125 @@
+"""Mask trees: the one representation of sparsity shared by every module.
+
+A *mask tree* has the structure of the params tree. Each leaf is either
+
+* a boolean array of the param leaf's shape (``True`` = active weight), or
+* ``None`` for a dense leaf (biases, normalisation scales, layers kept dense).
+
+Masks are stored as ``bool`` (one byte per weight) and applied with
+``jnp.where`` so that masked entries are exactly ``0`` whatever the dtype.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from s2sam_jax import _masks
+  >>> params = {'w': jnp.ones((2, 2)), 'b': jnp.ones(2)}
+  >>> masks = {'w': jnp.array([[True, False], [False, True]]), 'b': None}
+  >>> _masks.mask_tree(params, masks)['w']
+  Array([[1., 0.],
+         [0., 1.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+MaskTree = Any
+
+
+def _is_none(x) -> bool:
+  return x is None
+
+
+def map_masked(fn, masks: MaskTree, tree, *rest, dense_fn=None):
+  """Maps ``fn(mask, leaf, *rest_leaves)`` over masked leaves.
+
+  Dense leaves (mask ``None``) get ``dense_fn(leaf, *rest_leaves)``, by default
+  the leaf itself unchanged.
+  """
+  if dense_fn is None:
+    dense_fn = lambda x, *_: x
+
+  def per_leaf(m, x, *r):
+    return dense_fn(x, *r) if m is None else fn(m, x, *r)
+
+  return jax.tree.map(per_leaf, masks, tree, *rest, is_leaf=_is_none)
+
+
+def mask_tree(tree, masks: Optional[MaskTree]):
+  """Returns ``m ⊙ x`` leaf-wise; dense leaves and ``masks=None`` pass through."""
+  if masks is None:
+    return tree
+  return map_masked(lambda m, x: jnp.where(m, x, jnp.zeros_like(x)), masks, tree)
+
+
+def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
+  """Raises ``ValueError`` naming ``name`` unless ``masks`` matches ``params``.
+
+  Each leaf must be ``None`` or an array of the param leaf's shape.
+  """
+  mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=_is_none)
+  try:
+    param_subtrees = mask_def.flatten_up_to(params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"`{name}` must have the structure of the params tree (a bool array "
+        f"or None per leaf); got a mismatch: {e}") from None
+  for path_leaf, m, p in zip(
+      jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)[0],
+      mask_leaves, param_subtrees):
+    path = jax.tree_util.keystr(path_leaf[0])
+    if m is None:
+      continue
+    if not hasattr(p, "shape") or tuple(jnp.shape(m)) != tuple(jnp.shape(p)):
+      raise ValueError(
+          f"`{name}` leaf at {path} has shape {jnp.shape(m)} but the param "
+          f"there has shape {getattr(p, 'shape', type(p).__name__)}.")
+
+
+def find_masks(state) -> Optional[MaskTree]:
+  """Returns the mask tree held by a sparse wrapper anywhere in ``state``.
+
+  Sparse wrappers keep their masks in a ``NamedTuple`` field named ``masks``;
+  dict keys named ``masks`` (e.g. a param called so) are ignored. Returns
+  ``None`` when no sparse wrapper is present.
+  """
+  found = optax.tree.get_all_with_path(
+      state, "masks",
+      filtering=lambda path, _: isinstance(path[-1], optax.tree_utils.NamedTupleKey))
+  if not found:
+    return None
+  if len(found) > 1:
+    raise ValueError(
+        "Several sparse wrappers hold masks in this optimizer state; nest at "
+        "most one sparse wrapper per chain.")
+  return found[0][1]
+
+
+def keep_top_k(scores: jax.Array, k) -> jax.Array:
+  """Boolean mask of ``scores``' shape with exactly ``k`` entries ``True``.
+
+  Keeps the ``k`` largest scores; among equal scores the lower flat index
+  wins, so the count is exact whatever the ties. ``k`` may be a traced
+  integer (it is clipped to ``[0, scores.size]``). NaN scores rank last.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> keep_top_k(jnp.array([1., 3., 3., 0.]), 2)
+    Array([False,  True,  True, False], dtype=bool)
+  """
+  flat = jnp.ravel(scores).astype(jnp.float32)
+  flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
+  order = jnp.argsort(-flat, stable=True)
+  ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(
+      jnp.arange(flat.size, dtype=jnp.int32))
+  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, flat.size)
+  return (ranks < k).reshape(jnp.shape(scores))
+
+
+def count_active(masks: MaskTree):
+  """Number of active entries per masked leaf (``None`` for dense leaves)."""
+  return map_masked(lambda m, x: jnp.sum(m, dtype=jnp.int32), masks, masks,
+                    dense_fn=lambda x: None)

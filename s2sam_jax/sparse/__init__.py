@@ -1,0 +1,1 @@
+"""Sparse training as Optax transformations: masks live in the optimizer state."""
