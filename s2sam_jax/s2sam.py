@@ -1,0 +1,196 @@
+"""S2-SAM: single-step sharpness-aware minimization (Ji et al., NeurIPS 2024).
+
+SAM needs two forward-backward passes per update. S2-SAM perturbs the weights
+with the previous step's normalised gradient instead, so every step costs one
+forward-backward pass, like the base optimizer:
+
+    ε_t     = ρ · g_{t-1} / (‖g_{t-1}‖ + eps)          (ε_0 = 0)
+    g_t     = ∇L(w_t + ε_t)                            (the only gradient)
+    w_{t+1} = w_t + inner(g_t; w_t)                    (inner sees clean w_t)
+
+The transformation stores ``ε_{t+1}`` (one params-sized buffer) at the end of
+step ``t``. With ``adaptive=True`` it uses ASAM's scale-invariant radius,
+``ε = ρ T² g / ‖T g‖`` with ``T = |w_{t+1}| + η``. The authors' PyTorch
+``--adaptive`` flag computes ``ρ g³ / ‖|u| g‖`` instead (a bug: see
+``reference/sparse-methods.md`` §3.3); this library implements ASAM's formula.
+
+Two modes:
+
+* ``"transparent"`` (default): the params the training loop holds are the
+  perturbed point ``w_t + ε_t``; the returned update moves them straight to
+  ``w_{t+1} + ε_{t+1}``. The loop is unchanged (``update`` + ``apply_updates``,
+  flax ``TrainState``, ``nnx.Optimizer``). Use :func:`unperturbed` for the
+  clean weights (evaluation, export).
+* ``"explicit"``: the loop holds clean ``w_t`` and takes its gradient at
+  :func:`perturbed` ``(params, state)``.
+
+Under sparsity the perturbation covers active weights only: the masks of an
+inner sparse wrapper (``s2sam(rigl(...))``) are found in its state, or given
+with ``masks=``. ``perturb_pruned=True`` reproduces the authors' dense
+perturbation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from s2sam_jax import _masks
+from s2sam_jax import _perturbation
+
+MODES = ("transparent", "explicit")
+
+
+class S2SAMState(NamedTuple):
+  """State of :func:`s2sam`.
+
+  Attributes:
+    count: number of updates taken (int32 scalar).
+    perturbation: ``ε_t``, the perturbation of the next gradient evaluation,
+      in the params' structure (dtype ``buffer_dtype``).
+    in_params: bool scalar; ``True`` when ``ε_t`` is part of the params the
+      loop holds (transparent mode).
+    inner_state: state of the wrapped optimizer.
+  """
+  count: jax.Array
+  perturbation: optax.Updates
+  in_params: jax.Array
+  inner_state: optax.OptState
+
+
+def s2sam(
+    inner: optax.GradientTransformation,
+    rho: _perturbation.ScalarOrSchedule = 0.05,
+    *,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    eps: float = 1e-12,
+    mode: str = "transparent",
+    buffer_dtype=None,
+    masks: Optional[_masks.MaskTree] = None,
+    perturb_pruned: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """Wraps ``inner`` with single-step sharpness-aware minimization.
+
+  Args:
+    inner: any optax transformation (the base optimizer, possibly a sparse
+      wrapper). Extra args given to ``update`` are forwarded to it.
+    rho: perturbation radius ``ρ >= 0``, or a schedule of the step count
+      (``ε_{t+1}`` uses ``rho(t + 1)``).
+    adaptive: use ASAM's ``T = |w| + η`` scaling.
+    eta: ASAM's ``η >= 0``.
+    eps: ``> 0``, added to the gradient norm (a zero gradient gives ``ε = 0``).
+    mode: ``"transparent"`` or ``"explicit"`` (see the module docstring).
+    buffer_dtype: dtype of the stored perturbation; ``None`` keeps each
+      param's dtype, ``jnp.bfloat16`` halves the extra memory of f32 params.
+      The stored (rounded) value is exactly what is applied.
+    masks: mask tree confining ``ε`` to active weights. ``None`` uses the
+      masks of an inner sparse wrapper if there is one.
+    perturb_pruned: perturb masked weights too (the authors' code).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import s2sam_jax as ss
+    >>> loss = lambda w: jnp.sum((w - 1.0) ** 4)
+    >>> tx = ss.s2sam(optax.sgd(0.1), rho=0.05)
+    >>> w = jnp.zeros(3); state = tx.init(w)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, updates)
+    >>> ss.unperturbed(w, state).shape
+    (3,)
+  """
+  _perturbation.check_hyperparameters(rho, eps, eta)
+  if mode not in MODES:
+    raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+  inner = optax.with_extra_args_support(inner)
+  transparent = mode == "transparent"
+
+  def init_fn(params):
+    if masks is not None:
+      _masks.validate_masks(masks, params)
+    buffer = jax.tree.map(
+        lambda p: jnp.zeros(jnp.shape(p), buffer_dtype or jnp.asarray(p).dtype),
+        params)
+    return S2SAMState(
+        count=jnp.zeros([], jnp.int32),
+        perturbation=buffer,
+        in_params=jnp.asarray(transparent),
+        inner_state=inner.init(params))
+
+  def update_fn(grads, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError("s2sam needs `params` in update(grads, state, params).")
+    old_eps = state.perturbation
+    clean = (jax.tree.map(lambda p, e: p - e.astype(p.dtype), params, old_eps)
+             if transparent else params)
+    inner_updates, inner_state = inner.update(
+        grads, state.inner_state, clean, **extra_args)
+    next_clean = jax.tree.map(lambda w, u: w + u.astype(w.dtype),
+                              clean, inner_updates)
+
+    count = optax.safe_increment(state.count)
+    new_eps = _perturbation.perturbation(
+        grads, next_clean, _perturbation.resolve_rho(rho, count),
+        adaptive=adaptive, eta=eta, eps=eps,
+        masks=_perturbation.mask_source(masks, inner_state, perturb_pruned))
+    new_eps = jax.tree.map(lambda e, old: e.astype(old.dtype), new_eps, old_eps)
+
+    if transparent:
+      # Aim at the target point itself: where it is exactly 0 (masked), the
+      # update is exactly -params and apply_updates yields an exact 0.
+      updates = jax.tree.map(
+          lambda w, e, p: (w + e.astype(w.dtype)) - p, next_clean, new_eps,
+          params)
+    else:
+      updates = jax.tree.map(lambda u, p: u.astype(p.dtype), inner_updates,
+                             params)
+    return updates, S2SAMState(count, new_eps, state.in_params, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _find_state(state) -> Optional[S2SAMState]:
+  found = [
+      s for s in jax.tree.leaves(
+          state, is_leaf=lambda x: isinstance(x, S2SAMState))
+      if isinstance(s, S2SAMState)
+  ]
+  if len(found) > 1:
+    raise ValueError("The optimizer state holds more than one S2SAMState.")
+  return found[0] if found else None
+
+
+def unperturbed(params, state):
+  """The clean weights ``w_t``, for evaluation and export.
+
+  Finds the :class:`S2SAMState` anywhere in a nested ``state``. In
+  transparent mode returns ``params - ε_t``; in explicit mode, or with no
+  S2-SAM in the state, returns ``params`` unchanged.
+  """
+  s = _find_state(state)
+  if s is None:
+    return params
+  return jax.tree.map(
+      lambda p, e: jnp.where(s.in_params, p - e.astype(p.dtype), p),
+      params, s.perturbation)
+
+
+def perturbed(params, state):
+  """The point ``w_t + ε_t`` at which S2-SAM takes the next gradient.
+
+  In explicit mode returns ``params + ε_t``; in transparent mode ``params``
+  already is that point and is returned unchanged.
+  """
+  s = _find_state(state)
+  if s is None:
+    return params
+  return jax.tree.map(
+      lambda p, e: jnp.where(s.in_params, p, p + e.astype(p.dtype)),
+      params, s.perturbation)
