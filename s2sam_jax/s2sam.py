@@ -167,6 +167,28 @@ def _find_state(state) -> Optional[S2SAMState]:
   return found[0] if found else None
 
 
+def _shift(params, state, sign_if_in_params: float, sign_if_explicit: float):
+  """``params + sign · ε_t`` with the sign chosen by the state's mode.
+
+  Pairs leaves in flattening order, so ``params`` may use other container
+  types than the state (e.g. an ``nnx.State`` of ``Param`` against the
+  ``OptVariable`` leaves of ``nnx.Optimizer.opt_state``).
+  """
+  s = _find_state(state)
+  if s is None:
+    return params
+  leaves, treedef = jax.tree.flatten(params)
+  eps_leaves = jax.tree.leaves(s.perturbation)
+  if len(leaves) != len(eps_leaves):
+    raise ValueError(
+        f"`params` has {len(leaves)} leaves but the S2-SAM state perturbs "
+        f"{len(eps_leaves)}.")
+  in_params = jax.tree.leaves(s.in_params)[0]
+  sign = jnp.where(in_params, sign_if_in_params, sign_if_explicit)
+  return treedef.unflatten([
+      p + (sign * e).astype(p.dtype) for p, e in zip(leaves, eps_leaves)])
+
+
 def unperturbed(params, state):
   """The clean weights ``w_t``, for evaluation and export.
 
@@ -174,12 +196,7 @@ def unperturbed(params, state):
   transparent mode returns ``params - ε_t``; in explicit mode, or with no
   S2-SAM in the state, returns ``params`` unchanged.
   """
-  s = _find_state(state)
-  if s is None:
-    return params
-  return jax.tree.map(
-      lambda p, e: jnp.where(s.in_params, p - e.astype(p.dtype), p),
-      params, s.perturbation)
+  return _shift(params, state, -1.0, 0.0)
 
 
 def perturbed(params, state):
@@ -188,9 +205,4 @@ def perturbed(params, state):
   In explicit mode returns ``params + ε_t``; in transparent mode ``params``
   already is that point and is returned unchanged.
   """
-  s = _find_state(state)
-  if s is None:
-    return params
-  return jax.tree.map(
-      lambda p, e: jnp.where(s.in_params, p, p + e.astype(p.dtype)),
-      params, s.perturbation)
+  return _shift(params, state, 0.0, 1.0)
