@@ -6,3 +6,12 @@ from s2sam_jax.sparse.distributions import default_prunable
 from s2sam_jax.sparse.distributions import layer_densities
 from s2sam_jax.sparse.distributions import path_str
 from s2sam_jax.sparse.distributions import random_masks
+from s2sam_jax.sparse._wrapper import DynamicSparseState
+from s2sam_jax.sparse._wrapper import SparseState
+from s2sam_jax.sparse._wrapper import apply_masks
+from s2sam_jax.sparse._wrapper import get_masks
+from s2sam_jax.sparse.rigl import drop_fraction_schedule
+from s2sam_jax.sparse.rigl import rigl
+from s2sam_jax.sparse.set_ import set_
+from s2sam_jax.sparse.static import static_masks
+from s2sam_jax.sparse.static import static_random

@@ -1,0 +1,334 @@
+"""Machinery shared by the sparse wrappers: masks kept in the optimizer state.
+
+Every wrapper in :mod:`s2sam_jax.sparse` is built by :func:`sparse_wrapper`
+from an initial mask tree and (for dynamic methods) a topology update. One
+``update(grads, state, params, **extra_args)`` does, with masks ``m``:
+
+1. If ``is_update_step(count)`` (a traced bool, evaluated with ``lax.cond``):
+   new masks ``m'`` from the method's topology update; the inner optimizer's
+   state is zeroed wherever the mask changed (dropped and newly grown weights;
+   a weight dropped and regrown in the same update keeps its state), through
+   ``optax.tree.map_params`` so that any optimizer's per-param state
+   (momentum, Adam's ``mu``/``nu``, ...) is covered. Otherwise ``m' = m``.
+2. The inner step ``u = inner(m' ⊙ g)`` (``mask_gradients=False`` passes the
+   dense ``g``); extra args are forwarded to ``inner``. Methods that skip the
+   gradient step on update iterations (RigL, SET) return ``u = 0`` there and
+   leave the inner state as it was (apart from the zeroing in 1).
+3. The returned update is ``m' ⊙ (p + u) − p``, written as ``u`` on active
+   weights and ``−p`` on masked ones, so ``optax.apply_updates`` leaves
+   masked weights exactly ``0``. Newly grown weights start at ``0``
+   (``u − p`` there).
+
+Inner-state leaves whose shape differs from their param (e.g. Adafactor's
+factored moments) cannot be zeroed elementwise and are left unchanged.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from s2sam_jax import _masks
+from s2sam_jax.sparse import distributions
+
+MaskTree = _masks.MaskTree
+# A mask tree, or a function ``params -> mask tree`` called by ``init``.
+MasksOrFn = Union[MaskTree, Callable[[Any], MaskTree]]
+
+
+def _is_none(x) -> bool:
+  return x is None
+
+
+class SparseState(NamedTuple):
+  """State of :func:`static_masks` and :func:`gmp`.
+
+  Attributes:
+    count: number of updates taken (int32 scalar).
+    masks: mask tree (bool array per masked leaf, ``None`` for dense leaves).
+    inner_state: state of the wrapped optimizer.
+  """
+  count: jax.Array
+  masks: MaskTree
+  inner_state: optax.OptState
+
+
+class DynamicSparseState(NamedTuple):
+  """State of :func:`set_` and :func:`rigl`: :class:`SparseState` plus ``key``
+  (raw ``uint32`` PRNG key for random growth)."""
+  count: jax.Array
+  masks: MaskTree
+  inner_state: optax.OptState
+  key: jax.Array
+
+
+# ----------------------------------------------------------------- validation
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, numbers.Number) and not isinstance(x, bool)
+
+
+def check_sparsity(sparsity, name: str = "sparsity") -> float:
+  if not _is_number(sparsity) or not 0.0 <= float(sparsity) < 1.0:
+    raise ValueError(f"`{name}` must be a float in [0, 1); got {sparsity!r}.")
+  return float(sparsity)
+
+
+def check_distribution(distribution) -> str:
+  if distribution not in distributions.DISTRIBUTIONS:
+    raise ValueError(f"`distribution` must be one of "
+                     f"{distributions.DISTRIBUTIONS}; got {distribution!r}.")
+  return distribution
+
+
+def check_int(value, name: str, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+      or value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
+  return int(value)
+
+
+def check_open_fraction(value, name: str) -> float:
+  if not _is_number(value) or not 0.0 < float(value) < 1.0:
+    raise ValueError(f"`{name}` must be a float in (0, 1); got {value!r}.")
+  return float(value)
+
+
+def check_choice(value, name: str, choices) -> str:
+  if value not in choices:
+    raise ValueError(f"`{name}` must be one of {tuple(choices)}; got {value!r}.")
+  return value
+
+
+def raw_key(key) -> jax.Array:
+  """An int seed or a PRNG key (typed or raw) as a raw ``uint32`` key."""
+  if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+    return jax.random.PRNGKey(int(key))
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  if key.dtype != jnp.uint32 or key.ndim != 1:
+    raise ValueError(
+        f"`key` must be an int seed or a JAX PRNG key; got {key!r}.")
+  return key
+
+
+# ---------------------------------------------------------------- mask setup
+
+
+def _as_bool_masks(masks: MaskTree) -> MaskTree:
+  return jax.tree.map(lambda m: jnp.asarray(m, bool), masks)
+
+
+def initial_masks(params, masks: Optional[MasksOrFn], *, sparsity, distribution,
+                  key, power, overrides, prunable) -> MaskTree:
+  """Explicit ``masks`` (tree or ``params -> tree``), else random masks with
+  exactly ``count_for_density(n, d_l)`` active weights per layer."""
+  if masks is not None:
+    tree = masks(params) if callable(masks) else masks
+    _masks.validate_masks(tree, params, "masks")
+    return _as_bool_masks(tree)
+  densities = distributions.layer_densities(
+      params, sparsity, distribution, power=power, overrides=overrides,
+      prunable=prunable)
+  return distributions.random_masks(key, params, densities)
+
+
+def check_mask_source(sparsity, masks, name: str = "sparsity") -> None:
+  """Exactly one of ``sparsity`` and ``masks`` must be given."""
+  if (sparsity is None) == (masks is None):
+    raise ValueError(f"Give exactly one of `{name}` (random masks at init) and "
+                     f"`masks` (a mask tree or params -> masks); got "
+                     f"{name}={sparsity!r}, masks={'given' if masks is not None else None}.")
+  if sparsity is not None:
+    check_sparsity(sparsity, name)
+
+
+def layer_keys(key: jax.Array, n: int):
+  """``n`` independent raw keys derived from ``key``."""
+  return [jax.random.fold_in(key, i) for i in range(n)]
+
+
+def flatten_masked(masks: MaskTree, *trees):
+  """``(treedef, mask_leaves, [leaves of each tree flattened up to masks])``."""
+  mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
+  return treedef, mask_leaves, [treedef.flatten_up_to(t) for t in trees]
+
+
+# ----------------------------------------------------------- state handling
+
+
+def _zero_where(x, reset):
+  if reset is None or not hasattr(x, "shape") or x.shape != reset.shape:
+    return x
+  return jnp.where(reset, jnp.zeros_like(x), x)
+
+
+def zero_inner_state(inner: optax.GradientTransformation, inner_state,
+                     reset: MaskTree):
+  """Zeroes every per-param leaf of ``inner_state`` where ``reset`` is True.
+
+  ``reset`` is a mask tree (``None`` leaves untouched). The per-param parts of
+  the state are found by ``optax.tree.map_params`` (it calls ``inner.init``
+  on a placeholder), so this works for any optimizer, including chains,
+  ``optax.masked`` and ``optax.multi_transform``.
+  """
+  return optax.tree.map_params(
+      inner, _zero_where, inner_state, reset,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+
+
+def _final_update(u, p, new_m, old_m):
+  u = jnp.asarray(u)
+  minus_p = -jnp.asarray(p).astype(u.dtype)
+  if old_m is None:  # masks unchanged
+    return jnp.where(new_m, u, minus_p)
+  return jnp.where(new_m, jnp.where(old_m, u, u + minus_p), minus_p)
+
+
+def masked_updates(updates, params, new_masks: MaskTree,
+                   old_masks: Optional[MaskTree] = None):
+  """``m' ⊙ (p + u) − p`` with grown weights (``m' ∧ ¬m``) started at 0."""
+  if old_masks is None:
+    return _masks.map_masked(lambda m, u, p: _final_update(u, p, m, None),
+                             new_masks, updates, params)
+  return _masks.map_masked(
+      lambda m, u, p, old: _final_update(u, p, m, old),
+      new_masks, updates, params, old_masks)
+
+
+class Topology(NamedTuple):
+  """A dynamic method, as used by :func:`sparse_wrapper`.
+
+  Attributes:
+    is_update_step: ``count -> bool`` (traced); when to change the topology.
+    update: ``(masks, params, grads, count, extras) -> (masks, extras)``;
+      ``extras`` is the dict of the state's method-specific fields.
+    skip_inner_step: on update steps, return a zero update and leave the
+      inner state unchanged (besides zeroing), as RigL's code does.
+  """
+  is_update_step: Callable[[jax.Array], jax.Array]
+  update: Callable[..., Any]
+  skip_inner_step: bool
+
+
+def sparse_wrapper(
+    inner: optax.GradientTransformation,
+    *,
+    state_cls,
+    init: Callable[[Any], tuple],
+    topology: Optional[Topology],
+    mask_gradients: bool,
+) -> optax.GradientTransformationExtraArgs:
+  """Builds a sparse wrapper (see the module docstring for one step's math).
+
+  Args:
+    inner: any optax transformation.
+    state_cls: NamedTuple whose first fields are ``count, masks, inner_state``;
+      further fields are method-specific ("extras").
+    init: ``params -> (masks, extras dict)``.
+    topology: the dynamic part, or ``None`` for fixed masks.
+    mask_gradients: pass ``m ⊙ g`` (True) or ``g`` to ``inner``.
+  """
+  inner = optax.with_extra_args_support(inner)
+  extra_fields = state_cls._fields[3:]
+
+  def init_fn(params):
+    masks, extras = init(params)
+    inner_state = inner.init(_masks.mask_tree(params, masks))
+    return state_cls(count=jnp.zeros([], jnp.int32), masks=masks,
+                     inner_state=inner_state, **extras)
+
+  def update_fn(grads, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError("Sparse wrappers need `params` in "
+                       "update(grads, state, params).")
+    old_masks = state.masks
+
+    def inner_step(masks, inner_state):
+      g = _masks.mask_tree(grads, masks) if mask_gradients else grads
+      return inner.update(g, inner_state, params, **extra_args)
+
+    if topology is None:
+      u, inner_state = inner_step(old_masks, state.inner_state)
+      updates = masked_updates(u, params, old_masks)
+      return updates, state._replace(count=optax.safe_increment(state.count),
+                                     inner_state=inner_state)
+
+    extras = {f: getattr(state, f) for f in extra_fields}
+    do_update = topology.is_update_step(state.count)
+
+    def change_topology():
+      masks, new_extras = topology.update(old_masks, params, grads,
+                                          state.count, extras)
+      changed = _masks.map_masked(jnp.not_equal, masks, old_masks)
+      return masks, new_extras, zero_inner_state(inner, state.inner_state,
+                                                 changed)
+
+    def keep_topology():
+      return old_masks, extras, state.inner_state
+
+    masks, extras, inner_state = jax.lax.cond(do_update, change_topology,
+                                              keep_topology)
+    if topology.skip_inner_step:
+      def skip():
+        u, _ = inner_step(masks, inner_state)  # for its structure; DCE'd
+        return jax.tree.map(jnp.zeros_like, u), inner_state
+      u, inner_state = jax.lax.cond(do_update, skip,
+                                    lambda: inner_step(masks, inner_state))
+    else:
+      u, inner_state = inner_step(masks, inner_state)
+    updates = masked_updates(u, params, masks, old_masks)
+    return updates, state._replace(
+        count=optax.safe_increment(state.count), masks=masks,
+        inner_state=inner_state, **extras)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def apply_masks(params, state):
+  """``m ⊙ params`` with the masks found anywhere in a (nested) ``state``.
+
+  Returns ``params`` unchanged when the state holds no sparse wrapper.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from s2sam_jax import sparse
+    >>> params = {'w': jnp.ones((2, 2))}
+    >>> tx = sparse.static_masks(optax.sgd(0.1), {'w': jnp.eye(2, dtype=bool)})
+    >>> sparse.apply_masks(params, tx.init(params))['w']
+    Array([[1., 0.],
+           [0., 1.]], dtype=float32)
+  """
+  return _masks.mask_tree(params, _masks.find_masks(state))
+
+
+def get_masks(state) -> Optional[MaskTree]:
+  """The mask tree held anywhere in a (nested) optimizer ``state``, or None."""
+  return _masks.find_masks(state)
+
+
+def drop_scores(weights, mask):
+  """|w| on active entries, -1 on inactive ones (never kept before active)."""
+  w = jnp.abs(jnp.asarray(weights, jnp.float32))
+  return jnp.where(mask, jnp.nan_to_num(w, nan=0.0, posinf=jnp.finfo(jnp.float32).max), -1.0)
+
+
+def grow_scores(scores, kept):
+  """``scores`` (>= 0) on entries not kept, -1 on kept ones."""
+  s = jnp.nan_to_num(jnp.asarray(scores, jnp.float32), nan=0.0,
+                     posinf=jnp.finfo(jnp.float32).max)
+  return jnp.where(kept, -1.0, s)
+
+
+def leaf_size(mask) -> int:
+  return int(np.prod(jnp.shape(mask)))

@@ -1,0 +1,222 @@
+"""RigL (Evci et al., 2020): drop by magnitude, grow by dense-gradient magnitude.
+
+Every ``update_every`` steps ``t`` with ``begin_step <= t < end_step``, for each
+masked layer independently (reference §7), with ``n`` active weights:
+
+    f_t   = α/2 · (1 + cos(π · min(t − begin, T) / T)),  T = end − begin   (cosine)
+    k     = floor(f_t · n)
+    keep  = the n − k active weights of largest |w|
+    grow  = the k entries outside ``keep`` of largest |g|   (just-dropped ones
+            are eligible; g is the dense gradient of the current minibatch)
+
+so each layer keeps exactly ``n`` active weights. Ties are broken towards the
+lower flat index (no noise). Grown weights start at 0 and their inner
+optimizer state (momentum, Adam moments, ...) is zeroed, as is the state of
+dropped weights; a weight dropped and regrown in the same update keeps its
+value and state.
+
+On update steps the gradient step is skipped (``skip_update_step=True``, as in
+RigL's TF code and jaxpruner): the returned update only zeroes the dropped
+weights, and the inner optimizer is not called, so its state (including its
+own step count, e.g. Adam's bias correction or a schedule inside ``inner``)
+does not advance on those steps.
+
+Choices where the reference codes differ:
+
+* ``t − begin`` in the cosine (TF uses the global step ``t`` with
+  ``T = end − begin``, jaxpruner ``t`` with ``T = end``; all agree for
+  ``begin_step = 0``, the default of both).
+* ``end_step`` is exclusive: at ``t = end`` the cosine fraction is 0 and the
+  reference codes would skip a gradient step for a no-op update.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from s2sam_jax import _masks
+from s2sam_jax.sparse import _wrapper
+from s2sam_jax.sparse import distributions
+
+DROP_SCHEDULES = ("cosine", "constant")
+
+
+def drop_fraction_schedule(drop_fraction: float, begin_step: int,
+                           end_step: Optional[int],
+                           schedule: str = "cosine") -> Callable:
+  """``t -> f_t``: ``α`` (constant) or ``α/2 (1 + cos(π min(t−b, T)/T))``.
+
+  Example:
+    >>> f = drop_fraction_schedule(0.3, 0, 100)
+    >>> round(float(f(50)), 4)
+    0.15
+  """
+  _wrapper.check_choice(schedule, "drop_schedule", DROP_SCHEDULES)
+  alpha = float(drop_fraction)
+  if schedule == "constant":
+    return lambda t: jnp.full([], alpha, jnp.float32)
+  span = float(end_step - begin_step)
+
+  def cosine(t):
+    progress = jnp.clip(jnp.asarray(t, jnp.float32) - begin_step, 0.0, span)
+    return 0.5 * alpha * (1.0 + jnp.cos(math.pi * progress / span))
+
+  return cosine
+
+
+def periodic_update_steps(update_every: int, begin_step: int,
+                          end_step: Optional[int]) -> Callable:
+  """``t -> (begin <= t < end) & ((t − begin) % update_every == 0)``."""
+
+  def is_update_step(t):
+    started = t >= begin_step
+    on_period = (t - begin_step) % update_every == 0
+    ok = started & on_period
+    return ok if end_step is None else ok & (t < end_step)
+
+  return is_update_step
+
+
+def check_schedule_args(update_every, drop_fraction, begin_step, end_step,
+                        drop_schedule):
+  _wrapper.check_int(update_every, "update_every", 1)
+  _wrapper.check_open_fraction(drop_fraction, "drop_fraction")
+  _wrapper.check_int(begin_step, "begin_step", 0)
+  _wrapper.check_choice(drop_schedule, "drop_schedule", DROP_SCHEDULES)
+  if end_step is None:
+    if drop_schedule == "cosine":
+      raise ValueError("`end_step` is required with drop_schedule='cosine' "
+                       "(an integer > begin_step).")
+  elif _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
+    raise ValueError(f"`end_step` must be > begin_step={begin_step}; "
+                     f"got {end_step}.")
+
+
+def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
+  """Per layer: keep the ``n − k`` largest |w|, grow ``k`` by ``grow_score_fn``.
+
+  ``grow_score_fn(grad_leaf, key, shape) -> scores >= 0``; ``k =
+  floor(fraction · n)``. Returns the new mask tree.
+  """
+  treedef, mask_leaves, (param_leaves, grad_leaves) = _wrapper.flatten_masked(
+      masks, params, grads)
+  keys = _wrapper.layer_keys(key, len(mask_leaves))
+  new = []
+  for m, p, g, k in zip(mask_leaves, param_leaves, grad_leaves, keys):
+    if m is None:
+      new.append(None)
+      continue
+    n_active = jnp.sum(m, dtype=jnp.int32)
+    n_swap = jnp.floor(fraction * n_active.astype(jnp.float32)).astype(jnp.int32)
+    kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), n_active - n_swap)
+    scores = _wrapper.grow_scores(grow_score_fn(g, k, m.shape), kept)
+    new.append(kept | _masks.keep_top_k(scores, n_swap))
+  return jax.tree.unflatten(treedef, new)
+
+
+def prune_regrow_wrapper(inner, sparsity, *, grow_score_fn, distribution,
+                         update_every, drop_fraction, drop_schedule,
+                         begin_step, end_step, masks, key, power, overrides,
+                         prunable, mask_gradients, skip_update_step):
+  """Shared constructor of :func:`rigl` and :func:`set_`."""
+  _wrapper.check_mask_source(sparsity, masks)
+  _wrapper.check_distribution(distribution)
+  check_schedule_args(update_every, drop_fraction, begin_step, end_step,
+                      drop_schedule)
+  key = _wrapper.raw_key(key)
+  fraction_fn = drop_fraction_schedule(drop_fraction, begin_step, end_step,
+                                       drop_schedule)
+
+  def init(params):
+    mask_key, state_key = jax.random.split(key)
+    tree = _wrapper.initial_masks(
+        params, masks, sparsity=sparsity, distribution=distribution,
+        key=mask_key, power=power, overrides=overrides, prunable=prunable)
+    return tree, {"key": state_key}
+
+  def update(old_masks, params, grads, count, extras):
+    next_key, layer_key = jax.random.split(extras["key"])
+    new = prune_and_regrow(old_masks, params, grads, fraction_fn(count),
+                           layer_key, grow_score_fn)
+    return new, {"key": next_key}
+
+  topology = _wrapper.Topology(
+      is_update_step=periodic_update_steps(update_every, begin_step, end_step),
+      update=update, skip_inner_step=skip_update_step)
+  return _wrapper.sparse_wrapper(inner, state_cls=_wrapper.DynamicSparseState,
+                                 init=init, topology=topology,
+                                 mask_gradients=mask_gradients)
+
+
+def _gradient_magnitude(grad, key, shape):
+  del key, shape
+  return jnp.abs(grad)
+
+
+def rigl(
+    inner: optax.GradientTransformation,
+    sparsity: Optional[float] = None,
+    *,
+    end_step: Optional[int],
+    distribution: str = "erk",
+    update_every: int = 100,
+    drop_fraction: float = 0.3,
+    drop_schedule: str = "cosine",
+    begin_step: int = 0,
+    masks: Optional[_wrapper.MasksOrFn] = None,
+    key: Union[int, jax.Array] = 0,
+    power: float = 1.0,
+    overrides: Optional[Mapping[str, float]] = None,
+    prunable: distributions.Prunable = distributions.default_prunable,
+    mask_gradients: bool = True,
+    skip_update_step: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  """RigL around any optax transformation (math in the module docstring).
+
+  Args:
+    inner: any optax transformation; extra args are forwarded to it.
+    sparsity: global target in ``[0, 1)`` for random masks at init (per-layer
+      densities from ``distribution``); or give ``masks`` instead.
+    end_step: first step with no more topology updates (> ``begin_step``);
+      ``None`` is allowed with ``drop_schedule='constant'`` (never stop).
+    distribution: ``'uniform'``, ``'er'`` or ``'erk'``.
+    update_every: ``ΔT >= 1`` steps between topology updates.
+    drop_fraction: ``α`` in ``(0, 1)``.
+    drop_schedule: ``'cosine'`` or ``'constant'``.
+    begin_step: first update step (RigL updates at ``t = begin_step``).
+    masks: explicit initial mask tree, or ``params -> masks``.
+    key: int seed or JAX PRNG key (initial masks).
+    power, overrides, prunable: see :func:`layer_densities`.
+    mask_gradients: mask the gradient given to ``inner`` (reference §1.2b);
+      growth always uses the dense gradient received.
+    skip_update_step: no gradient step on update iterations.
+
+  Returns:
+    ``GradientTransformationExtraArgs`` with state
+    :class:`DynamicSparseState`; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from s2sam_jax import sparse
+    >>> params = {'w': jnp.ones((8, 8)), 'b': jnp.zeros(8)}
+    >>> tx = sparse.rigl(optax.sgd(0.1, momentum=0.9), 0.75, end_step=100,
+    ...                  update_every=10)
+    >>> state = tx.init(params)
+    >>> params = sparse.apply_masks(params, state)
+    >>> g = jax.tree.map(jnp.ones_like, params)
+    >>> u, state = tx.update(g, state, params)
+    >>> int(state.masks['w'].sum())
+    16
+  """
+  return prune_regrow_wrapper(
+      inner, sparsity, grow_score_fn=_gradient_magnitude,
+      distribution=distribution, update_every=update_every,
+      drop_fraction=drop_fraction, drop_schedule=drop_schedule,
+      begin_step=begin_step, end_step=end_step, masks=masks, key=key,
+      power=power, overrides=overrides, prunable=prunable,
+      mask_gradients=mask_gradients, skip_update_step=skip_update_step)

@@ -1,0 +1,77 @@
+"""SET (Mocanu et al., 2018): drop by magnitude, grow uniformly at random.
+
+The schedule and the drop are RigL's (reference §6, after RigL's and
+jaxpruner's code): every ``update_every`` steps ``t`` in
+``[begin_step, end_step)``, for each masked layer with ``n`` active weights,
+``k = floor(f_t n)`` active weights of smallest |w| are dropped and ``k``
+entries are grown uniformly at random among those not kept (just-dropped
+entries are eligible). Counts per layer are exact; grown weights start at 0
+with zeroed inner state; dropped weights' inner state is zeroed too.
+
+Choices: the magnitude drop (RigL lineage) rather than the paper's
+"fraction nearest zero" of positive and negative weights separately; the
+cosine drop fraction ``f_t`` of :func:`rigl` by default
+(``drop_schedule='constant'`` for the original constant ζ); the gradient step
+is skipped on update iterations as jaxpruner does (RigL's TF SET takes it:
+``skip_update_step=False``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Union
+
+import jax
+import optax
+
+from s2sam_jax.sparse import _wrapper
+from s2sam_jax.sparse import distributions
+from s2sam_jax.sparse.rigl import prune_regrow_wrapper
+
+
+def _uniform_scores(grad, key, shape):
+  del grad
+  return jax.random.uniform(key, shape)
+
+
+def set_(
+    inner: optax.GradientTransformation,
+    sparsity: Optional[float] = None,
+    *,
+    end_step: Optional[int],
+    distribution: str = "erk",
+    update_every: int = 100,
+    drop_fraction: float = 0.3,
+    drop_schedule: str = "cosine",
+    begin_step: int = 0,
+    masks: Optional[_wrapper.MasksOrFn] = None,
+    key: Union[int, jax.Array] = 0,
+    power: float = 1.0,
+    overrides: Optional[Mapping[str, float]] = None,
+    prunable: distributions.Prunable = distributions.default_prunable,
+    mask_gradients: bool = True,
+    skip_update_step: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  """SET around any optax transformation; arguments as :func:`rigl`.
+
+  ``key`` seeds both the initial masks and the random growth (kept in
+  :class:`DynamicSparseState` ``.key``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from s2sam_jax import sparse
+    >>> params = {'w': jnp.ones((8, 8))}
+    >>> tx = sparse.set_(optax.adam(1e-3), 0.5, end_step=100, update_every=10,
+    ...                  distribution='uniform')
+    >>> state = tx.init(params)
+    >>> u, state = tx.update({'w': jnp.ones((8, 8))}, state,
+    ...                      sparse.apply_masks(params, state))
+    >>> int(state.masks['w'].sum())
+    32
+  """
+  return prune_regrow_wrapper(
+      inner, sparsity, grow_score_fn=_uniform_scores,
+      distribution=distribution, update_every=update_every,
+      drop_fraction=drop_fraction, drop_schedule=drop_schedule,
+      begin_step=begin_step, end_step=end_step, masks=masks, key=key,
+      power=power, overrides=overrides, prunable=prunable,
+      mask_gradients=mask_gradients, skip_update_step=skip_update_step)
