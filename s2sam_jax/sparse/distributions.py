@@ -48,11 +48,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from s2sam_jax import _masks
@@ -265,6 +267,19 @@ def random_masks(key, params, densities):
       masks.append(None)
       continue
     shape = tuple(p.shape)
-    scores = jax.random.uniform(k, shape)
-    masks.append(_masks.keep_top_k(scores, count_for_density(int(np.prod(shape)), d)))
+    n = int(np.prod(shape))
+    keep = _random_top_k(k, _bucket(n), n, count_for_density(n, d))
+    masks.append(jnp.asarray(np.asarray(keep)[:n].reshape(shape)))
   return jax.tree.unflatten(density_def, masks)
+
+
+def _bucket(n: int) -> int:
+  """Next power of two >= n: one compilation serves many layer sizes."""
+  return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _random_top_k(key, size, n, k):
+  # uniform scores lie in [0, 1); the padding (index >= n) scores -1, ranks last
+  scores = jnp.where(jnp.arange(size) < n, jax.random.uniform(key, (size,)), -1.0)
+  return _masks.keep_top_k(scores, k)
