@@ -15,3 +15,9 @@ from s2sam_jax.sparse.rigl import rigl
 from s2sam_jax.sparse.set_ import set_
 from s2sam_jax.sparse.static import static_masks
 from s2sam_jax.sparse.static import static_random
+from s2sam_jax.sparse.dsr import DSRState
+from s2sam_jax.sparse.dsr import dsr
+from s2sam_jax.sparse.gmp import gmp
+from s2sam_jax.sparse.gmp import gmp_sparsity
+from s2sam_jax.sparse.mest import MESTState
+from s2sam_jax.sparse.mest import mest

@@ -1,0 +1,228 @@
+"""DSR (Mostafa & Wang, 2019): dynamic sparse reparameterization.
+
+Every ``update_every`` steps ``t > 0`` (never at step 0; until ``end_step``),
+with one global threshold ``H`` (reference §8, IntelAI's code):
+
+1. **Drop.** In every masked layer remove the active weights with
+   ``|w| < H``, keeping at least the largest-|w| one of a non-empty layer.
+   ``K`` = total removed; ``n_l`` = survivors of layer ``l``.
+2. **Reallocate.** Layer ``l`` gets ``q_l = round(K n_l / Σ n)`` new weights;
+   the rounding residual ``K − Σ q`` goes to one random layer. Where a layer
+   lacks room (``q_l > N_l − n_l``) the excess is moved to layers with room,
+   visited in random order, so exactly ``K`` weights are grown: the global
+   count is kept, per-layer counts drift.
+3. **Grow.** ``q_l`` positions uniformly at random among the inactive ones,
+   excluding the weights just dropped in that layer (they are used only if a
+   layer has no other room). New weights start at 0.
+4. **Adapt H.** ``H ← H/2`` if ``K > 1.1 N_target``, ``H ← 2H`` if
+   ``K < 0.9 N_target``.
+
+Choices: the inner optimizer state of dropped and grown weights is zeroed
+(DSR's code leaves the buffers to decay; with gradients masked, a dropped
+weight's momentum is then frozen until regrowth, so zeroing is the clean
+equivalent). The topology is updated before the step of iteration ``t``
+(DSR rewires after the step of ``t − 1``: the same weights) and the gradient
+step is taken with the new masks. ``update_every`` is constant (DSR doubles its
+period at set epochs: chain several runs or pass the largest period).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from s2sam_jax import _masks
+from s2sam_jax.sparse import _wrapper
+from s2sam_jax.sparse import distributions
+
+
+class DSRState(NamedTuple):
+  """State of :func:`dsr`.
+
+  Attributes:
+    count, masks, inner_state: as :class:`SparseState`.
+    key: raw ``uint32`` PRNG key for growth and the residual layer.
+    threshold: the global pruning threshold ``H`` (float32 scalar).
+    target_count: ``N_target`` (int32 scalar), the number of weights to
+      reallocate per update that ``H`` adapts to.
+  """
+  count: jax.Array
+  masks: _masks.MaskTree
+  inner_state: optax.OptState
+  key: jax.Array
+  threshold: jax.Array
+  target_count: jax.Array
+
+
+def _fill_in_order(amount, room, order):
+  """Adds up to ``room[l]`` to layers in ``order`` until ``amount`` is placed.
+
+  Vectorised greedy fill: returns ``add`` with ``0 <= add <= room`` and
+  ``sum(add) = min(amount, sum(room))``.
+  """
+  room_in_order = room[order]
+  before = jnp.cumsum(room_in_order) - room_in_order
+  add_in_order = jnp.clip(amount - before, 0, room_in_order)
+  return jnp.zeros_like(room).at[order].set(add_in_order)
+
+
+def reallocate(removed, survivors, sizes, key):
+  """Per-layer grow counts summing exactly to ``removed`` (see module doc).
+
+  Args:
+    removed: ``K`` (int32 scalar).
+    survivors: ``n_l`` (int32 vector).
+    sizes: ``N_l`` (int32 vector).
+    key: PRNG key for the residual layer and the fill order.
+  """
+  residual_key, order_key = jax.random.split(key)
+  total = jnp.maximum(jnp.sum(survivors), 1).astype(jnp.float32)
+  quota = jnp.round(removed.astype(jnp.float32) * survivors / total).astype(jnp.int32)
+  lucky = jax.random.randint(residual_key, [], 0, survivors.shape[0])
+  quota = quota.at[lucky].add(removed - jnp.sum(quota))
+  room = sizes - survivors
+  quota = jnp.clip(quota, 0, room)
+  order = jax.random.permutation(order_key, survivors.shape[0])
+  missing = removed - jnp.sum(quota)
+  quota = quota + _fill_in_order(missing, room - quota, order)
+  excess = jnp.sum(quota) - removed  # > 0 only if the residual overshot
+  return quota - _fill_in_order(excess, quota, order)
+
+
+def adapt_threshold(threshold, removed, target_count):
+  """``H/2`` if ``K > 1.1 N_target``; ``2H`` if ``K < 0.9 N_target``."""
+  k = removed.astype(jnp.float32)
+  target = target_count.astype(jnp.float32)
+  return jnp.where(k > 1.1 * target, threshold / 2,
+                   jnp.where(k < 0.9 * target, threshold * 2, threshold))
+
+
+def dsr_topology_update(masks, params, threshold, target_count, key):
+  """One DSR rewire; returns ``(masks, new_threshold, K)``."""
+  treedef, mask_leaves, (param_leaves,) = _wrapper.flatten_masked(masks, params)
+  layers = [i for i, m in enumerate(mask_leaves) if m is not None]
+  if not layers:
+    return masks, threshold, jnp.zeros([], jnp.int32)
+  grow_key, alloc_key = jax.random.split(key)
+  survivors, dropped = {}, {}
+  for i in layers:
+    m, w = mask_leaves[i], jnp.abs(jnp.asarray(param_leaves[i], jnp.float32))
+    keep = m & (w >= threshold)
+    largest = _masks.keep_top_k(_wrapper.drop_scores(w, m), 1) & m
+    survivors[i] = keep | (largest & ~jnp.any(keep))
+    dropped[i] = m & ~survivors[i]
+  n = jnp.stack([jnp.sum(survivors[i], dtype=jnp.int32) for i in layers])
+  removed = sum(jnp.sum(dropped[i], dtype=jnp.int32) for i in layers)
+  sizes = jnp.asarray([_wrapper.leaf_size(mask_leaves[i]) for i in layers],
+                      jnp.int32)
+  quota = reallocate(removed, n, sizes, alloc_key)
+  new = list(mask_leaves)
+  for j, i in enumerate(layers):
+    u = jax.random.uniform(jax.random.fold_in(grow_key, i), mask_leaves[i].shape)
+    # Inactive, not just dropped: [0, 1); just dropped: [-1, 0); kept: -2.
+    scores = jnp.where(survivors[i], -2.0, jnp.where(dropped[i], u - 1.0, u))
+    new[i] = survivors[i] | _masks.keep_top_k(scores, quota[j])
+  new_threshold = adapt_threshold(threshold, removed, target_count)
+  return jax.tree.unflatten(treedef, new), new_threshold, removed
+
+
+def dsr(
+    inner: optax.GradientTransformation,
+    sparsity: Optional[float] = None,
+    *,
+    update_every: int = 100,
+    end_step: Optional[int] = None,
+    target_fraction: float = 0.1,
+    target_count: Optional[int] = None,
+    init_threshold: float = 1e-3,
+    distribution: str = "uniform",
+    masks: Optional[_wrapper.MasksOrFn] = None,
+    key: Union[int, jax.Array] = 0,
+    power: float = 1.0,
+    overrides: Optional[Mapping[str, float]] = None,
+    prunable: distributions.Prunable = distributions.default_prunable,
+    mask_gradients: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  """DSR around any optax transformation (math in the module docstring).
+
+  Args:
+    inner: any optax transformation; extra args are forwarded to it.
+    sparsity: global target in ``[0, 1)`` for random masks at init (DSR
+      starts every sparse layer at the same sparsity: ``'uniform'``); or
+      give ``masks``.
+    update_every: rewire period ``P >= 1``; rewires at ``t = P, 2P, ...``.
+    end_step: no rewire after this step (inclusive); ``None``: never stop.
+    target_fraction: ``N_target`` as a fraction in ``(0, 1)`` of the initial
+      number of active weights (used when ``target_count`` is None; DSR's own
+      value is an absolute count, e.g. 20,000 for WRN-28-2).
+    target_count: ``N_target`` as an absolute count ``>= 1``.
+    init_threshold: ``H_0 > 0`` (DSR: 1e-3).
+    distribution, masks, key, power, overrides, prunable, mask_gradients:
+      as :func:`rigl`.
+
+  Returns:
+    ``GradientTransformationExtraArgs`` with state :class:`DSRState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from s2sam_jax import sparse
+    >>> params = {'a': jnp.ones((6, 6)), 'b': jnp.ones((4, 4))}
+    >>> tx = sparse.dsr(optax.sgd(0.1), 0.5, update_every=1)
+    >>> state = tx.init(params)
+    >>> p = sparse.apply_masks(params, state)
+    >>> for _ in range(3):
+    ...   u, state = tx.update(jax.tree.map(jnp.ones_like, p), state, p)
+    ...   p = optax.apply_updates(p, u)
+    >>> sum(int(m.sum()) for m in jax.tree.leaves(state.masks))
+    26
+  """
+  _wrapper.check_mask_source(sparsity, masks)
+  _wrapper.check_distribution(distribution)
+  _wrapper.check_int(update_every, "update_every", 1)
+  if end_step is not None:
+    _wrapper.check_int(end_step, "end_step", 1)
+  if target_count is None:
+    _wrapper.check_open_fraction(target_fraction, "target_fraction")
+  else:
+    _wrapper.check_int(target_count, "target_count", 1)
+  if not (isinstance(init_threshold, (int, float)) and init_threshold > 0
+          and np.isfinite(init_threshold)):
+    raise ValueError(f"`init_threshold` must be a finite float > 0; "
+                     f"got {init_threshold!r}.")
+  key = _wrapper.raw_key(key)
+
+  def init(params):
+    mask_key, state_key = jax.random.split(key)
+    tree = _wrapper.initial_masks(
+        params, masks, sparsity=sparsity, distribution=distribution,
+        key=mask_key, power=power, overrides=overrides, prunable=prunable)
+    if target_count is None:
+      active = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(tree))
+      target = jnp.maximum(
+          jnp.round(target_fraction * jnp.asarray(active, jnp.float32)), 1)
+    else:
+      target = target_count
+    return tree, {"key": state_key,
+                  "threshold": jnp.asarray(init_threshold, jnp.float32),
+                  "target_count": jnp.asarray(target, jnp.int32)}
+
+  def is_update_step(t):
+    ok = (t > 0) & (t % update_every == 0)
+    return ok if end_step is None else ok & (t <= end_step)
+
+  def update(old_masks, params, grads, count, extras):
+    del grads, count
+    next_key, sub = jax.random.split(extras["key"])
+    new, threshold, _ = dsr_topology_update(
+        old_masks, params, extras["threshold"], extras["target_count"], sub)
+    return new, dict(extras, key=next_key, threshold=threshold)
+
+  topology = _wrapper.Topology(is_update_step=is_update_step, update=update,
+                               skip_inner_step=False)
+  return _wrapper.sparse_wrapper(inner, state_cls=DSRState, init=init,
+                                 topology=topology,
+                                 mask_gradients=mask_gradients)

@@ -1,0 +1,133 @@
+"""Gradual magnitude pruning (Zhu & Gupta, 2017).
+
+Training starts dense (masks all True on the prunable leaves). Every
+``update_every`` steps ``t`` in ``[begin_step, end_step]`` (and at
+``end_step`` itself), each masked layer ``l`` is pruned by magnitude to
+
+    s_l(t) = s_l + (s_i − s_l) · (1 − (t − t0) / (n Δt))³,   n Δt = end − t0
+
+i.e. it keeps the ``round((1 − s_l(t)) N_l)`` active weights of largest |w|
+(never regrowing: counts only decrease). ``s_l`` is layer ``l``'s final
+sparsity from ``distribution`` (Zhu & Gupta prune every layer to the same
+``s_f``: ``'uniform'``, the default), ``s_i`` = ``initial_sparsity``. The
+mask is frozen after ``end_step``. The inner state of pruned weights is
+zeroed; the gradient step is taken on pruning steps, with the new masks.
+The keep count is computed on device in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from s2sam_jax import _masks
+from s2sam_jax.sparse import _wrapper
+from s2sam_jax.sparse import distributions
+
+
+def gmp_sparsity(t, final_sparsity, initial_sparsity, begin_step, end_step):
+  """``s_f + (s_i − s_f)(1 − p)³`` with ``p = clip((t − t0)/(end − t0), 0, 1)``.
+
+  Example:
+    >>> round(float(gmp_sparsity(50, 0.9, 0.0, 0, 100)), 4)
+    0.7875
+  """
+  p = jnp.clip((jnp.asarray(t, jnp.float32) - begin_step)
+               / float(end_step - begin_step), 0.0, 1.0)
+  return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
+
+
+def gmp(
+    inner: optax.GradientTransformation,
+    sparsity: float,
+    *,
+    end_step: int,
+    update_every: int = 100,
+    begin_step: int = 0,
+    initial_sparsity: float = 0.0,
+    distribution: str = "uniform",
+    power: float = 1.0,
+    overrides: Optional[Mapping[str, float]] = None,
+    prunable: distributions.Prunable = distributions.default_prunable,
+    mask_gradients: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  """Gradual magnitude pruning around any optax transformation.
+
+  Args:
+    inner: any optax transformation; extra args are forwarded to it.
+    sparsity: final global sparsity ``s_f`` in ``[0, 1)``.
+    end_step: step at which the final sparsity is reached (> begin_step).
+    update_every: ``Δt >= 1`` steps between pruning steps.
+    begin_step: ``t0 >= 0``, the first pruning step.
+    initial_sparsity: ``s_i`` in ``[0, 1)``, ``<= sparsity``.
+    distribution, power, overrides, prunable: per-layer final sparsities, see
+      :func:`layer_densities`.
+    mask_gradients: mask the gradient given to ``inner``.
+
+  Returns:
+    ``GradientTransformationExtraArgs`` with state :class:`SparseState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from s2sam_jax import sparse
+    >>> params = {'w': jnp.arange(1., 101.).reshape(10, 10)}
+    >>> tx = sparse.gmp(optax.sgd(0.0), 0.9, end_step=10, update_every=5)
+    >>> state, p = tx.init(params), params
+    >>> for _ in range(11):
+    ...   u, state = tx.update({'w': jnp.zeros((10, 10))}, state, p)
+    ...   p = optax.apply_updates(p, u)
+    >>> int(state.masks['w'].sum()), float(p['w'][0, 9]), float(p['w'][9, 9])
+    (10, 0.0, 100.0)
+  """
+  sparsity = _wrapper.check_sparsity(sparsity)
+  initial_sparsity = _wrapper.check_sparsity(initial_sparsity, "initial_sparsity")
+  if initial_sparsity > sparsity:
+    raise ValueError(f"`initial_sparsity` must be <= sparsity={sparsity}; "
+                     f"got {initial_sparsity}.")
+  _wrapper.check_distribution(distribution)
+  _wrapper.check_int(update_every, "update_every", 1)
+  _wrapper.check_int(begin_step, "begin_step", 0)
+  if _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
+    raise ValueError(f"`end_step` must be > begin_step={begin_step}; got {end_step}.")
+
+  def final_densities(params):
+    # From shapes only, so a state restored from a checkpoint needs nothing else.
+    return distributions.layer_densities(
+        params, sparsity, distribution, power=power, overrides=overrides,
+        prunable=prunable)
+
+  def init(params):
+    densities = final_densities(params)
+    masks = jax.tree.map(
+        lambda d, p: None if d is None else jnp.ones(jnp.shape(p), bool),
+        densities, params, is_leaf=lambda x: x is None)
+    return masks, {}
+
+  def is_update_step(t):
+    in_range = (t >= begin_step) & (t <= end_step)
+    return in_range & (((t - begin_step) % update_every == 0) | (t == end_step))
+
+  def update(old_masks, params, grads, count, extras):
+    del grads
+    treedef, mask_leaves, (param_leaves, density_leaves) = \
+        _wrapper.flatten_masked(old_masks, params, final_densities(params))
+    new = []
+    for m, p, d in zip(mask_leaves, param_leaves, density_leaves):
+      if m is None:
+        new.append(None)
+        continue
+      s_t = gmp_sparsity(count, 1.0 - d, initial_sparsity, begin_step, end_step)
+      size = _wrapper.leaf_size(m)
+      keep = jnp.round((1.0 - s_t) * size).astype(jnp.int32)
+      keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
+      new.append(_masks.keep_top_k(_wrapper.drop_scores(p, m), keep))
+    return jax.tree.unflatten(treedef, new), extras
+
+  topology = _wrapper.Topology(is_update_step=is_update_step, update=update,
+                               skip_inner_step=False)
+  return _wrapper.sparse_wrapper(inner, state_cls=_wrapper.SparseState,
+                                 init=init, topology=topology,
+                                 mask_gradients=mask_gradients)
