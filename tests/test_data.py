@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from experiments import data
-from experiments.data import imagefolder, mnist1d_source, tfds_source
+from experiments.data import host_image, mnist1d_source, tfds_source
 
 # ---------------------------------------------------------------------------- tfds (mocked)
 
@@ -67,7 +67,7 @@ def test_random_access_source_decodes_resizes_and_crops():
 def test_resize_shorter_center_crop_matches_pil_reference():
     rng = np.random.default_rng(1)
     array = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    out = np.asarray(imagefolder.host_image.resize_shorter_center_crop(Image.fromarray(array), 12))
+    out = np.asarray(host_image.resize_shorter_center_crop(Image.fromarray(array), 12))
     # Reference: shorter side 30 -> 12 means 50 -> 20, then the middle 12 columns (4..16).
     reference = np.asarray(Image.fromarray(array).resize((20, 12), Image.BILINEAR))[:, 4:16]
     np.testing.assert_array_equal(out, reference)
@@ -403,3 +403,11 @@ def test_missing_tfds_data_says_how_to_get_it(tmp_path, name, hint):
 def test_bad_corruption_config():
     with pytest.raises(ValueError, match="gaussian_noise_1"):
         data.get_dataset("imagenet2012_corrupted/fog_9", "test")
+
+
+def test_unwritable_cache_only_warns(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="not caching"):
+        source = data.get_dataset("mnist1d", "test", cache_dir=blocker / "cache")
+    assert len(source) == 1000

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,17 @@ def load_entry(folder: Path, *, mmap: bool = False) -> tuple[dict[str, np.ndarra
 
 
 def save_entry(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Writes an entry atomically; if another process wrote it first, keeps theirs."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    """Writes an entry atomically; if another process wrote it first, keeps theirs.
+
+    A cache folder that cannot be written only costs a warning (the data is still used).
+    """
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    except OSError as err:
+        warnings.warn(f"not caching decoded data: cannot write to {folder.parent} ({err}); "
+                      "set cache_dir or $S2SAM_JAX_CACHE to a writable folder")
+        return
     try:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)

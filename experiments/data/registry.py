@@ -43,6 +43,7 @@ def get_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = N
       FileNotFoundError: the data is missing; the message says how to get it.
 
     Example:
+      >>> import numpy as np
       >>> train = get_dataset("mnist1d", "train")
       >>> batch = train.get_batch(np.arange(8))
       >>> batch["image"].shape, batch["label"].dtype, train.info.num_classes
