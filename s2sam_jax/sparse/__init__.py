@@ -6,6 +6,11 @@ from s2sam_jax.sparse.distributions import default_prunable
 from s2sam_jax.sparse.distributions import layer_densities
 from s2sam_jax.sparse.distributions import path_str
 from s2sam_jax.sparse.distributions import random_masks
+from s2sam_jax.sparse.pruning_at_init import grasp_masks
+from s2sam_jax.sparse.pruning_at_init import grasp_scores
+from s2sam_jax.sparse.pruning_at_init import magnitude_masks
+from s2sam_jax.sparse.pruning_at_init import snip_masks
+from s2sam_jax.sparse.pruning_at_init import snip_scores
 from s2sam_jax.sparse._wrapper import DynamicSparseState
 from s2sam_jax.sparse._wrapper import SparseState
 from s2sam_jax.sparse._wrapper import apply_masks

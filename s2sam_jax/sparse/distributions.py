@@ -278,6 +278,24 @@ def _bucket(n: int) -> int:
   return 1 << max(n - 1, 0).bit_length()
 
 
+def _keep_top_k_host(scores, k: int):
+  """``_masks.keep_top_k`` for one-shot host-side use (mask construction).
+
+  Pads the flattened scores with ``-inf`` to a power-of-two length so that one
+  compilation serves many layer sizes; ties still go to the lower flat index
+  (padding comes last). Returns a bool array of ``scores``' shape.
+  """
+  flat = np.asarray(scores, dtype=np.float32).ravel()
+  n = flat.size
+  padded = np.full(_bucket(n), -np.inf, np.float32)
+  padded[:n] = flat
+  keep = np.asarray(_jit_keep_top_k(padded, int(k)))[:n]
+  return jnp.asarray(keep.reshape(np.shape(scores)))
+
+
+_jit_keep_top_k = jax.jit(_masks.keep_top_k)
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def _random_top_k(key, size, n, k):
   # uniform scores lie in [0, 1); the padding (index >= n) scores -1, ranks last

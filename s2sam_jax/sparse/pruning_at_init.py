@@ -1,0 +1,227 @@
+"""Masks at initialisation: magnitude, SNIP and GraSP (reference §5, §9, §10).
+
+Each function returns a mask tree (bool array per prunable leaf, ``None``
+elsewhere) to feed a static-mask wrapper. They run once, on the host side,
+outside ``jit`` (the gradients inside are ordinary JAX calls).
+
+Selection uses exact counts with ties going to the lower flat index (leaves in
+``jax.tree`` flatten order for global ranking); scores are ranked in float32.
+
+* **magnitude**: score ``|w|``. Layer-wise keeps ``count_for_density(n_l, d_l)``
+  per leaf; global keeps ``count_for_density(N, 1 - S)`` over all prunable
+  weights ranked together.
+* **SNIP**: score ``|g ⊙ w|`` with ``g = ∇L(w; batch)`` on one batch; global
+  top ``count_for_density(N, 1 - S)`` (``round((1-S) N)`` as in the SNIP
+  code), or layer-wise with given densities (RigL's variant). The SNIP
+  normalisation by ``Σ|g ⊙ w|`` does not change the ranking and is omitted.
+* **GraSP**: signed score ``S = -w ⊙ (H g)`` with ``g = ∇L(w; batch)``
+  (held fixed) and ``H g`` a Hessian-vector product computed forward-over-
+  reverse (``jax.jvp`` of ``jax.grad``); the ``int(S N)`` *largest* scores are
+  removed (GraSP's own count, which can keep one more weight than
+  ``count_for_density``), the rest kept. The reference splits the sample into
+  two halves and sums ``∇L_half`` and ``H_half g``; with a per-example mean
+  loss and equal halves that is ``2 ∇L`` and ``2 H g`` on the whole batch, a
+  positive factor that leaves the ranking unchanged, so the whole batch is used
+  here (BN batch statistics computed per half would differ slightly). GraSP's
+  normalisation by ``|Σ S|`` is positive and omitted.
+
+``loss_fn`` convention: ``loss_fn(params, batch) -> scalar`` for SNIP;
+``loss_fn(params, batch, temperature) -> scalar`` for GraSP, where the loss
+must divide its logits by ``temperature`` (GraSP uses ``T = 200``). One function
+``def loss_fn(params, batch, temperature=1.0)`` serves both.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax
+  >>> def loss_fn(params, batch, temperature=1.0):
+  ...   x, y = batch
+  ...   logits = jnp.tanh(x @ params['w1']) @ params['w2'] / temperature
+  ...   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  >>> params = {'w1': jax.random.normal(k1, (8, 16)), 'w2': jax.random.normal(k2, (16, 3))}
+  >>> batch = (jax.random.normal(k3, (32, 8)), jnp.arange(32) % 3)
+  >>> m = grasp_masks(loss_fn, params, batch, 0.75)
+  >>> int(m['w1'].sum() + m['w2'].sum())  # 176 weights, int(0.75 * 176) removed
+  44
+  >>> int(snip_masks(loss_fn, params, batch, 0.75)['w2'].size)
+  48
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s2sam_jax.sparse.distributions import (Prunable, _check_sparsity,
+                                            _keep_top_k_host, count_for_density,
+                                            default_prunable)
+
+SCOPES = ("layer", "global")
+
+
+def _is_none(x) -> bool:
+  return x is None
+
+
+def _prunable_flags(params, prunable: Prunable):
+  """Tree of bools (prunable per leaf), via the key path."""
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  return jax.tree.unflatten(treedef, [bool(prunable(p, x)) for p, x in leaves_with_path])
+
+
+def _global_masks(scores, selected, keep: int):
+  """Keeps the ``keep`` highest scores among ``selected`` leaves, ranked together."""
+  score_leaves, treedef = jax.tree.flatten(scores)
+  flags = treedef.flatten_up_to(selected)
+  chosen = [np.asarray(s, np.float32).ravel() for s, f in zip(score_leaves, flags) if f]
+  if not chosen:
+    raise ValueError("No prunable leaves: `prunable` selected none of the params.")
+  kept = np.asarray(_keep_top_k_host(np.concatenate(chosen), keep))
+  out, start = [], 0
+  for s, f in zip(score_leaves, flags):
+    if not f:
+      out.append(None)
+      continue
+    size = int(np.size(s))
+    out.append(jnp.asarray(kept[start:start + size].reshape(np.shape(s))))
+    start += size
+  return jax.tree.unflatten(treedef, out)
+
+
+def _total_size(params, selected) -> int:
+  leaves, treedef = jax.tree.flatten(params)
+  return sum(int(np.size(x)) for x, f in zip(leaves, treedef.flatten_up_to(selected)) if f)
+
+
+def _layer_masks(scores, densities):
+  """Per leaf, keeps the top ``count_for_density(n, d)`` scores."""
+  _check_densities(densities, scores)
+
+  def per_leaf(d, s):
+    if d is None:
+      return None
+    return _keep_top_k_host(s, count_for_density(int(np.size(s)), d))
+
+  return jax.tree.map(per_leaf, densities, scores, is_leaf=_is_none)
+
+
+def _check_densities(densities, params) -> None:
+  leaves, treedef = jax.tree.flatten(densities, is_leaf=_is_none)
+  try:
+    treedef.flatten_up_to(params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"`densities` must have the structure of `params` (a float in [0, 1] or "
+        f"None per leaf); got a mismatch: {e}") from None
+  for d in leaves:
+    if d is not None and not 0.0 <= float(d) <= 1.0:
+      raise ValueError(f"`densities` entries must be in [0, 1] or None; got {d}.")
+
+
+def _layer_or_global(scores, params, sparsity, densities, prunable, what):
+  if (sparsity is None) == (densities is None):
+    raise ValueError(
+        f"{what}: pass exactly one of `sparsity` (global ranking) or "
+        f"`densities` (layer-wise); got sparsity={sparsity!r}, "
+        f"densities={'None' if densities is None else 'a tree'}.")
+  if densities is not None:
+    return _layer_masks(scores, densities)
+  sparsity = _check_sparsity(sparsity)
+  selected = _prunable_flags(params, prunable)
+  keep = count_for_density(_total_size(params, selected), 1.0 - sparsity)
+  return _global_masks(scores, selected, keep)
+
+
+def magnitude_masks(params, densities=None, *, sparsity: Optional[float] = None,
+                    scope: str = "layer", prunable: Prunable = default_prunable):
+  """Keeps the largest ``|w|``: per layer or ranked globally.
+
+  Args:
+    params: params tree (arrays).
+    densities: for ``scope='layer'``: a tree from ``layer_densities`` (float
+      or ``None`` per leaf). If omitted, ``sparsity`` gives every prunable leaf
+      the uniform density ``1 - sparsity``.
+    sparsity: for ``scope='global'``: the fraction in ``[0, 1)`` of all
+      prunable weights removed (keeps ``count_for_density(N, 1 - sparsity)``).
+    scope: ``'layer'`` or ``'global'``.
+    prunable: which leaves are masked (global scope and uniform layer scope).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> p = {'w': jnp.array([[3., -1.], [0.5, -4.]]), 'b': jnp.ones(2)}
+    >>> magnitude_masks(p, sparsity=0.5, scope='global')['w']
+    Array([[ True, False],
+           [False,  True]], dtype=bool)
+  """
+  if scope not in SCOPES:
+    raise ValueError(f"`scope` must be one of {SCOPES}; got {scope!r}.")
+  scores = jax.tree.map(lambda w: np.abs(np.asarray(w, np.float32)), params)
+  if scope == "global":
+    if densities is not None:
+      raise ValueError("`densities` is for scope='layer'; use `sparsity` for scope='global'.")
+    if sparsity is None:
+      raise ValueError("scope='global' needs `sparsity` in [0, 1).")
+    return _layer_or_global(scores, params, sparsity, None, prunable, "magnitude_masks")
+  if densities is None and sparsity is not None:
+    sparsity = _check_sparsity(sparsity)
+    densities = jax.tree.map(lambda f: (1.0 - sparsity) if f else None,
+                             _prunable_flags(params, prunable))
+    sparsity = None
+  return _layer_or_global(scores, params, sparsity, densities, prunable, "magnitude_masks")
+
+
+def snip_scores(loss_fn, params, batch):
+  """SNIP connection sensitivity ``|∂L/∂w ⊙ w|`` on one batch (a tree)."""
+  grads = jax.grad(loss_fn)(params, batch)
+  return jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params)
+
+
+def snip_masks(loss_fn, params, batch, sparsity: Optional[float] = None, *,
+               densities=None, prunable: Prunable = default_prunable):
+  """SNIP (Lee et al. 2019): keep the largest ``|g ⊙ w|``.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar``.
+    params, batch: the initial params and one minibatch.
+    sparsity: global ranking over the prunable leaves (the original SNIP);
+      keeps ``count_for_density(N, 1 - sparsity)``.
+    densities: instead of ``sparsity``, a ``layer_densities`` tree for
+      per-layer selection (RigL's SNIP variant).
+    prunable: which leaves are scored in the global ranking.
+  """
+  scores = snip_scores(loss_fn, params, batch)
+  return _layer_or_global(scores, params, sparsity, densities, prunable, "snip_masks")
+
+
+def grasp_scores(loss_fn, params, batch, temperature: float = 200.0):
+  """GraSP scores ``-w ⊙ (H g)``, signed, with ``g = ∇L`` held fixed.
+
+  ``loss_fn(params, batch, temperature)`` must divide its logits by
+  ``temperature``. ``H g`` is ``jax.jvp`` of ``jax.grad`` (forward-over-reverse).
+  """
+  temperature = float(temperature)
+  if not temperature > 0.0:
+    raise ValueError(f"`temperature` must be > 0; got {temperature}.")
+  grad_fn = jax.grad(lambda p: loss_fn(p, batch, temperature))
+  g = jax.lax.stop_gradient(grad_fn(params))
+  _, hg = jax.jvp(grad_fn, (params,), (g,))
+  return jax.tree.map(lambda w, h: -w * h, params, hg)
+
+
+def grasp_masks(loss_fn, params, batch, sparsity: float, *,
+                temperature: float = 200.0, prunable: Prunable = default_prunable):
+  """GraSP (Wang et al. 2020): remove the ``int(sparsity * N)`` largest scores.
+
+  Ranks ``-w ⊙ (H g)`` globally over the prunable leaves and removes the
+  largest (signed, not absolute), keeping low and negative scores: exactly
+  ``N - int(sparsity * N)`` weights stay; among equal scores the lower flat
+  index is kept. See the module docstring for ``loss_fn`` and the batch.
+  """
+  sparsity = _check_sparsity(sparsity)
+  scores = grasp_scores(loss_fn, params, batch, temperature)
+  selected = _prunable_flags(params, prunable)
+  n_total = _total_size(params, selected)
+  negated = jax.tree.map(lambda s: -np.asarray(s, np.float32), scores)
+  return _global_masks(negated, selected, n_total - int(sparsity * n_total))
