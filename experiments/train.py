@@ -1,0 +1,826 @@
+"""One training command for every experiment: ``python -m experiments.train``.
+
+With no flags it runs the offline default job: the MNIST-1D CNN at 90%
+sparsity with RigL under S2-SAM (a few minutes on 2 CPU cores), and prints
+the final JSON summary. Every other cell of the paper's tables is a named
+config (``--config``, see :mod:`experiments.configs`) or a set of flags::
+
+    python -m experiments.train                                  # default job
+    python -m experiments.train --config table1/cifar10/resnet32/rigl/0.9/s2sam \\
+        --data-dir ../shared/data/cifar10-jpeg                   # image folder
+    python -m experiments.train --model resnet32 --dataset cifar10 \\
+        --method mest-ems --sparsity 0.95 --optimizer-mode original
+    python -m experiments.train --list-configs
+
+What one step does (a pure function, jitted once, data-parallel over every
+visible device: the batch is sharded over a ``jax.sharding.Mesh`` axis,
+params and optimizer state are replicated)::
+
+    x  = normalize(augment(key_t, batch))                     # on device
+    (L, new_bn), g = value_and_grad(loss)(params, bn, x, y)   # BN stats from this pass
+    updates, opt   = tx.update(g, opt, params [, grad_fn])    # SAM: grad_fn(p) = ∇L(p) on x
+    params         = apply_updates(params, updates)
+
+``tx`` is ``mode(method(sgd))``: SGD with momentum and coupled weight decay
+(PyTorch semantics), wrapped by the sparse method (masks in its state), wrapped
+by ``s2sam_jax.s2sam`` (transparent mode: the loop holds ``w + ε``) or
+``s2sam_jax.sam`` (two passes; the second pass's BN statistics are dropped).
+Evaluation and the summary use ``s2sam_jax.unperturbed(params, opt_state)``.
+
+Outputs in ``--out-dir`` (default ``runs/<model>-<dataset>-<method>-...``):
+``metrics.jsonl`` (one line per epoch), ``tb/`` (TensorBoard events),
+``checkpoints/`` (Orbax; the last ``--keep-checkpoints``), ``config.json`` and
+``summary.json``. ``--resume`` continues from the latest checkpoint to the
+result an uninterrupted run gives, bit for bit: the data order depends on
+(seed, epoch) only, the step key on (seed, step) only, and the checkpoint
+holds params, batch statistics, optimizer state (masks, momentum, S2-SAM's
+stored perturbation) and the data position.
+
+Lottery ticket (``lt``) and learning-rate rewinding (``lrr``) run all their
+rounds inside the command: a dense round, then rounds that each prune
+``--prune-fraction`` of the remaining weights (global magnitude) and retrain
+(LT: weights rewound to step ``--rewind-steps``, fresh optimizer; LRR: the
+trained weights and momentum kept, the learning-rate schedule replayed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import s2sam_jax
+from s2sam_jax import sparse
+from experiments import configs as configs_lib
+from experiments import data as data_lib
+from experiments import models as models_lib
+from experiments.checkpoint import Checkpointer
+from experiments.configs import TrainConfig
+from experiments.metrics import MetricsWriter, Throughput, to_python, write_json
+
+# -------------------------------------------------------------------------
+# Command line
+
+
+def _flag(name: str) -> str:
+  return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """Flags mirror :class:`TrainConfig`'s fields; every default is ``None`` so
+  that only flags given explicitly override a named config."""
+  parser = argparse.ArgumentParser(
+      prog="python -m experiments.train",
+      description="Train a (sparse) network with S2-SAM, SAM or the plain "
+      "optimizer. With no flags: MNIST-1D CNN, RigL at 90%% sparsity, S2-SAM.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  defaults = TrainConfig()
+  choices = {"method": configs_lib.METHODS,
+             "optimizer_mode": configs_lib.OPTIMIZER_MODES,
+             "schedule": configs_lib.SCHEDULES,
+             "distribution": configs_lib.DISTRIBUTION_CHOICES}
+  helps = {
+      "model": "model name (experiments.models.MODEL_NAMES)",
+      "dataset": "mnist1d, cifar10, cifar100, imagenet2012, "
+                 "imagenet2012_corrupted/<cfg>, imagefolder:<root>",
+      "data_dir": "tfds data dir, or an image-folder root "
+                  "(<dir>/{train,test}/<class>/*.jpg)",
+      "keep_dense": "'paper' (the model's dense layers in the authors' "
+                    "profiles), 'none', or a regex of param paths kept dense",
+      "config": "named config (python -m experiments.train --list-configs)",
+      "max_steps": "stop and checkpoint after this many steps (0: no limit)",
+      "lr_milestones": "step schedule: epochs (or fractions of the epochs if "
+                       "all < 1) where the lr is multiplied by --lr-gamma",
+      "update_every": "topology update period ΔT in steps",
+      "update_every_epochs": "MEST: ΔT in epochs (0: use --update-every)",
+      "update_end": "fraction of training after which the topology is frozen",
+      "train_subset": "train on the first n examples only (0: all)",
+      "test_subset": "evaluate on the first n test examples only (0: all)",
+      "extra_eval": "further test sets evaluated at the end",
+      "distributed": "call jax.distributed.initialize() (multi-host)",
+      "bf16": "bf16 compute (params stay f32)",
+  }
+  for field in dataclasses.fields(TrainConfig):
+    name, default = field.name, getattr(defaults, field.name)
+    kwargs: Dict[str, Any] = dict(default=None, help=helps.get(name, ""))
+    if isinstance(default, bool):
+      kwargs["action"] = argparse.BooleanOptionalAction
+    elif isinstance(default, tuple):
+      kwargs["nargs"] = "*"
+      kwargs["type"] = str if name == "extra_eval" else (
+          int if name == "mest_decay_epochs" else float)
+    elif isinstance(default, float):
+      kwargs["type"] = float
+    elif isinstance(default, int):
+      kwargs["type"] = int
+    else:
+      kwargs["type"] = str
+    if name in choices:
+      kwargs["choices"] = choices[name]
+    if kwargs["help"] == "" or kwargs["help"] is None:
+      kwargs["help"] = argparse.SUPPRESS if name == "progress" else " "
+    kwargs["help"] += f" (default: {default!r})"
+    parser.add_argument(_flag(name), dest=name, **kwargs)
+  parser.add_argument("--list-configs", action="store_true",
+                      help="print the named configs and exit")
+  parser.add_argument("--describe", action="store_true",
+                      help="print the resolved config and exit")
+  return parser
+
+
+def config_from_args(argv=None) -> Tuple[TrainConfig, argparse.Namespace]:
+  """Defaults < named config < explicit flags."""
+  args = build_parser().parse_args(argv)
+  values: Dict[str, Any] = {}
+  if args.config:
+    values.update(configs_lib.get_config(args.config))
+  for field in dataclasses.fields(TrainConfig):
+    value = getattr(args, field.name)
+    if value is not None:
+      values[field.name] = tuple(value) if isinstance(value, list) else value
+  cfg = TrainConfig(**values)
+  configs_lib.validate(cfg)
+  return cfg, args
+
+
+# -------------------------------------------------------------------------
+# Data
+
+
+class _Subset:
+  """The first ``n`` examples of a source."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n, self.info = source, min(n, len(source)), source.info
+
+  def __len__(self):
+    return self.n
+
+  def get_batch(self, indices):
+    return self.source.get_batch(indices)
+
+
+def _dataset_name(cfg: TrainConfig) -> str:
+  """An image-folder root given as --data-dir is read as one."""
+  if (cfg.data_dir and not cfg.dataset.startswith("imagefolder:")
+      and cfg.dataset != "mnist1d"
+      and os.path.isdir(os.path.join(cfg.data_dir, "train"))):
+    return "imagefolder:" + cfg.data_dir
+  return cfg.dataset
+
+
+def load_data(cfg: TrainConfig):
+  name = _dataset_name(cfg)
+  data_dir = None if name.startswith("imagefolder:") else cfg.data_dir
+  train = data_lib.get_dataset(name, "train", data_dir=data_dir)
+  test = data_lib.get_dataset(name, "test", data_dir=data_dir)
+  if cfg.train_subset:
+    train = _Subset(train, cfg.train_subset)
+  if cfg.test_subset:
+    test = _Subset(test, cfg.test_subset)
+  return train, test
+
+
+# -------------------------------------------------------------------------
+# Model as pure functions over dicts of arrays
+
+
+class ModelFns(NamedTuple):
+  """Pure functions of one model; params and batch stats are plain dicts."""
+  apply_train: Callable  # (params, stats, x) -> (logits, new_stats)
+  apply_eval: Callable   # (params, stats, x) -> logits
+
+
+def make_model(cfg: TrainConfig, num_classes: int, key):
+  """Creates the model; returns ``(ModelFns, params, stats)``."""
+  dtype = jnp.bfloat16 if cfg.bf16 else None
+  model = models_lib.create_model(cfg.model, num_classes=num_classes,
+                                  rngs=nnx.Rngs(key), dtype=dtype)
+  model.train()
+  g_train, p_state, s_state = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  g_eval, _, _ = nnx.split(model, nnx.Param, ...)
+
+  def merge(graphdef, params, stats):
+    ps = jax.tree.map(lambda v: v, p_state)
+    nnx.replace_by_pure_dict(ps, params)
+    ss = jax.tree.map(lambda v: v, s_state)
+    nnx.replace_by_pure_dict(ss, stats)
+    return nnx.merge(graphdef, ps, ss)
+
+  def apply_train(params, stats, x):
+    model = merge(g_train, params, stats)
+    logits = model(x)
+    _, _, new_stats = nnx.split(model, nnx.Param, ...)
+    return logits, new_stats.to_pure_dict()
+
+  def apply_eval(params, stats, x):
+    return merge(g_eval, params, stats)(x)
+
+  return (ModelFns(apply_train, apply_eval), p_state.to_pure_dict(),
+          s_state.to_pure_dict())
+
+
+def cross_entropy(logits, labels, num_classes: int, smoothing: float):
+  logits = logits.astype(jnp.float32)
+  if smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
+    return optax.softmax_cross_entropy(logits, targets).mean()
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+# -------------------------------------------------------------------------
+# Optimizer
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+  """The lr of update ``t`` (0-based).
+
+  cosine: from ``lr`` to ``lr_end`` over all steps, evaluated at ``t + 1``
+  as the authors' loop calls ``scheduler.step()`` before each update [code].
+  step: ``lr · gamma^k`` after the k-th milestone (epochs). Optional linear
+  warmup over ``warmup_epochs``.
+  """
+  total = cfg.epochs * steps_per_epoch
+  warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+  if cfg.schedule == "cosine":
+    cos = optax.cosine_decay_schedule(cfg.lr, max(total, 1),
+                                      alpha=cfg.lr_end / cfg.lr)
+    main = lambda t: cos(t + 1)
+  elif cfg.schedule == "step":
+    ms = cfg.lr_milestones
+    if ms and all(m < 1 for m in ms):
+      ms = tuple(m * cfg.epochs for m in ms)
+    boundaries = {int(round(m * steps_per_epoch)): cfg.lr_gamma for m in ms}
+    main = optax.piecewise_constant_schedule(cfg.lr, boundaries)
+  else:
+    main = optax.constant_schedule(cfg.lr)
+  if warmup <= 0:
+    return main
+  ramp = optax.linear_schedule(cfg.lr / max(warmup, 1), cfg.lr, warmup)
+  return optax.join_schedules([ramp, main], [warmup])
+
+
+def base_optimizer(cfg: TrainConfig, schedule) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay, as ``torch.optim.SGD``."""
+  return optax.chain(
+      optax.add_decayed_weights(cfg.weight_decay),
+      optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+
+
+def dense_patterns(cfg: TrainConfig):
+  """Regexes of the param paths kept dense (``--keep-dense``)."""
+  if cfg.keep_dense == "none":
+    return ()
+  if cfg.keep_dense == "paper":
+    return tuple(models_lib.dense_layer_patterns(cfg.model))
+  return (cfg.keep_dense,)
+
+
+def make_prunable(cfg: TrainConfig):
+  """``prunable(path, leaf)``: kernels of rank >= 2 not kept dense."""
+  patterns = [re.compile(p) for p in dense_patterns(cfg)]
+
+  def prunable(path, leaf) -> bool:
+    if not sparse.default_prunable(path, leaf):
+      return False
+    name = sparse.path_str(path)
+    return not any(p.search(name) for p in patterns)
+
+  return prunable
+
+
+def wrap_mode(cfg: TrainConfig, tx) -> optax.GradientTransformationExtraArgs:
+  if cfg.optimizer_mode == "s2sam":
+    return s2sam_jax.s2sam(tx, rho=cfg.rho, adaptive=cfg.adaptive, eta=cfg.eta,
+                           perturb_pruned=cfg.perturb_pruned)
+  if cfg.optimizer_mode == "sam":
+    return s2sam_jax.sam(tx, rho=cfg.rho, adaptive=cfg.adaptive, eta=cfg.eta,
+                         perturb_pruned=cfg.perturb_pruned)
+  return optax.with_extra_args_support(tx)
+
+
+class Schedule(NamedTuple):
+  steps_per_epoch: int
+  total_steps: int
+
+
+def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
+                  mask_data: Optional[Callable] = None, masks=None):
+  """``inner`` wrapped by the sparse method of ``cfg`` (masks in its state).
+
+  ``mask_data()`` returns ``(loss_fn, batch)`` for SNIP/GraSP; ``masks`` is
+  the mask tree of an LT/LRR round.
+  """
+  method, s = cfg.method, cfg.sparsity
+  prunable = make_prunable(cfg)
+  end_step = max(int(cfg.update_end * sched.total_steps), 1)
+  if method == "dense":
+    return inner
+  if method in ("lt", "lrr"):
+    return sparse.static_masks(inner, masks)
+  common = dict(distribution=cfg.distribution, prunable=prunable)
+
+  def magnitude_at_init(p):
+    # one-shot per-layer magnitude pruning of the init (S2-SAM/MEST profiles)
+    return sparse.magnitude_masks(
+        p, sparse.layer_densities(p, s, cfg.distribution, prunable=prunable))
+
+  if method == "static":
+    return sparse.static_random(inner, s, key=key, **common)
+  if method == "magnitude":
+    return sparse.static_masks(inner, magnitude_at_init)
+  if method == "snip":
+    loss_fn, batch = mask_data()
+    return sparse.static_masks(inner, sparse.snip_masks(
+        loss_fn, params, batch, s, prunable=prunable))
+  if method == "grasp":
+    loss_fn, batch = mask_data()
+    return sparse.static_masks(inner, sparse.grasp_masks(
+        loss_fn, params, batch, s, temperature=cfg.grasp_temperature,
+        prunable=prunable))
+  if method in ("rigl", "set"):
+    wrapper = sparse.rigl if method == "rigl" else sparse.set_
+    return wrapper(inner, s, end_step=end_step, update_every=cfg.update_every,
+                   drop_fraction=cfg.drop_fraction, key=key, **common)
+  if method == "dsr":
+    return sparse.dsr(inner, s, update_every=cfg.update_every,
+                      end_step=end_step, target_count=cfg.dsr_target,
+                      init_threshold=cfg.dsr_threshold, key=key, **common)
+  if method in ("mest-em", "mest-ems"):
+    every = (int(round(cfg.update_every_epochs * sched.steps_per_epoch))
+             if cfg.update_every_epochs else cfg.update_every)
+    decay = tuple(int(e * sched.steps_per_epoch) for e in cfg.mest_decay_epochs)
+    return sparse.mest(inner, variant="em" if method == "mest-em" else "ems",
+                       masks=magnitude_at_init, update_every=max(every, 1),
+                       decay_steps=decay, key=key, **common)
+  if method == "gmp":
+    return sparse.gmp(inner, s, end_step=end_step,
+                      update_every=cfg.update_every, **common)
+  raise ValueError(f"--method must be one of {configs_lib.METHODS}; got {method!r}.")
+
+
+# -------------------------------------------------------------------------
+# Steps
+
+
+def make_steps(cfg: TrainConfig, fns: ModelFns, info, tx, mesh: Mesh):
+  """The jitted train and eval steps (pure functions, compiled once)."""
+  num_classes = info.num_classes
+  compute_dtype = jnp.bfloat16 if cfg.bf16 else jnp.float32
+  kind = info.augmentation
+  size = info.input_shape[0] if kind == "imagenet" else None
+  replicated = NamedSharding(mesh, P())
+  sharded = NamedSharding(mesh, P("data"))
+
+  def prepare(key, images, train: bool):
+    x = data_lib.augment(key, images, kind, train=train, size=size)
+    return data_lib.normalize(x, info).astype(compute_dtype)
+
+  def train_step(params, stats, opt_state, batch, key):
+    x = prepare(key, batch["image"], True)
+    y = batch["label"]
+
+    def loss_fn(p):
+      logits, new_stats = fns.apply_train(p, stats, x)
+      return cross_entropy(logits, y, num_classes, cfg.label_smoothing), (
+          logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    extra = {}
+    if cfg.optimizer_mode == "sam":
+      extra["grad_fn"] = lambda p: jax.grad(lambda q: loss_fn(q)[0])(p)
+    updates, opt_state = tx.update(grads, opt_state, params, **extra)
+    params = optax.apply_updates(params, updates)
+    correct = jnp.sum(jnp.argmax(logits, -1) == y)
+    return params, new_stats, opt_state, {"loss": loss, "correct": correct}
+
+  def eval_step(params, stats, opt_state, batch, valid):
+    clean = s2sam_jax.unperturbed(params, opt_state)
+    logits = fns.apply_eval(clean, stats, prepare(None, batch["image"], False))
+    logits = logits.astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    hits = jnp.argmax(logits, -1) == batch["label"]
+    return {"loss": jnp.sum(jnp.where(valid, losses, 0.0)),
+            "correct": jnp.sum(hits & valid)}
+
+  train_jit = jax.jit(
+      train_step,
+      in_shardings=(replicated, replicated, replicated, sharded, replicated),
+      out_shardings=(replicated, replicated, replicated, replicated),
+      donate_argnums=(0, 1, 2))
+  eval_jit = jax.jit(
+      eval_step,
+      in_shardings=(replicated, replicated, replicated, sharded, sharded),
+      out_shardings=replicated)
+  return train_jit, eval_jit
+
+
+def to_global(batch: Dict[str, np.ndarray], sharding) -> Dict[str, jax.Array]:
+  """This process's slice of a global batch, as one sharded global array."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def evaluate(eval_step, params, stats, opt_state, source, batch_size: int,
+             sharding) -> Dict[str, float]:
+  """Loss and accuracy over the whole ``source`` (last batch padded)."""
+  n = len(source)
+  per_process = batch_size // jax.process_count()
+  loss_sum = correct = 0.0
+  totals = []
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    valid = np.zeros(batch_size, bool)
+    valid[:len(idx)] = True
+    idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
+    lo = jax.process_index() * per_process
+    local = source.get_batch(idx[lo:lo + per_process])
+    local["valid"] = valid[lo:lo + per_process]
+    batch = to_global(local, sharding)
+    valid_arr = batch.pop("valid")
+    totals.append(eval_step(params, stats, opt_state, batch, valid_arr))
+  for t in totals:
+    loss_sum += float(t["loss"])
+    correct += float(t["correct"])
+  return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+# -------------------------------------------------------------------------
+# The run
+
+
+def default_out_dir(cfg: TrainConfig) -> str:
+  sp = "dense" if cfg.method == "dense" else f"{cfg.method}{cfg.sparsity:g}"
+  ds = _dataset_name(cfg).replace("imagefolder:", "").rstrip("/").split("/")[-1]
+  return os.path.join("runs", f"{cfg.model}-{ds}-{sp}-{cfg.optimizer_mode}-seed{cfg.seed}")
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def full_masks(params, prunable):
+  """All-True masks on the prunable leaves (the dense round of LT/LRR)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  return jax.tree.unflatten(treedef, [
+      jnp.ones(jnp.shape(x), bool) if prunable(path, x) else None
+      for path, x in leaves])
+
+
+class Position(NamedTuple):
+  """Where a run stands: the checkpoint's JSON part."""
+  round: int = 0
+  global_step: int = 0     # steps taken in this round
+  epoch: int = 0           # current (0-based) epoch
+  step_in_epoch: int = 0   # steps of the current epoch already taken
+
+
+class Runner:
+  """Holds everything one command needs; :meth:`run` does the work."""
+
+  def __init__(self, cfg: TrainConfig):
+    if cfg.distributed:
+      jax.distributed.initialize()
+    self.cfg = cfg
+    self.out_dir = cfg.out_dir or default_out_dir(cfg)
+    self.mesh = Mesh(np.array(jax.devices()), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P("data"))
+    n_dev = len(jax.devices())
+    if cfg.batch_size % n_dev:
+      raise ValueError(f"--batch-size ({cfg.batch_size}) must be divisible by "
+                       f"the number of devices ({n_dev}).")
+    self.eval_batch_size = _round_up(cfg.eval_batch_size, n_dev)
+    self.train_source, self.test_source = load_data(cfg)
+    self.info = self.train_source.info
+    steps = len(self.train_source) // cfg.batch_size
+    if steps < 1:
+      raise ValueError(f"--batch-size ({cfg.batch_size}) exceeds the "
+                       f"{len(self.train_source)} training examples.")
+    self.sched = Schedule(steps, steps * cfg.epochs)
+    root = jax.random.key(cfg.seed)
+    self.init_key, self.mask_key, self.step_key = jax.random.split(root, 3)
+    self.fns, self.init_params, self.init_stats = make_model(
+        cfg, self.info.num_classes, self.init_key)
+    self.prunable = make_prunable(cfg)
+    self.history = []
+    self.images_per_sec = Throughput()
+    self.eval_step = None
+
+  # -- optimizer and initial state -----------------------------------------
+  def _mask_data(self, stats):
+    """(loss_fn, batch) for SNIP / GraSP scoring on training data."""
+    cfg, info = self.cfg, self.info
+    if cfg.method == "grasp":
+      idx = _balanced_indices(self.train_source, cfg.grasp_samples_per_class,
+                              info.num_classes, cfg.seed)
+    else:
+      idx = np.arange(min(cfg.snip_batch, len(self.train_source)))
+    raw = self.train_source.get_batch(idx)
+    size = info.input_shape[0] if info.augmentation == "imagenet" else None
+    x = data_lib.normalize(data_lib.augment(
+        None, jnp.asarray(raw["image"]), info.augmentation, train=False,
+        size=size), info)
+    batch = {"image": x, "label": jnp.asarray(raw["label"])}
+    grasp = cfg.method == "grasp"  # GraSP: batch statistics; SNIP: eval-mode BN
+
+    def loss_fn(p, b, temperature=1.0):
+      if grasp:
+        logits, _ = self.fns.apply_train(p, stats, b["image"])
+      else:
+        logits = self.fns.apply_eval(p, stats, b["image"])
+      return cross_entropy(logits.astype(jnp.float32) / temperature,
+                           b["label"], info.num_classes, 0.0)
+
+    return loss_fn, batch
+
+  def build_tx(self, params, stats, masks=None):
+    cfg = self.cfg
+    inner = base_optimizer(cfg, learning_rate(cfg, self.sched.steps_per_epoch))
+    tx = sparse_method(cfg, inner, params, self.sched, self.mask_key,
+                       mask_data=lambda: self._mask_data(stats), masks=masks)
+    return wrap_mode(cfg, tx)
+
+  def init_state(self, tx, params, stats):
+    opt_state = tx.init(params)
+    params = sparse.apply_masks(params, opt_state)
+    return jax.device_put((params, stats, opt_state), self.replicated)
+
+  # -- one training run (one LT/LRR round) ---------------------------------
+  def train(self, tx, state, pos: Position, *, ckpt: Checkpointer,
+            writer: MetricsWriter, n_rounds: int = 1, capture_at=None):
+    """Trains from ``pos`` to the end of the schedule (or ``--max-steps``).
+
+    ``state`` is ``dict(params, stats, opt_state, extra)``; with
+    ``capture_at=k`` the clean weights after step ``k`` are stored in
+    ``state['extra']`` (the LT rewind point). Returns ``(state, pos,
+    finished)``.
+    """
+    from tqdm.auto import tqdm
+    cfg, sched = self.cfg, self.sched
+    train_step, self.eval_step = make_steps(cfg, self.fns, self.info, tx, self.mesh)
+    params, stats, opt_state = state["params"], state["stats"], state["opt_state"]
+    extra = state["extra"]
+    step, epoch, in_epoch = pos.global_step, pos.epoch, pos.step_in_epoch
+    n_proc, proc = jax.process_count(), jax.process_index()
+    meter = self.images_per_sec
+    label = f"round {pos.round + 1}/{n_rounds} " if n_rounds > 1 else ""
+    lr_fn = learning_rate(cfg, sched.steps_per_epoch)
+    compiled, stopped = False, False
+    while epoch < cfg.epochs and not stopped:
+      bar = tqdm(total=sched.steps_per_epoch, initial=in_epoch,
+                 desc=f"{label}epoch {epoch + 1}/{cfg.epochs}",
+                 disable=not cfg.progress or proc != 0, dynamic_ncols=True,
+                 mininterval=1.0, leave=False)
+      pending, sums = [], dict(loss=0.0, correct=0.0, seen=0)
+      last_sync, unsynced = time.perf_counter(), 0
+
+      def sync():
+        nonlocal pending, last_sync, unsynced
+        for m in jax.device_get(pending):
+          sums["loss"] += float(m["loss"]) * cfg.batch_size
+          sums["correct"] += float(m["correct"])
+          sums["seen"] += cfg.batch_size
+        now = time.perf_counter()
+        rate = unsynced / (now - last_sync) if unsynced and now > last_sync else None
+        if rate is not None:
+          meter.images += unsynced
+          meter.seconds += now - last_sync
+        pending, last_sync, unsynced = [], now, 0
+        return rate
+
+      for batch in data_lib.batches(
+          self.train_source, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+          start_step=in_epoch, num_shards=n_proc, shard_index=proc):
+        key = jax.random.fold_in(self.step_key, pos.round * (sched.total_steps + 1) + step)
+        params, stats, opt_state, m = train_step(
+            params, stats, opt_state, to_global(batch, self.sharded), key)
+        pending.append(m)
+        step, in_epoch = step + 1, in_epoch + 1
+        if not compiled:  # keep compilation out of the throughput
+          sync()
+          compiled = True
+        else:
+          unsynced += cfg.batch_size
+        if capture_at is not None and step == capture_at:
+          extra = dict(params=s2sam_jax.unperturbed(params, opt_state), stats=stats)
+        if len(pending) >= 25:
+          rate = sync()
+          bar.set_postfix(loss=f"{sums['loss'] / max(sums['seen'], 1):.4f}",
+                          acc=f"{sums['correct'] / max(sums['seen'], 1):.4f}",
+                          img_s="-" if rate is None else f"{rate:.0f}",
+                          refresh=False)
+        bar.update(1)
+        if cfg.max_steps and step >= cfg.max_steps:
+          stopped = True
+          break
+      sync()
+      bar.close()
+      epoch_done = in_epoch >= sched.steps_per_epoch
+      record: Dict[str, Any] = dict(
+          round=pos.round, epoch=epoch + 1, epoch_complete=epoch_done,
+          train_loss=sums["loss"] / max(sums["seen"], 1),
+          train_accuracy=sums["correct"] / max(sums["seen"], 1),
+          images_per_sec=meter.rate, lr=float(lr_fn(max(step - 1, 0))))
+      last = epoch_done and epoch + 1 == cfg.epochs
+      if stopped or (epoch_done and ((epoch + 1) % cfg.eval_every == 0 or last)):
+        ev = evaluate(self.eval_step, params, stats, opt_state, self.test_source,
+                      self.eval_batch_size, self.sharded)
+        record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
+      self.history.append(record)
+      writer.write(step=self._ckpt_step(pos.round, step), **record)
+      if proc == 0 and not cfg.progress:
+        print(json.dumps(to_python(record)), flush=True)
+      if epoch_done:
+        epoch, in_epoch = epoch + 1, 0
+      pos = Position(pos.round, step, epoch, in_epoch)
+      state = dict(params=params, stats=stats, opt_state=opt_state, extra=extra)
+      self.save(ckpt, state, pos)
+    return state, pos, epoch >= cfg.epochs
+
+  def _ckpt_step(self, round_index: int, step: int) -> int:
+    return round_index * (self.sched.total_steps + 1) + step
+
+  def save(self, ckpt: Checkpointer, state, pos: Position) -> None:
+    meta = dict(pos._asdict(), history=self.history,
+                throughput=[self.images_per_sec.images, self.images_per_sec.seconds],
+                config=dataclasses.asdict(self.cfg))
+    ckpt.save(self._ckpt_step(pos.round, pos.global_step), state, to_python(meta))
+
+  def restore(self, ckpt: Checkpointer, template):
+    """The latest checkpoint (if ``--resume`` and one exists) or ``template``."""
+    if not self.cfg.resume or ckpt.latest_step() is None:
+      return template, Position()
+    state, meta = ckpt.restore(template)
+    self.history = list(meta["history"])
+    self.images_per_sec.images, self.images_per_sec.seconds = meta["throughput"]
+    return state, Position(*(int(meta[f]) for f in Position._fields))
+
+  # -- the whole command ---------------------------------------------------
+  def run(self) -> Dict[str, Any]:
+    cfg = self.cfg
+    os.makedirs(self.out_dir, exist_ok=True)
+    write_json(os.path.join(self.out_dir, "config.json"), dataclasses.asdict(cfg))
+    ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"),
+                        keep=cfg.keep_checkpoints)
+    writer = MetricsWriter(self.out_dir)
+    t0 = time.time()
+    try:
+      if cfg.method in ("lt", "lrr"):
+        state, pos, finished, rounds = self._run_lottery(ckpt, writer)
+      else:
+        tx = self.build_tx(self.init_params, self.init_stats)
+        params, stats, opt_state = self.init_state(tx, self.init_params, self.init_stats)
+        state, pos = self.restore(ckpt, dict(
+            params=params, stats=stats, opt_state=opt_state, extra={}))
+        state, pos, finished = self.train(tx, state, pos, ckpt=ckpt, writer=writer)
+        rounds = 1
+    finally:
+      writer.close()
+      ckpt.close()
+    self.final_state = state
+    summary = self.summary(state, pos, finished, rounds, time.time() - t0)
+    write_json(os.path.join(self.out_dir, "summary.json"), summary)
+    return summary
+
+  def _run_lottery(self, ckpt, writer):
+    """LT / LRR: a dense round, then prune-and-retrain rounds."""
+    cfg = self.cfg
+    densities = configs_lib.lottery_round_densities(
+        cfg.sparsity, cfg.prune_fraction, cfg.lottery_rounds)
+    n_rounds = len(densities) + 1
+    tx = self.build_tx(self.init_params, self.init_stats,
+                       masks=full_masks(self.init_params, self.prunable))
+    params, stats, opt_state = self.init_state(tx, self.init_params, self.init_stats)
+    template = dict(params=params, stats=stats, opt_state=opt_state,
+                    extra=dict(params=params, stats=stats))
+    state, pos = self.restore(ckpt, template)
+    lt = cfg.method == "lt"
+    k = cfg.rewind_steps if lt else 0
+    while True:
+      if pos.round > 0:  # the masks of this round live in the state
+        tx = self.build_tx(self.init_params, self.init_stats,
+                           masks=sparse.get_masks(state["opt_state"]))
+      capture = k if (lt and pos.round == 0 and k > 0) else None
+      state, pos, finished = self.train(tx, state, pos, ckpt=ckpt, writer=writer,
+                                        n_rounds=n_rounds, capture_at=capture)
+      if not finished or pos.round + 1 >= n_rounds:
+        return state, pos, finished, pos.round + 1
+      state, pos = self._next_round(state, pos, densities[pos.round], k)
+      self.save(ckpt, state, pos)
+
+  def _next_round(self, state, pos: Position, density: float, rewind_steps: int):
+    """Prunes to ``density`` (global magnitude) and rewinds (LT) or replays
+    the learning-rate schedule (LRR)."""
+    cfg = self.cfg
+    opt_state = state["opt_state"]
+    clean = s2sam_jax.unperturbed(state["params"], opt_state)
+    masks = sparse.lottery.prune_to_density(clean, sparse.get_masks(opt_state),
+                                            density)
+    tx = self.build_tx(self.init_params, self.init_stats, masks=masks)
+    if cfg.method == "lt":
+      rewind = state["extra"]
+      params, stats, opt_state = self.init_state(tx, rewind["params"], rewind["stats"])
+      steps = self.sched.steps_per_epoch
+      pos = Position(pos.round + 1, rewind_steps, rewind_steps // steps,
+                     rewind_steps % steps)
+    else:  # LRR: keep weights and momentum, replay the lr schedule from 0
+      params, stats, fresh = self.init_state(tx, clean, state["stats"])
+      opt_state = sparse.lottery.rewind_learning_rate(opt_state, fresh, masks)
+      pos = Position(pos.round + 1, 0, 0, 0)
+    return dict(params=params, stats=stats, opt_state=opt_state,
+                extra=state["extra"]), pos
+
+  # -- summary ---------------------------------------------------------------
+  def summary(self, state, pos: Position, finished: bool, rounds: int,
+              wall: float) -> Dict[str, Any]:
+    cfg = self.cfg
+    params, opt_state = state["params"], state["opt_state"]
+    clean = s2sam_jax.unperturbed(params, opt_state)
+    evals = [h for h in self.history if "test_accuracy" in h]
+    last_round = [h for h in evals if h["round"] == pos.round]
+    masks = sparse.get_masks(opt_state)
+    summary = dict(
+        config=dataclasses.asdict(cfg),
+        finished=finished,
+        rounds=rounds,
+        steps=pos.global_step,
+        final_test_accuracy=evals[-1]["test_accuracy"] if evals else None,
+        best_test_accuracy=max((h["test_accuracy"] for h in last_round), default=None),
+        images_per_sec=self.images_per_sec.rate,
+        wall_seconds=wall,
+        devices=len(jax.devices()),
+        sparsity=sparse.sparsity_summary(clean, masks),
+        training_flops=self.training_flops(masks),
+        extra_eval={},
+        out_dir=self.out_dir,
+    )
+    for name in cfg.extra_eval:
+      source = data_lib.get_dataset(name, "test", data_dir=cfg.data_dir)
+      summary["extra_eval"][name] = evaluate(
+          self.eval_step, params, state["stats"], opt_state, source,
+          self.eval_batch_size, self.sharded)["accuracy"]
+    return to_python(summary)
+
+  def training_flops(self, masks):
+    cfg = self.cfg
+    return sparse.training_flops(
+        models_lib.layer_flops(cfg.model, self.info.input_shape,
+                               num_classes=self.info.num_classes),
+        masks, steps=self.sched.total_steps, batch_size=cfg.batch_size,
+        mode=cfg.optimizer_mode, method=cfg.method)
+
+
+def _balanced_indices(source, per_class: int, num_classes: int, seed: int):
+  """``per_class`` examples of each class, drawn by seed (GraSP's sample)."""
+  order = np.random.default_rng([seed, 10**6]).permutation(len(source))
+  labels = np.concatenate([source.get_batch(order[i:i + 4096])["label"]
+                           for i in range(0, len(order), 4096)])
+  picked = []
+  for c in range(num_classes):
+    picked.extend(order[labels == c][:per_class].tolist())
+  return np.sort(np.asarray(picked, np.int64))
+
+
+def run(cfg: TrainConfig) -> Dict[str, Any]:
+  """Trains as ``cfg`` says; returns the summary (also in ``summary.json``)."""
+  configs_lib.validate(cfg)
+  return Runner(cfg).run()
+
+
+def main(argv=None) -> int:
+  cfg, args = config_from_args(argv)
+  if args.list_configs:
+    print("\n".join(configs_lib.list_configs()))
+    return 0
+  if args.describe:
+    print("\n".join(f"{k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()))
+    return 0
+  summary = run(cfg)
+  if jax.process_index() == 0:
+    brief = {k: summary[k] for k in (
+        "final_test_accuracy", "best_test_accuracy", "images_per_sec",
+        "wall_seconds", "steps", "out_dir")}
+    brief["global_sparsity"] = summary["sparsity"].get("global") if isinstance(
+        summary["sparsity"], dict) else None
+    print(json.dumps(brief, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
