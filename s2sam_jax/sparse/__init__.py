@@ -11,6 +11,15 @@ from s2sam_jax.sparse.pruning_at_init import grasp_scores
 from s2sam_jax.sparse.pruning_at_init import magnitude_masks
 from s2sam_jax.sparse.pruning_at_init import snip_masks
 from s2sam_jax.sparse.pruning_at_init import snip_scores
+from s2sam_jax.sparse.summary import FlopsEstimate
+from s2sam_jax.sparse.summary import LayerOverlap
+from s2sam_jax.sparse.summary import LayerSparsity
+from s2sam_jax.sparse.summary import MaskOverlap
+from s2sam_jax.sparse.summary import SparsitySummary
+from s2sam_jax.sparse.summary import mask_overlap
+from s2sam_jax.sparse.summary import nnz
+from s2sam_jax.sparse.summary import sparsity_summary
+from s2sam_jax.sparse.summary import training_flops
 from s2sam_jax.sparse._wrapper import DynamicSparseState
 from s2sam_jax.sparse._wrapper import SparseState
 from s2sam_jax.sparse._wrapper import apply_masks
