@@ -110,10 +110,14 @@ def raw_key(key) -> jax.Array:
   """An int seed or a PRNG key (typed or raw) as a raw ``uint32`` key."""
   if isinstance(key, numbers.Integral) and not isinstance(key, bool):
     return jax.random.PRNGKey(int(key))
-  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  try:
+    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+  except (TypeError, ValueError):
+    raise ValueError(
+        f"`key` must be an int seed or a JAX PRNG key; got {key!r}.") from None
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     return jax.random.key_data(key)
-  if key.dtype != jnp.uint32 or key.ndim != 1:
+  if key.dtype != jnp.uint32 or key.shape != (2,):
     raise ValueError(
         f"`key` must be an int seed or a JAX PRNG key; got {key!r}.")
   return key

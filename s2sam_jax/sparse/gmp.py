@@ -12,7 +12,8 @@ sparsity from ``distribution`` (Zhu & Gupta prune every layer to the same
 ``s_f``: ``'uniform'``, the default), ``s_i`` = ``initial_sparsity``. The
 mask is frozen after ``end_step``. The inner state of pruned weights is
 zeroed; the gradient step is taken on pruning steps, with the new masks.
-The keep count is computed on device in float32.
+Keep counts are exact: ``count_for_density(N_l, 1 − s_l(t))`` (round half
+to even, float64), tabulated on the host for every pruning step.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def gmp_sparsity(t, final_sparsity, initial_sparsity, begin_step, end_step):
   """
   p = jnp.clip((jnp.asarray(t, jnp.float32) - begin_step)
                / float(end_step - begin_step), 0.0, 1.0)
+  return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
+
+
+def gmp_sparsity_np(t, final_sparsity, initial_sparsity, begin_step, end_step):
+  """:func:`gmp_sparsity` in float64 on the host."""
+  p = min(max((t - begin_step) / (end_step - begin_step), 0.0), 1.0)
   return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
 
 
@@ -110,18 +117,29 @@ def gmp(
     in_range = (t >= begin_step) & (t <= end_step)
     return in_range & (((t - begin_step) % update_every == 0) | (t == end_step))
 
+  n_updates = -(-(end_step - begin_step) // update_every)  # ceil
+  update_steps = [min(begin_step + j * update_every, end_step)
+                  for j in range(n_updates + 1)]
+
+  def keep_table(size, density):
+    # Exact counts on the host (float64, round half to even) per update step.
+    return jnp.asarray([
+        distributions.count_for_density(size, 1.0 - float(gmp_sparsity_np(
+            t, 1.0 - density, initial_sparsity, begin_step, end_step)))
+        for t in update_steps], jnp.int32)
+
   def update(old_masks, params, grads, count, extras):
     del grads
     treedef, mask_leaves, (param_leaves, density_leaves) = \
         _wrapper.flatten_masked(old_masks, params, final_densities(params))
+    j = jnp.where(count >= end_step, n_updates,
+                  (count - begin_step) // update_every)
     new = []
     for m, p, d in zip(mask_leaves, param_leaves, density_leaves):
       if m is None:
         new.append(None)
         continue
-      s_t = gmp_sparsity(count, 1.0 - d, initial_sparsity, begin_step, end_step)
-      size = _wrapper.leaf_size(m)
-      keep = jnp.round((1.0 - s_t) * size).astype(jnp.int32)
+      keep = keep_table(_wrapper.leaf_size(m), d)[j]
       keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
       new.append(_masks.keep_top_k(_wrapper.drop_scores(p, m), keep))
     return jax.tree.unflatten(treedef, new), extras

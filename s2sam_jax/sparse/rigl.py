@@ -4,7 +4,7 @@ Every ``update_every`` steps ``t`` with ``begin_step <= t < end_step``, for each
 masked layer independently (reference §7), with ``n`` active weights:
 
     f_t   = α/2 · (1 + cos(π · min(t − begin, T) / T)),  T = end − begin   (cosine)
-    k     = floor(f_t · n)
+    k     = floor(f_t · n)           (float32, 1e-3 tolerance)
     keep  = the n − k active weights of largest |w|
     grow  = the k entries outside ``keep`` of largest |g|   (just-dropped ones
             are eligible; g is the dense gradient of the current minibatch)
@@ -97,6 +97,14 @@ def check_schedule_args(update_every, drop_fraction, begin_step, end_step,
                      f"got {end_step}.")
 
 
+def swap_count(fraction, n_active):
+  """``floor(f · n)``, in float32 with a 1e-3 tolerance so that rounding of
+  ``f`` (e.g. ``cos(π/2) ≠ 0`` in float32) never loses a weight at an exact
+  product."""
+  product = fraction * jnp.asarray(n_active, jnp.float32)
+  return jnp.floor(product + 1e-3).astype(jnp.int32)
+
+
 def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
   """Per layer: keep the ``n − k`` largest |w|, grow ``k`` by ``grow_score_fn``.
 
@@ -112,7 +120,7 @@ def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
       new.append(None)
       continue
     n_active = jnp.sum(m, dtype=jnp.int32)
-    n_swap = jnp.floor(fraction * n_active.astype(jnp.float32)).astype(jnp.int32)
+    n_swap = swap_count(fraction, n_active)
     kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), n_active - n_swap)
     scores = _wrapper.grow_scores(grow_score_fn(g, k, m.shape), kept)
     new.append(kept | _masks.keep_top_k(scores, n_swap))
