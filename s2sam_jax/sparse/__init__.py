@@ -11,6 +11,9 @@ from s2sam_jax.sparse.pruning_at_init import grasp_scores
 from s2sam_jax.sparse.pruning_at_init import magnitude_masks
 from s2sam_jax.sparse.pruning_at_init import snip_masks
 from s2sam_jax.sparse.pruning_at_init import snip_scores
+from s2sam_jax.sparse.lottery import dense_masks
+from s2sam_jax.sparse.lottery import imp_next_round
+from s2sam_jax.sparse.lottery import imp_schedule
 from s2sam_jax.sparse.summary import FlopsEstimate
 from s2sam_jax.sparse.summary import LayerOverlap
 from s2sam_jax.sparse.summary import LayerSparsity

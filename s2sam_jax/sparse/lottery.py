@@ -1,0 +1,169 @@
+"""Iterative magnitude pruning: lottery tickets (LT) and LR rewinding (LRR).
+
+Both are multi-run procedures (reference §11, §12). This module holds the pure
+steps between runs; the training loop is the caller's::
+
+    masks, params = None, theta_k            # theta_k: weights at rewind step k
+    for sparsity in [0.0] + imp_schedule(0.9):
+      trained = train(params, masks)         # e.g. with sparse.static_masks(..., masks=masks)
+      if sparsity == imp_schedule(0.9)[-1]:
+        break
+      masks, params = imp_next_round(trained, masks, target_sparsity=0.9,
+                                     rewind_params=theta_k)   # LT
+      # LRR: rewind_params=None keeps the trained weights; restart only the LR
+      # schedule (a fresh optimizer state has count 0, i.e. t = 0)
+
+Pruning rule (exact counts): each round removes ``prune_fraction`` of the
+*remaining* weights by ``|w|`` of the trained weights, keeping
+``round((1 - p) · n_active)`` (``count_for_density(n_active, 1 - p)``), never
+fewer than the target's ``count_for_density(N, 1 - target_sparsity)``.
+Ranking is global over all masked leaves (OpenLTH, Renda) or per layer; only
+active weights compete (pruned weights never come back); ties keep the lower
+flat index. OpenLTH instead removes ``ceil(p · n_active) + 1`` plus ties, and
+Renda's LRR prunes to a percentile directly: both differ by a few weights.
+
+Optimizer state is not part of this driver: OpenLTH starts each round with a
+fresh optimizer (no momentum at the rewind point), which is what a fresh
+``tx.init`` gives; Renda's code restores the momentum of the checkpoint.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> trained = {'w': jnp.arange(1., 11.).reshape(2, 5), 'b': jnp.ones(5)}
+  >>> init = {'w': -jnp.ones((2, 5)), 'b': jnp.zeros(5)}
+  >>> masks, start = imp_next_round(trained, prune_fraction=0.2, rewind_params=init)
+  >>> int(masks['w'].sum()), masks['b'] is None, float(start['w'][0, 0]), float(start['w'][1, 0])
+  (8, True, 0.0, -1.0)
+  >>> imp_schedule(0.9)[-2:], len(imp_schedule(0.9))
+  ([0.8926258176, 0.9], 11)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s2sam_jax import _masks
+from s2sam_jax.sparse.distributions import (Prunable, _check_sparsity,
+                                            _keep_top_k_host, count_for_density,
+                                            default_prunable)
+from s2sam_jax.sparse.pruning_at_init import _global_masks
+
+SCOPES = ("global", "layer")
+
+
+def _is_none(x) -> bool:
+  return x is None
+
+
+def _check_fraction(value, name: str) -> float:
+  value = float(value)
+  if not 0.0 < value < 1.0:
+    raise ValueError(f"`{name}` must be in (0, 1); got {value}.")
+  return value
+
+
+def imp_schedule(target_sparsity: float, prune_fraction: float = 0.2) -> List[float]:
+  """Sparsity after each pruning round: ``1 - (1-p)^r``, last one clipped.
+
+  The number of rounds is the smallest ``R`` with ``1 - (1-p)^R >=
+  target_sparsity`` (90% / 95% / 98% at ``p = 0.2``: 11 / 14 / 18 rounds); the
+  last entry is ``target_sparsity`` itself instead of overshooting.
+
+  Example:
+    >>> [round(s, 4) for s in imp_schedule(0.5)]
+    [0.2, 0.36, 0.488, 0.5]
+  """
+  target = _check_sparsity(target_sparsity, "target_sparsity")
+  p = _check_fraction(prune_fraction, "prune_fraction")
+  if target == 0.0:
+    return []
+  rounds = math.ceil(math.log(1.0 - target) / math.log(1.0 - p) - 1e-9)
+  out = [round(1.0 - (1.0 - p) ** r, 10) for r in range(1, rounds)]
+  return out + [target]
+
+
+def dense_masks(params, prunable: Prunable = default_prunable):
+  """All-``True`` masks on the ``prunable`` leaves, ``None`` elsewhere.
+
+  The masks of round 0 (dense training), where IMP starts.
+  """
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  return jax.tree.unflatten(treedef, [
+      jnp.ones(np.shape(x), bool) if prunable(path, x) else None
+      for path, x in leaves_with_path])
+
+
+def imp_next_round(trained_params, masks=None, *, prune_fraction: float = 0.2,
+                   scope: str = "global", rewind_params=None,
+                   target_sparsity: Optional[float] = None,
+                   prunable: Prunable = default_prunable):
+  """One IMP step: prune the trained weights, return the next round's start.
+
+  Args:
+    trained_params: weights at the end of the round just trained.
+    masks: that round's mask tree; ``None`` means the dense first round
+      (:func:`dense_masks` over ``prunable``).
+    prune_fraction: ``p`` in ``(0, 1)``, the fraction of the remaining weights
+      removed (OpenLTH and Renda: 0.2).
+    scope: ``'global'`` (one ranking over all masked leaves, as LT and LRR
+      do) or ``'layer'`` (each leaf separately).
+    rewind_params: weights to restart from, masked: ``θ_0`` (original LT),
+      ``θ_k`` (rewinding to step ``k``). ``None`` keeps ``trained_params``
+      (LRR: only the learning-rate schedule is rewound, by the caller).
+    target_sparsity: final sparsity in ``[0, 1)``; the keep count never goes
+      below its ``count_for_density(N, 1 - target_sparsity)`` (per leaf for
+      ``scope='layer'``), so the last round lands on the target.
+    prunable: selects the leaves when ``masks`` is ``None``.
+
+  Returns:
+    ``(next_masks, start_params)`` with ``start_params = next_masks ⊙ (rewind
+    or trained params)``.
+  """
+  p = _check_fraction(prune_fraction, "prune_fraction")
+  if scope not in SCOPES:
+    raise ValueError(f"`scope` must be one of {SCOPES}; got {scope!r}.")
+  target = None if target_sparsity is None else _check_sparsity(
+      target_sparsity, "target_sparsity")
+  if masks is None:
+    masks = dense_masks(trained_params, prunable)
+  _masks.validate_masks(masks, trained_params)
+  if rewind_params is not None:
+    if jax.tree.structure(rewind_params) != jax.tree.structure(trained_params):
+      raise ValueError("`rewind_params` must have the structure of `trained_params`.")
+    _masks.validate_masks(masks, rewind_params, "masks (vs rewind_params)")
+
+  def scores_fn(m, w):
+    w = np.abs(np.asarray(w, np.float32))
+    m = np.asarray(m, bool)
+    if not np.all(np.isfinite(w[m])):
+      raise ValueError("`trained_params` has non-finite active weights.")
+    return np.where(m, w, -np.inf)
+
+  scores = _masks.map_masked(scores_fn, masks, trained_params, dense_fn=lambda x: None)
+
+  def keep_count(n_active, size):
+    keep = count_for_density(n_active, 1.0 - p)
+    if target is not None:
+      keep = max(keep, count_for_density(size, 1.0 - target))
+    return min(keep, n_active)
+
+  if scope == "global":
+    mask_leaves = jax.tree.leaves(masks)
+    n_active = sum(int(np.sum(np.asarray(m))) for m in mask_leaves)
+    size = sum(int(np.size(m)) for m in mask_leaves)
+    selected = jax.tree.map(lambda m: m is not None, masks, is_leaf=_is_none)
+    next_masks = _global_masks(
+        jax.tree.map(lambda s, w: np.zeros(np.shape(w)) if s is None else s,
+                     scores, trained_params, is_leaf=_is_none),
+        selected, keep_count(n_active, size))
+  else:
+    next_masks = _masks.map_masked(
+        lambda m, s: _keep_top_k_host(s, keep_count(int(np.sum(np.asarray(m))),
+                                                    int(np.size(m)))),
+        masks, scores, dense_fn=lambda x: None)
+  start = trained_params if rewind_params is None else rewind_params
+  return next_masks, _masks.mask_tree(start, next_masks)
