@@ -190,6 +190,9 @@ def snip_masks(loss_fn, params, batch, sparsity: Optional[float] = None, *,
     densities: instead of ``sparsity``, a ``layer_densities`` tree for
       per-layer selection (RigL's SNIP variant).
     prunable: which leaves are scored in the global ranking.
+
+  The official SNIP scores with BN in eval mode (initial moving statistics)
+  and ranks biases too; pass a ``prunable`` that selects them to match.
   """
   scores = snip_scores(loss_fn, params, batch)
   return _layer_or_global(scores, params, sparsity, densities, prunable, "snip_masks")
@@ -218,6 +221,12 @@ def grasp_masks(loss_fn, params, batch, sparsity: float, *,
   largest (signed, not absolute), keeping low and negative scores: exactly
   ``N - int(sparsity * N)`` weights stay; among equal scores the lower flat
   index is kept. See the module docstring for ``loss_fn`` and the batch.
+
+  Reference protocol (§10), the caller's part: a class-balanced sample (10
+  images per class on CIFAR) as ``batch``; BN in train mode (batch
+  statistics) inside ``loss_fn``; scores taken on a copy of the params whose
+  dense layers are re-initialised (Xavier normal), the masks then applied to
+  the original params.
   """
   sparsity = _check_sparsity(sparsity)
   scores = grasp_scores(loss_fn, params, batch, temperature)

@@ -271,12 +271,8 @@ class FlopsEstimate:
 
 
 def _density_by_path(densities) -> dict:
-  """``{path: density}`` from a mapping, a density tree or a mask tree."""
-  if isinstance(densities, Mapping) and all(
-      isinstance(v, (int, float)) or v is None for v in densities.values()):
-    items = densities.items()
-  else:
-    items = _flat_with_paths(densities)
+  """``{path: density}`` from a flat mapping, a density tree or a mask tree."""
+  items = _flat_with_paths(densities)  # a flat {path: d} dict flattens to itself
   out = {}
   for path, d in items:
     if d is None:
