@@ -1,0 +1,160 @@
+"""Property tests (hypothesis) for the sparse wrappers.
+
+For random layer shapes, sparsities, seeds, methods and optimizers, over a few
+jitted steps with a topology update every other step:
+
+* exact per-layer counts after init (``round(d_l n)``, d_l from
+  ``layer_densities``) and after every update (SET, RigL, MEST EM, static
+  keep them; DSR keeps the global count; MEST EM&S and GMP follow their
+  schedules, re-derived here);
+* params exactly zero where masked; no NaN;
+* the inner state (SGD momentum, Adam moments) of dropped weights is 0, and
+  newly grown weights start from zero state: 0 after a skipped step (RigL,
+  SET), one fresh inner step's state otherwise (``trace = g``,
+  ``mu = (1-b1) g``, ``nu = (1-b2) g²``).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from s2sam_jax import sparse
+
+EVERY, STEPS, DECAY = 2, 7, (3, 5)
+B1, B2 = 0.9, 0.999
+
+
+@st.composite
+def param_shapes(draw):
+  shapes = []
+  for _ in range(draw(st.integers(1, 3))):
+    if draw(st.booleans()):
+      shapes.append((draw(st.integers(2, 12)), draw(st.integers(2, 12))))
+    else:
+      shapes.append(tuple(draw(st.integers(1, 3)) for _ in range(2))
+                    + tuple(draw(st.integers(1, 6)) for _ in range(2)))
+  return shapes
+
+
+def _make_params(shapes, seed):
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(shapes))
+  return {f"layer{i}": {"kernel": jax.random.normal(k, s),
+                        "bias": jnp.zeros(s[-1])}
+          for i, (k, s) in enumerate(zip(keys, shapes))}
+
+
+def _loss(params):
+  # gradient non-zero at w = 0, so growth and grown weights see real values
+  return sum(jnp.sum(jnp.sin(p["kernel"] + 0.3) ** 2) + jnp.sum(p["bias"] ** 2)
+             for p in params.values())
+
+
+def _make_tx(method, opt, sparsity, distribution, seed):
+  common = dict(distribution=distribution, key=seed)
+  if method == "static":
+    return sparse.static_random(opt, sparsity, **common)
+  if method in ("set", "rigl"):
+    fn = sparse.set_ if method == "set" else sparse.rigl
+    return fn(opt, sparsity, end_step=STEPS + 1, update_every=EVERY,
+              drop_fraction=0.5, **common)
+  if method == "dsr":
+    return sparse.dsr(opt, sparsity, update_every=EVERY, **common)
+  if method in ("em", "ems"):
+    return sparse.mest(opt, sparsity, variant=method, update_every=EVERY,
+                       decay_steps=DECAY, **common)
+  return sparse.gmp(opt, sparsity, end_step=6, update_every=EVERY,
+                    distribution=distribution)
+
+
+def _counts(masks):
+  return {name: int(np.sum(m["kernel"])) for name, m in masks.items()}
+
+
+def _expected_counts(method, t, init_counts, sizes, final_density):
+  """Per-layer counts after the step at t (None: only the total is fixed)."""
+  if method in ("static", "set", "rigl", "em"):
+    return init_counts
+  if method == "dsr":
+    return None
+  if method == "ems":
+    last = t - t % EVERY
+    offset = 0.05 if last < DECAY[0] else 0.025 if last < DECAY[1] else 0.0
+    return {k: min(c + round(offset * sizes[k]), sizes[k])
+            for k, c in init_counts.items()}
+  last = min(t - t % EVERY, 6)  # gmp: s_t at the last pruning step
+  counts = {}
+  for k, d in final_density.items():
+    s_f = 1.0 - d
+    s_t = s_f + (0.0 - s_f) * (1 - last / 6) ** 3
+    counts[k] = round((1 - s_t) * sizes[k])
+  return counts
+
+
+@pytest.mark.parametrize("method", ["static", "set", "rigl", "dsr", "em",
+                                    "ems", "gmp"])
+@settings(max_examples=4, deadline=None)
+@given(shapes=param_shapes(),
+       sparsity=st.floats(0.0, 0.95),
+       seed=st.integers(0, 2**16),
+       optimizer=st.sampled_from(["sgdm", "adam"]),
+       distribution=st.sampled_from(["uniform", "erk"]))
+def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
+                                   distribution):
+  opt = (optax.sgd(0.05, momentum=0.9) if optimizer == "sgdm"
+         else optax.adam(0.05, b1=B1, b2=B2))
+  params = _make_params(shapes, seed)
+  tx = _make_tx(method, opt, sparsity, distribution, seed)
+  state = tx.init(params)
+  params = sparse.apply_masks(params, state)
+
+  # Counts after init: round(d_l n) for the densities of the distribution.
+  densities = sparse.layer_densities(params, sparsity, distribution)
+  sizes = {k: int(np.prod(s)) for k, s in zip(params, shapes)}
+  final_density = {k: densities[k]["kernel"] for k in params}
+  init_counts = _counts(state.masks)
+  if method == "gmp":
+    assert init_counts == sizes  # starts dense
+  else:
+    assert init_counts == {k: round(final_density[k] * sizes[k])
+                           for k in params}
+  total = sum(init_counts.values())
+
+  @jax.jit
+  def train_step(params, state):
+    grads = jax.grad(_loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, grads
+
+  skip = method in ("set", "rigl")
+  for t in range(STEPS):
+    old_masks = state.masks
+    params, state, grads = train_step(params, state)
+    counts = _counts(state.masks)
+    expected = _expected_counts(method, t, init_counts, sizes, final_density)
+    if expected is None:
+      assert sum(counts.values()) == total
+    else:
+      assert counts == expected, (t, counts, expected)
+    for name in params:
+      m = np.asarray(state.masks[name]["kernel"])
+      old = np.asarray(old_masks[name]["kernel"])
+      w = np.asarray(params[name]["kernel"])
+      g = np.asarray(grads[name]["kernel"])
+      assert np.all(w[~m] == 0)
+      assert np.isfinite(w).all()
+      grown, dropped = m & ~old, old & ~m
+      bufs = ({"trace": g} if optimizer == "sgdm"
+              else {"mu": (1 - B1) * g, "nu": (1 - B2) * g * g})
+      for buf_name, fresh in bufs.items():
+        buf = np.asarray(optax.tree.get(state.inner_state,
+                                        buf_name)[name]["kernel"])
+        assert np.isfinite(buf).all()
+        assert np.all(buf[dropped] == 0)
+        if skip:
+          assert np.all(buf[grown] == 0)
+        else:
+          np.testing.assert_allclose(buf[grown], fresh[grown], rtol=1e-5,
+                                     atol=1e-7)
