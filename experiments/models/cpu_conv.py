@@ -1,0 +1,298 @@
+"""A 2-D convolution whose backward pass is fast on XLA:CPU.
+
+``conv_general_dilated`` is a drop-in replacement for ``jax.lax.conv_general_dilated`` (the
+signature ``flax.nnx.Conv`` calls). Its forward pass *is* ``lax.conv_general_dilated``; only the
+gradients differ in how they are computed, not in what they are.
+
+Why: XLA:CPU computes the kernel gradient of an NHWC convolution as another convolution whose
+"batch" is the input channel and whose window is the whole image (``dim_labels=b01f_01io``),
+after transposing every activation to put the batch last. Both the transposes and that
+convolution are slow (openxla/xla#34273, jax#31662). The input gradient of a strided
+convolution is an lhs-dilated convolution, which is slow too. Here both are written as matrix
+products, which XLA:CPU runs at full speed.
+
+The math, for ``y = conv(x, w)`` with input ``x: [N, H, W, C]``, kernel ``w: [KH, KW, C/G, O]``,
+``G`` feature groups, stride ``s``, padding ``p`` and output cotangent ``g: [N, Ho, Wo, O]``.
+Let ``xp`` be ``x`` zero-padded by ``p`` and ``X_ij = xp[:, i::s, j::s, :][:, :Ho, :Wo]`` the
+input patch seen by kernel offset ``(i, j)``, flattened to ``[M, C]`` with ``M = N*Ho*Wo``:
+
+    dL/dw[i, j] = X_ij^T @ g                      (per group; [C/G, O])
+    dL/dx       = crop_p( sum_ij scatter_s( g @ w[i, j]^T, offset (i, j) ) )
+
+``scatter_s`` writes an ``[N, Ho, Wo, C]`` block at rows ``i, i+s, ...`` and columns
+``j, j+s, ...`` of a zero ``xp``-shaped array (``lax.pad`` with interior padding ``s-1``).
+For stride 1 the input gradient stays XLA's own transposed convolution (which is fast).
+
+Dispatch: ``jax.lax.platform_dependent`` picks the custom-gradient version when the computation
+is lowered for CPU and plain ``lax.conv_general_dilated`` for every other platform, so GPU/TPU
+programs never contain it. Cases outside the supported set fall back to plain lax: anything but
+2-D NHWC/HWIO convolutions, kernel or input dilation other than 1, ``batch_group_count != 1``,
+``preferred_element_type`` or ``out_sharding`` set.
+
+Opt-out: set the environment variable ``S2SAM_FAST_CPU_CONV=0`` (read at trace time, each call),
+or pass ``fast_cpu=False``. ``fast_cpu=True`` forces the custom gradient even off CPU (for
+tests).
+
+Example::
+
+    import jax, jax.numpy as jnp
+    from experiments.models.cpu_conv import conv_general_dilated
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    f = lambda x, w: conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+    dx, dw = jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ENV_VAR = "S2SAM_FAST_CPU_CONV"
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+def fast_cpu_conv_enabled() -> bool:
+    """False when the environment variable ``S2SAM_FAST_CPU_CONV`` is ``0``/``false``/``off``/``no``."""
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    out_sharding=None,
+    *,
+    fast_cpu: bool | None = None,
+):
+    """``lax.conv_general_dilated`` with matmul gradients on CPU (see the module docstring).
+
+    ``fast_cpu``: None (default) = custom gradient on the CPU backend unless the environment
+    variable ``S2SAM_FAST_CPU_CONV=0``; False = always plain lax; True = custom gradient on
+    every backend.
+    """
+    plain = functools.partial(
+        lax.conv_general_dilated,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding,
+    )
+    if fast_cpu is None:
+        fast_cpu = fast_cpu_conv_enabled()
+        force = False
+    else:
+        force = fast_cpu
+    if not fast_cpu or not _supported(
+        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count,
+        preferred_element_type, out_sharding,
+    ):
+        return plain(lhs, rhs)
+    strides = tuple(int(s) for s in window_strides)
+    pads = _explicit_padding(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    fast = functools.partial(
+        _matmul_grad_conv, strides=strides, pads=pads,
+        groups=int(feature_group_count), precision=precision,
+    )
+    if force:
+        return fast(lhs, rhs)
+    return dispatch(lhs, rhs, cpu=fast, default=lambda x, w: plain(x, w))
+
+
+def dispatch(lhs, rhs, *, cpu, default):
+    """``cpu(lhs, rhs)`` when lowered for CPU, ``default(lhs, rhs)`` on any other platform."""
+    return lax.platform_dependent(lhs, rhs, cpu=cpu, default=default)
+
+
+def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count,
+               preferred_element_type, out_sharding) -> bool:
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        return False
+    if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1))):
+        return False
+    if batch_group_count != 1 or preferred_element_type is not None or out_sharding is not None:
+        return False
+    if dimension_numbers is None:
+        return False
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    return dn == _NHWC
+
+
+def _explicit_padding(in_hw, k_hw, strides, padding) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(in_hw, k_hw, strides, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+# A dense 3x3 kernel gradient as tap matmuls pays for kh*kw copies of the input; that wins over
+# XLA's transposed convolution only when the matmuls are large (measured on a 2-core AMD EPYC,
+# batch 128: C_in*C_out >= 128*128 wins by 1.2-1.6x, 16..64 channels lose by up to 2x).
+TAP_MATMUL_MIN_CHANNEL_PRODUCT = 128 * 128
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _matmul_grad_conv(x, w, strides, pads, groups, precision):
+    return _forward(x, w, strides, pads, groups, precision)
+
+
+def _is_depthwise(w, groups):
+    return groups > 1 and w.shape[2] == 1
+
+
+def _forward(x, w, strides, pads, groups, precision):
+    if _is_depthwise(w, groups):
+        return _depthwise_forward(x, w, strides, pads, groups)
+    return _xla_conv(x, w, strides, pads, groups, precision)
+
+
+def _xla_conv(x, w, strides, pads, groups, precision):
+    return lax.conv_general_dilated(
+        x, w, strides, pads, dimension_numbers=_NHWC, feature_group_count=groups,
+        precision=precision,
+    )
+
+
+def _fwd(x, w, strides, pads, groups, precision):
+    return _forward(x, w, strides, pads, groups, precision), (x, w)
+
+
+def _bwd(strides, pads, groups, precision, res, g):
+    x, w = res
+    return (
+        _input_grad(x, w, g, strides, pads, groups, precision),
+        _kernel_grad(x, w, g, strides, pads, groups, precision),
+    )
+
+
+_matmul_grad_conv.defvjp(_fwd, _bwd)
+
+
+def _pad_input(x, pads):
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+
+
+def _patches(xp, i, j, out_hw, strides):
+    """``xp[:, i::s, j::s, :]`` cut to the output size: the input seen by kernel offset (i, j)."""
+    (sh, sw), (ho, wo) = strides, out_hw
+    n, _, _, c = xp.shape
+    return lax.slice(
+        xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1)
+    )
+
+
+def _out_hw(x, w, strides, pads):
+    return tuple(
+        (x.shape[1 + d] + pads[d][0] + pads[d][1] - w.shape[d]) // strides[d] + 1 for d in (0, 1)
+    )
+
+
+def _depthwise_forward(x, w, strides, pads, groups):
+    """``y[..., g*m + o] = sum_ij X_ij[..., g] * w[i, j, 0, g*m + o]``: kh*kw fused multiply-adds."""
+    kh, kw, _, o = w.shape
+    mult = o // groups
+    ho, wo = _out_hw(x, w, strides, pads)
+    xp = _pad_input(x, pads)
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            xs = _patches(xp, i, j, (ho, wo), strides).astype(jnp.float32)
+            wij = w[i, j, 0].reshape(groups, mult).astype(jnp.float32)
+            tap = xs[..., None] * wij
+            y = tap if y is None else y + tap
+    return y.reshape(*y.shape[:3], o).astype(jnp.result_type(x.dtype, w.dtype))
+
+
+def _kernel_grad(x, w, g, strides, pads, groups, precision):
+    kh, kw, cg, o = w.shape
+    depthwise = _is_depthwise(w, groups)
+    small_dense = (kh, kw) != (1, 1) and cg * o < TAP_MATMUL_MIN_CHANNEL_PRODUCT
+    if not depthwise and small_dense:
+        _, vjp = jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads, groups, precision), w)
+        return vjp(g)[0]
+    n, ho, wo, _ = g.shape
+    m = n * ho * wo
+    og = o // groups
+    xp = _pad_input(x, pads)
+    gm = g.reshape(m, groups, og)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            xm = _patches(xp, i, j, (ho, wo), strides).reshape(m, groups, cg)
+            if groups == 1:
+                tap = lax.dot_general(
+                    xm[:, 0], gm[:, 0], (((0,), (0,)), ((), ())), precision=precision,
+                    preferred_element_type=jnp.float32,
+                )
+            elif depthwise:  # no contraction over channels: a weighted sum over M per channel
+                tap = jnp.einsum(
+                    "mg,mgo->go", xm[:, :, 0], gm, precision=precision,
+                    preferred_element_type=jnp.float32,
+                )
+            else:
+                tap = jnp.einsum(
+                    "mgc,mgo->cgo", xm, gm, precision=precision,
+                    preferred_element_type=jnp.float32,
+                )
+            taps.append(tap.reshape(cg, o))
+    return jnp.stack(taps).reshape(kh, kw, cg, o).astype(w.dtype)
+
+
+def _input_grad(x, w, g, strides, pads, groups, precision):
+    if _is_depthwise(w, groups):
+        return _scatter_input_grad(x, w, g, strides, pads, groups, precision)
+    _, vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, groups, precision), x)
+    return vjp(g)[0]
+
+
+def _scatter_input_grad(x, w, g, strides, pads, groups, precision):
+    """``dx = crop(sum_ij scatter_s(g @ w[i, j]^T))`` (per group), see the module docstring."""
+    n, h, wd, c = x.shape
+    kh, kw, cg, o = w.shape
+    _, ho, wo, _ = g.shape
+    og = o // groups
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
+    hp, wp = h + pt + pb, wd + pl + pr
+    gm = g.reshape(n, ho, wo, groups, og)
+    zero = jnp.zeros((), jnp.float32)
+    dxp = None
+    for i in range(kh):
+        for j in range(kw):
+            wij = w[i, j].reshape(cg, groups, og)
+            if cg == 1:  # depthwise: a multiply-add per channel
+                tap = jnp.sum(gm.astype(jnp.float32) * wij[0].astype(jnp.float32), axis=-1)
+            else:
+                tap = jnp.einsum(
+                    "nhwgo,cgo->nhwgc", gm, wij, precision=precision,
+                    preferred_element_type=jnp.float32,
+                )
+            tap = tap.reshape(n, ho, wo, c)
+            # rows i, i+sh, ..., i+sh*(ho-1) of the padded input (interior padding sh-1)
+            cfg = (
+                (0, 0, 0),
+                (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+                (j, wp - j - sw * (wo - 1) - 1, sw - 1),
+                (0, 0, 0),
+            )
+            placed = lax.pad(tap, zero, cfg)
+            dxp = placed if dxp is None else dxp + placed
+    dx = lax.pad(dxp, zero, ((0, 0, 0), (-pt, -pb, 0), (-pl, -pr, 0), (0, 0, 0)))
+    return dx.astype(x.dtype)
