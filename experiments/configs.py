@@ -52,7 +52,6 @@ Choices common to every named config (documented, overridable by flags):
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Dict, Optional, Tuple
 
 METHODS = ("dense", "static", "magnitude", "snip", "grasp", "set", "dsr",
@@ -85,7 +84,6 @@ class TrainConfig:
   grasp_samples_per_class: int = 10
   grasp_temperature: float = 200.0
   prune_fraction: float = 0.2     # lt, lrr: fraction of remaining weights pruned per round
-  lottery_rounds: int = 0         # 0 -> as many as the sparsity needs
   rewind_steps: int = 0           # lt: rewind point θ_k (0 = original LTH)
   perturb_pruned: bool = False    # authors' dense perturbation
   # optimizer
@@ -114,6 +112,7 @@ class TrainConfig:
   eval_every: int = 1             # epochs between test evaluations
   eval_batch_size: int = 1000
   keep_checkpoints: int = 2
+  checkpoint_every: int = 1       # epochs between checkpoints (and at the end / --max-steps)
   train_subset: int = 0           # use only the first n training examples (tests); 0 = all
   test_subset: int = 0
   extra_eval: Tuple[str, ...] = ()  # further test sets evaluated at the end (e.g. ImageNet-C)
@@ -150,6 +149,7 @@ def validate(cfg: TrainConfig) -> None:
   check(0.0 < cfg.drop_fraction < 1.0, "drop_fraction", "in (0, 1)")
   check(0.0 < cfg.prune_fraction < 1.0, "prune_fraction", "in (0, 1)")
   check(cfg.keep_checkpoints >= 1, "keep_checkpoints", ">= 1")
+  check(cfg.checkpoint_every >= 1, "checkpoint_every", ">= 1")
 
 
 # --------------------------------------------------------------------------
@@ -315,27 +315,6 @@ def get_config(name: str) -> Dict[str, Any]:
   if len(extra) == 2:
     values["optimizer_mode"] = extra[1]
   return values
-
-
-def lottery_round_densities(sparsity: float, prune_fraction: float,
-                            rounds: int = 0):
-  """Target densities after each pruning round of LT / LRR.
-
-  Round ``r`` keeps ``(1 - prune_fraction) ** r`` of the prunable weights;
-  the last round is clipped to the target density ``1 - sparsity``.
-  ``rounds=0`` takes as many as needed to reach the target.
-
-  >>> [round(d, 3) for d in lottery_round_densities(0.5, 0.2)]
-  [0.8, 0.64, 0.512, 0.5]
-  """
-  target = 1.0 - sparsity
-  if rounds <= 0:
-    if sparsity == 0:
-      return []
-    rounds = math.ceil(math.log(target) / math.log(1.0 - prune_fraction) - 1e-9)
-  densities = [max((1.0 - prune_fraction) ** r, target) for r in range(1, rounds + 1)]
-  densities[-1] = target
-  return densities
 
 
 def describe(name: str) -> str:

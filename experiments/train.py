@@ -204,11 +204,15 @@ class ModelFns(NamedTuple):
   apply_eval: Callable   # (params, stats, x) -> logits
 
 
-def make_model(cfg: TrainConfig, num_classes: int, key):
-  """Creates the model; returns ``(ModelFns, params, stats)``."""
+def make_model(cfg: TrainConfig, num_classes: int, input_shape, key):
+  """Creates the model; returns ``(ModelFns, params, stats, forward_flops)``
+  with ``forward_flops = {kernel path: dense forward FLOPs per example}``
+  (2 × multiply-accumulates)."""
   dtype = jnp.bfloat16 if cfg.bf16 else None
   model = models_lib.create_model(cfg.model, num_classes=num_classes,
                                   rngs=nnx.Rngs(key), dtype=dtype)
+  example = (1,) + tuple(input_shape)
+  flops = {k: 2.0 * v for k, v in models_lib.layer_macs(model, example).items()}
   model.train()
   g_train, p_state, s_state = nnx.split(model, nnx.Param, ...)
   model.eval()
@@ -225,13 +229,13 @@ def make_model(cfg: TrainConfig, num_classes: int, key):
     model = merge(g_train, params, stats)
     logits = model(x)
     _, _, new_stats = nnx.split(model, nnx.Param, ...)
-    return logits, new_stats.to_pure_dict()
+    return logits, nnx.to_pure_dict(new_stats)
 
   def apply_eval(params, stats, x):
     return merge(g_eval, params, stats)(x)
 
-  return (ModelFns(apply_train, apply_eval), p_state.to_pure_dict(),
-          s_state.to_pure_dict())
+  return (ModelFns(apply_train, apply_eval), nnx.to_pure_dict(p_state),
+          nnx.to_pure_dict(s_state), flops)
 
 
 def cross_entropy(logits, labels, num_classes: int, smoothing: float):
@@ -286,7 +290,7 @@ def dense_patterns(cfg: TrainConfig):
   if cfg.keep_dense == "none":
     return ()
   if cfg.keep_dense == "paper":
-    return tuple(models_lib.dense_layer_patterns(cfg.model))
+    return tuple(models_lib.paper_dense_layers(cfg.model))
   return (cfg.keep_dense,)
 
 
@@ -474,14 +478,6 @@ def _round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
-def full_masks(params, prunable):
-  """All-True masks on the prunable leaves (the dense round of LT/LRR)."""
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-  return jax.tree.unflatten(treedef, [
-      jnp.ones(jnp.shape(x), bool) if prunable(path, x) else None
-      for path, x in leaves])
-
-
 class Position(NamedTuple):
   """Where a run stands: the checkpoint's JSON part."""
   round: int = 0
@@ -515,12 +511,12 @@ class Runner:
     self.sched = Schedule(steps, steps * cfg.epochs)
     root = jax.random.key(cfg.seed)
     self.init_key, self.mask_key, self.step_key = jax.random.split(root, 3)
-    self.fns, self.init_params, self.init_stats = make_model(
-        cfg, self.info.num_classes, self.init_key)
+    self.fns, self.init_params, self.init_stats, self.forward_flops = make_model(
+        cfg, self.info.num_classes, self.info.input_shape, self.init_key)
     self.prunable = make_prunable(cfg)
     self.history = []
     self.images_per_sec = Throughput()
-    self.eval_step = None
+    self.train_step = self.eval_step = None
 
   # -- optimizer and initial state -----------------------------------------
   def _mask_data(self, stats):
@@ -559,7 +555,9 @@ class Runner:
   def init_state(self, tx, params, stats):
     opt_state = tx.init(params)
     params = sparse.apply_masks(params, opt_state)
-    return jax.device_put((params, stats, opt_state), self.replicated)
+    # fresh buffers: the train step donates its inputs
+    return jax.device_put((params, stats, opt_state), self.replicated,
+                          may_alias=False)
 
   # -- one training run (one LT/LRR round) ---------------------------------
   def train(self, tx, state, pos: Position, *, ckpt: Checkpointer,
@@ -573,7 +571,12 @@ class Runner:
     """
     from tqdm.auto import tqdm
     cfg, sched = self.cfg, self.sched
-    train_step, self.eval_step = make_steps(cfg, self.fns, self.info, tx, self.mesh)
+    if self.train_step is None:
+      # One compile per command: LT/LRR rounds differ only in the masks,
+      # which live in the optimizer state, so the step is reused.
+      self.train_step, self.eval_step = make_steps(
+          cfg, self.fns, self.info, tx, self.mesh)
+    train_step = self.train_step
     params, stats, opt_state = state["params"], state["stats"], state["opt_state"]
     extra = state["extra"]
     step, epoch, in_epoch = pos.global_step, pos.epoch, pos.step_in_epoch
@@ -618,7 +621,8 @@ class Runner:
         else:
           unsynced += cfg.batch_size
         if capture_at is not None and step == capture_at:
-          extra = dict(params=s2sam_jax.unperturbed(params, opt_state), stats=stats)
+          extra = jax.tree.map(jnp.copy, dict(
+              params=s2sam_jax.unperturbed(params, opt_state), stats=stats))
         if len(pending) >= 25:
           rate = sync()
           bar.set_postfix(loss=f"{sums['loss'] / max(sums['seen'], 1):.4f}",
@@ -650,7 +654,8 @@ class Runner:
         epoch, in_epoch = epoch + 1, 0
       pos = Position(pos.round, step, epoch, in_epoch)
       state = dict(params=params, stats=stats, opt_state=opt_state, extra=extra)
-      self.save(ckpt, state, pos)
+      if stopped or epoch >= cfg.epochs or epoch % cfg.checkpoint_every == 0:
+        self.save(ckpt, state, pos)
     return state, pos, epoch >= cfg.epochs
 
   def _ckpt_step(self, round_index: int, step: int) -> int:
@@ -701,14 +706,13 @@ class Runner:
   def _run_lottery(self, ckpt, writer):
     """LT / LRR: a dense round, then prune-and-retrain rounds."""
     cfg = self.cfg
-    densities = configs_lib.lottery_round_densities(
-        cfg.sparsity, cfg.prune_fraction, cfg.lottery_rounds)
-    n_rounds = len(densities) + 1
+    schedule = sparse.imp_schedule(cfg.sparsity, cfg.prune_fraction)
+    n_rounds = len(schedule) + 1
     tx = self.build_tx(self.init_params, self.init_stats,
-                       masks=full_masks(self.init_params, self.prunable))
+                       masks=sparse.dense_masks(self.init_params, self.prunable))
     params, stats, opt_state = self.init_state(tx, self.init_params, self.init_stats)
     template = dict(params=params, stats=stats, opt_state=opt_state,
-                    extra=dict(params=params, stats=stats))
+                    extra=jax.tree.map(jnp.copy, dict(params=params, stats=stats)))
     state, pos = self.restore(ckpt, template)
     lt = cfg.method == "lt"
     k = cfg.rewind_steps if lt else 0
@@ -721,28 +725,34 @@ class Runner:
                                         n_rounds=n_rounds, capture_at=capture)
       if not finished or pos.round + 1 >= n_rounds:
         return state, pos, finished, pos.round + 1
-      state, pos = self._next_round(state, pos, densities[pos.round], k)
+      state, pos = self._next_round(state, pos, k)
       self.save(ckpt, state, pos)
 
-  def _next_round(self, state, pos: Position, density: float, rewind_steps: int):
-    """Prunes to ``density`` (global magnitude) and rewinds (LT) or replays
-    the learning-rate schedule (LRR)."""
+  def _next_round(self, state, pos: Position, rewind_steps: int):
+    """Prunes ``--prune-fraction`` of the remaining weights (global magnitude
+    of the clean trained weights) and rewinds: LT to the weights of step
+    ``rewind_steps`` with a fresh optimizer (OpenLTH); LRR keeps the trained
+    weights and their momentum (Renda et al.) and replays the lr schedule."""
     cfg = self.cfg
     opt_state = state["opt_state"]
     clean = s2sam_jax.unperturbed(state["params"], opt_state)
-    masks = sparse.lottery.prune_to_density(clean, sparse.get_masks(opt_state),
-                                            density)
+    lt = cfg.method == "lt"
+    masks, start = sparse.imp_next_round(
+        jax.device_get(clean), jax.device_get(sparse.get_masks(opt_state)),
+        prune_fraction=cfg.prune_fraction, scope="global",
+        rewind_params=jax.device_get(state["extra"]["params"]) if lt else None,
+        target_sparsity=cfg.sparsity)
     tx = self.build_tx(self.init_params, self.init_stats, masks=masks)
-    if cfg.method == "lt":
-      rewind = state["extra"]
-      params, stats, opt_state = self.init_state(tx, rewind["params"], rewind["stats"])
+    stats = state["extra"]["stats"] if lt else state["stats"]
+    params, stats, fresh = self.init_state(tx, start, stats)
+    if lt:
       steps = self.sched.steps_per_epoch
       pos = Position(pos.round + 1, rewind_steps, rewind_steps // steps,
                      rewind_steps % steps)
-    else:  # LRR: keep weights and momentum, replay the lr schedule from 0
-      params, stats, fresh = self.init_state(tx, clean, state["stats"])
-      opt_state = sparse.lottery.rewind_learning_rate(opt_state, fresh, masks)
+      opt_state = fresh
+    else:
       pos = Position(pos.round + 1, 0, 0, 0)
+      opt_state = carry_momentum(opt_state, fresh, masks)
     return dict(params=params, stats=stats, opt_state=opt_state,
                 extra=state["extra"]), pos
 
@@ -765,7 +775,9 @@ class Runner:
         images_per_sec=self.images_per_sec.rate,
         wall_seconds=wall,
         devices=len(jax.devices()),
-        sparsity=sparse.sparsity_summary(clean, masks),
+        sparsity=(sparse.sparsity_summary(clean, masks) if masks is not None
+                  else sparse.sparsity_summary(clean, prunable=self.prunable)
+                  ).as_dict(),
         training_flops=self.training_flops(masks),
         extra_eval={},
         out_dir=self.out_dir,
@@ -777,13 +789,37 @@ class Runner:
           self.eval_batch_size, self.sharded)["accuracy"]
     return to_python(summary)
 
-  def training_flops(self, masks):
+  def training_flops(self, masks) -> Dict[str, Any]:
+    """FLOPs of this run's training (the last round's masks for LT/LRR)."""
     cfg = self.cfg
-    return sparse.training_flops(
-        models_lib.layer_flops(cfg.model, self.info.input_shape,
-                               num_classes=self.info.num_classes),
-        masks, steps=self.sched.total_steps, batch_size=cfg.batch_size,
-        mode=cfg.optimizer_mode, method=cfg.method)
+    forward = self.forward_flops
+    method = {"mest-em": "mest", "mest-ems": "mest", "lt": "lottery"}.get(
+        cfg.method, cfg.method)
+    optimizer = {"original": "base"}.get(cfg.optimizer_mode, cfg.optimizer_mode)
+    est = sparse.training_flops(
+        forward, masks, method=method, optimizer=optimizer,
+        steps=self.sched.total_steps, update_every=cfg.update_every,
+        end_step=max(int(cfg.update_end * self.sched.total_steps), 1)
+        if method in ("rigl", "gmp") else None)
+    examples = cfg.batch_size
+    return dict(total=est.total * examples, per_step=est.per_step * examples,
+                relative_to_dense=est.relative_to_dense,
+                forward_dense_per_example=est.forward_dense,
+                forward_sparse_per_example=est.forward_sparse,
+                method=method, optimizer=optimizer, steps=est.steps,
+                note="per round" if cfg.method in ("lt", "lrr") else "")
+
+
+def carry_momentum(old_state, fresh_state, masks):
+  """``fresh_state`` with the momentum (``trace``) of ``old_state``, masked."""
+  try:
+    trace = optax.tree.get(old_state, "trace")
+  except KeyError:  # no momentum
+    return fresh_state
+  trace = jax.tree.map(
+      lambda m, t: t if m is None else jnp.where(m, t, jnp.zeros_like(t)),
+      masks, trace, is_leaf=lambda x: x is None)
+  return optax.tree.set(fresh_state, trace=trace)
 
 
 def _balanced_indices(source, per_class: int, num_classes: int, seed: int):
