@@ -34,7 +34,7 @@ def make_steps(model_name: str, batch_size: int, seed: int = 0):
   labels = jax.random.randint(key, (batch_size,), 0, 10)
 
   def loss_and_stats(params, batch_stats):
-    model = nnx.merge(graphdef, params, batch_stats)
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
     logits = model(images)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, nnx.state(model, nnx.BatchStat)
