@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from s2sam_jax import sparse
+from s2sam_jax.sparse import _wrapper
 
 EVERY, STEPS, DECAY = 2, 7, (3, 5)
 B1, B2 = 0.9, 0.999
@@ -158,3 +159,26 @@ def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
         else:
           np.testing.assert_allclose(buf[grown], fresh[grown], rtol=1e-5,
                                      atol=1e-7)
+
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, 2.5, float("nan"), float("inf"),
+            -float("inf"), 1e-30, -1e-30, 3e38, -3e38]
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.one_of(st.sampled_from(_SPECIAL),
+                                 st.floats(-1e3, 1e3, width=32)),
+                       min_size=1, max_size=40),
+       k=st.integers(-2, 45))
+def test_top_k_mask_matches_sorted_reference(values, k):
+  # NumPy reference: stable sort by descending score with NaN last; -0 == 0.
+  x = np.asarray(values, np.float32)
+  key = np.where(np.isnan(x), -np.inf, x)
+  order = sorted(range(len(x)), key=lambda i: (-key[i], i))
+  expected = np.zeros(len(x), bool)
+  expected[order[:max(0, min(k, len(x)))]] = True
+  got = np.asarray(_top_k_jit(jnp.asarray(x), k))
+  np.testing.assert_array_equal(got, expected)
+
+
+_top_k_jit = jax.jit(_wrapper.top_k_mask)
