@@ -136,7 +136,7 @@ def _host_filled_state(abstract_model, seed=0):
     return np.zeros(x.shape, np.float32)
 
   graphdef, state = nnx.split(abstract_model)
-  return graphdef, jax.tree_util.tree_map_with_path(fill, state)
+  return graphdef, jax.tree_util.tree_map_with_path(lambda p, x: jnp.asarray(fill(p, x)), state)
 
 
 def _tiny_input_shape(name):
@@ -313,7 +313,8 @@ def _pure_step(graphdef):
 
 
 def test_jitted_pure_train_step_over_split_state():
-  model = models.create_model("resnet20_classic", num_classes=10, rngs=nnx.Rngs(0))
+  graphdef, state = _host_filled_state(_abstract_model("resnet20_classic"))
+  model = nnx.merge(graphdef, state)                        # a model in training mode
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   x = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
   y = jnp.arange(8) % 10
@@ -335,12 +336,15 @@ def test_jitted_pure_train_step_over_split_state():
   assert float(loss) < float(loss0)
   assert step._cache_size() == 1                            # one compile
 
-  # Back into a stateful module; eval mode uses the running statistics.
+  # Back into the stateful module; in eval mode BN uses the running statistics, so an
+  # example's logits do not depend on the rest of the batch.
   nnx.update(model, params, stats)
   model.eval()
-  eval_logits = model(x)
-  model.train()
-  assert not np.allclose(np.asarray(eval_logits), np.asarray(model(x)))
+  eval_graphdef, eval_state = nnx.split(model)
+  forward = jax.jit(lambda s, x: nnx.merge(eval_graphdef, s)(x))
+  other_batch = x.at[1:].set(0.0)
+  np.testing.assert_allclose(np.asarray(forward(eval_state, x)[0]),
+                             np.asarray(forward(eval_state, other_batch)[0]), rtol=1e-5)
 
 
 def test_batch_stats_state_is_empty_without_batchnorm():
@@ -374,10 +378,10 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 def test_efficientnet_stochastic_regularisation_needs_a_key_in_training():
   config = ((1, 3, 1, 8, 1), (6, 3, 2, 8, 2))   # tiny: one residual block
-  model = efficientnet.EfficientNet(config, num_classes=5, dropout_rate=0.5,
-                                    drop_path_rate=0.5, rngs=nnx.Rngs(0))
+  graphdef, state = _host_filled_state(nnx.eval_shape(lambda: efficientnet.EfficientNet(
+      config, num_classes=5, dropout_rate=0.5, drop_path_rate=0.5, rngs=nnx.Rngs(0))))
+  model = nnx.merge(graphdef, state)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
-  graphdef, state = nnx.split(model)
   with pytest.raises(ValueError, match="rngs"):
     jax.eval_shape(lambda s: nnx.merge(graphdef, s)(x), state)
 

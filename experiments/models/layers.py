@@ -18,7 +18,8 @@ Initialisers (PyTorch names, written with ``jax.nn.initializers``):
 * :func:`torch_default_kernel_init` / :func:`torch_default_bias_init`: PyTorch's default for
   ``nn.Linear`` and ``nn.Conv2d``: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias.
 * BatchNorm: scale 1, bias 0; ``momentum=0.9`` here is PyTorch's ``momentum=0.1``
-  (running = 0.9 * running + 0.1 * batch).
+  (running = 0.9 * running + 0.1 * batch). One difference from PyTorch: Flax updates the
+  running variance with the biased batch variance (PyTorch: unbiased, ``n / (n - 1)``).
 
 ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16`` for mixed precision); parameters are
 always stored in float32. BatchNorm statistics are computed in at least float32 by Flax.
