@@ -382,6 +382,7 @@ def test_efficientnet_stochastic_regularisation_needs_a_key_in_training():
       config, num_classes=5, dropout_rate=0.5, drop_path_rate=0.5, rngs=nnx.Rngs(0))))
   model = nnx.merge(graphdef, state)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  assert models.layer_macs(model, x.shape)["classifier/kernel"] == 4 * 32 * 5  # needs no key
   with pytest.raises(ValueError, match="rngs"):
     jax.eval_shape(lambda s: nnx.merge(graphdef, s)(x), state)
 

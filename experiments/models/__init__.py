@@ -48,6 +48,7 @@ Conventions
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 from flax import nnx
@@ -119,9 +120,9 @@ def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=None, **k
     ValueError: unknown ``name`` (the message lists the available names) or bad ``num_classes``.
   """
   _check_name(name)
-  if not isinstance(num_classes, int) or num_classes < 1:
+  if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
     raise ValueError(f"`num_classes` must be an int >= 1; got {num_classes!r}.")
-  return _BUILDERS[name](num_classes=num_classes, dtype=dtype, rngs=rngs, **kw)
+  return _BUILDERS[name](num_classes=int(num_classes), dtype=dtype, rngs=rngs, **kw)
 
 
 def paper_dense_layers(name: str) -> tuple[str, ...]:
