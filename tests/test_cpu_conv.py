@@ -1,0 +1,208 @@
+"""experiments.models.cpu_conv: values and gradients equal lax.conv_general_dilated's.
+
+References: ``jax.lax.conv_general_dilated`` and its XLA autodiff (an independent implementation
+of the same math), plus one NumPy re-derivation of the depthwise forward. Dispatch is checked on
+the jaxpr (the branch picked for a non-CPU platform) and on exported StableHLO for CUDA/TPU.
+"""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import export, lax
+from jax.extend import core as jex_core
+
+from experiments.models import cpu_conv
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+# (name, kernel, stride, padding, groups, c_in, c_out)
+CASES = [
+    ("3x3_s1_same", 3, 1, "SAME", 1, 4, 6),
+    ("3x3_s2_same", 3, 2, "SAME", 1, 4, 6),
+    ("3x3_s2_valid", 3, 2, "VALID", 1, 4, 6),
+    ("3x3_s2_pad1", 3, 2, ((1, 1), (1, 1)), 1, 4, 6),
+    ("3x3_s2_asym", 3, 2, ((2, 0), (0, 1)), 1, 4, 6),
+    ("1x1_s1", 1, 1, "VALID", 1, 4, 6),
+    ("1x1_s2", 1, 2, ((0, 0), (0, 0)), 1, 4, 6),
+    ("7x7_s2_stem", 7, 2, ((3, 3), (3, 3)), 1, 3, 5),
+    ("depthwise_s1", 3, 1, ((1, 1), (1, 1)), 6, 6, 6),
+    ("depthwise_s2", 3, 2, ((1, 1), (1, 1)), 6, 6, 6),
+    ("depthwise_mult2_same", 3, 1, "SAME", 4, 4, 8),
+    ("grouped_s1", 3, 1, "SAME", 2, 4, 6),
+    ("grouped_s2", 3, 2, ((1, 1), (1, 1)), 2, 4, 6),
+]
+
+
+def _data(k, groups, c_in, c_out, h=9, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(2, h, h, c_in)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, c_in // groups, c_out)), jnp.float32)
+    return x, w
+
+
+def _rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+@pytest.fixture
+def all_taps(monkeypatch):
+    """Dense kernels take the tap-matmul gradient too (not only large ones)."""
+    monkeypatch.setattr(cpu_conv, "TAP_MATMUL_MIN_CHANNEL_PRODUCT", 0)
+
+
+@pytest.mark.parametrize("name,k,stride,padding,groups,c_in,c_out", CASES,
+                         ids=[c[0] for c in CASES])
+def test_values_and_grads_match_lax(all_taps, name, k, stride, padding, groups, c_in, c_out):
+    x, w = _data(k, groups, c_in, c_out)
+    kw = dict(dimension_numbers=DN, feature_group_count=groups)
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (stride, stride), padding, **kw)
+
+    def ours(x, w):
+        return cpu_conv.conv_general_dilated(x, w, (stride, stride), padding, **kw)
+
+    y_ref = ref(x, w)
+    cot = jnp.asarray(np.random.default_rng(1).normal(size=y_ref.shape), jnp.float32)
+    loss = lambda f: (lambda x, w: jnp.sum(f(x, w) * cot))
+    dx_ref, dw_ref = jax.grad(loss(ref), argnums=(0, 1))(x, w)
+    y = jax.jit(ours)(x, w)
+    dx, dw = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w)
+    assert y.shape == y_ref.shape and dx.shape == x.shape and dw.shape == w.shape
+    assert _rel_err(y, y_ref) < 1e-5
+    assert _rel_err(dx, dx_ref) < 1e-5
+    assert _rel_err(dw, dw_ref) < 1e-5
+
+
+def test_custom_gradient_is_the_one_used(all_taps):
+    """The CPU branch of the jaxpr holds the custom_vjp; its gradient has no conv for dW (1x1)."""
+    x, w = _data(1, 1, 4, 6)
+    f = lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
+    hlo = jax.jit(jax.grad(lambda x, w: f(x, w).sum(), argnums=1)).lower(x, w).compile().as_text()
+    assert "convolution" not in hlo and "dot" in hlo and "conditional" not in hlo
+
+
+def test_depthwise_forward_matches_numpy():
+    x, w = _data(3, 5, 5, 5, h=6)
+    out = cpu_conv.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN,
+                                        feature_group_count=5, fast_cpu=True)
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    wn = np.asarray(w, np.float64)
+    expect = np.zeros((2, 3, 3, 5))
+    for a in range(3):
+        for b in range(3):
+            patch = xp[:, 2 * a:2 * a + 3, 2 * b:2 * b + 3, :]  # (n, 3, 3, c)
+            expect[:, a, b, :] = np.einsum("nijc,ijc->nc", patch, wn[:, :, 0, :])
+    assert _rel_err(out, expect) < 1e-5
+
+
+def test_flax_conv_takes_it_and_matches():
+    """Signature compatible with how nnx.Conv calls conv_general_dilated (incl. out_sharding)."""
+    def make(fn):
+        return nnx.Conv(4, 6, (3, 3), strides=2, padding="SAME", rngs=nnx.Rngs(0),
+                        conv_general_dilated=fn)
+
+    ref, ours = make(lax.conv_general_dilated), make(cpu_conv.conv_general_dilated)
+    x, _ = _data(3, 1, 4, 6)
+
+    def loss(model, x):
+        return jnp.sum(jnp.sin(model(x)))
+
+    g_ref = nnx.grad(loss)(ref, x)
+    g_ours = nnx.jit(nnx.grad(loss))(ours, x)
+    assert _rel_err(g_ours["kernel"][...], g_ref["kernel"][...]) < 1e-5
+    assert _rel_err(g_ours["bias"][...], g_ref["bias"][...]) < 1e-5
+
+
+def _primitives(jaxpr):
+    """Names of all primitives in ``jaxpr`` and its sub-jaxprs (cond branches, custom_vjp)."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jex_core.jaxprs_in_params(eqn.params):
+            names |= _primitives(sub)
+    return names
+
+
+def _conv_jaxpr(**kw):
+    x, w = _data(3, 1, 4, 6)
+    f = lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN,
+                                                   **kw)
+    return jax.make_jaxpr(f)(x, w).jaxpr
+
+
+def test_dispatch_picks_plain_conv_for_gpu_and_tpu():
+    (cond,) = [e for e in _conv_jaxpr().eqns if e.primitive.name == "cond"]
+    platforms = cond.params["branches_platforms"]
+    branches = cond.params["branches"]
+
+    def branch_for(platform):  # the rule of lax.platform_dependent: named first, else default
+        named = [i for i, ps in enumerate(platforms) if ps is not None and platform in ps]
+        return branches[named[0] if named else platforms.index(None)].jaxpr
+
+    for platform in ("cuda", "rocm", "tpu"):
+        assert _primitives(branch_for(platform)) == {"conv_general_dilated"}
+    assert "custom_vjp_call" in _primitives(branch_for("cpu"))
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_exported_gradient_for_accelerators_has_only_xla_convs(platform):
+    """Lowered for CUDA/TPU, forward and backward are XLA convolutions (no tap matmuls)."""
+    def loss(x, w):
+        return cpu_conv.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=DN).sum()
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    specs = (jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32),
+             jax.ShapeDtypeStruct((1, 1, 4, 6), jnp.float32))
+    text = export.export(grad, platforms=[platform])(*specs).mlir_module()
+    cpu_text = export.export(grad, platforms=["cpu"])(*specs).mlir_module()
+    assert "dot_general" in cpu_text  # the 1x1 kernel gradient is a matmul on CPU ...
+    assert "dot_general" not in text and "stablehlo.convolution" in text  # ... never elsewhere
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_env_opt_out_gives_plain_conv(monkeypatch, value):
+    monkeypatch.setenv(cpu_conv.ENV_VAR, value)
+    assert not cpu_conv.fast_cpu_conv_enabled()
+    assert _primitives(_conv_jaxpr()) == {"conv_general_dilated"}
+
+
+def test_argument_opt_out_and_force(monkeypatch):
+    monkeypatch.delenv(cpu_conv.ENV_VAR, raising=False)
+    assert cpu_conv.fast_cpu_conv_enabled()
+    assert _primitives(_conv_jaxpr(fast_cpu=False)) == {"conv_general_dilated"}
+    forced = _primitives(_conv_jaxpr(fast_cpu=True))
+    assert "custom_vjp_call" in forced and "cond" not in forced
+
+
+def test_unsupported_configurations_fall_back_to_lax():
+    x, w = _data(3, 1, 4, 6)
+    dilated = lambda f: f(x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DN)
+    jaxpr = jax.make_jaxpr(lambda: dilated(cpu_conv.conv_general_dilated))().jaxpr
+    assert _primitives(jaxpr) == {"conv_general_dilated"}
+    nchw = jax.make_jaxpr(lambda: cpu_conv.conv_general_dilated(
+        x.transpose(0, 3, 1, 2), w, (1, 1), "SAME", dimension_numbers=("NCHW", "HWIO", "NCHW")))
+    assert "custom_vjp_call" not in _primitives(nchw().jaxpr)
+    assert _rel_err(dilated(cpu_conv.conv_general_dilated), dilated(lax.conv_general_dilated)) == 0
+
+
+@pytest.mark.parametrize("groups,c_in,c_out", [(1, 4, 6), (4, 4, 4)], ids=["dense", "depthwise"])
+def test_bfloat16(all_taps, groups, c_in, c_out):
+    x, w = _data(3, groups, c_in, c_out)
+    x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    kw = dict(dimension_numbers=DN, feature_group_count=groups)
+    ref = lambda x, w: lax.conv_general_dilated(x, w, (2, 2), "SAME", **kw)
+    ours = lambda x, w: cpu_conv.conv_general_dilated(x, w, (2, 2), "SAME", **kw)
+    y = jax.jit(ours)(x, w)
+    assert y.dtype == jnp.bfloat16
+    assert _rel_err(y, ref(x, w)) < 2e-2
+    loss = lambda f: (lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) ** 2))
+    got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w)
+    want = jax.grad(loss(ref), argnums=(0, 1))(x, w)
+    for a, b in zip(got, want):
+        assert a.dtype == jnp.bfloat16
+        assert _rel_err(a, b) < 3e-2
