@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
       "update_every": "topology update period ΔT in steps",
       "update_every_epochs": "MEST: ΔT in epochs (0: use --update-every)",
       "update_end": "fraction of training after which the topology is frozen",
-      "train_subset": "train on the first n examples only (0: all)",
-      "test_subset": "evaluate on the first n test examples only (0: all)",
+      "train_subset": "train on n evenly spaced examples only (0: all)",
+      "test_subset": "evaluate on n evenly spaced test examples only (0: all)",
       "extra_eval": "further test sets evaluated at the end",
       "distributed": "call jax.distributed.initialize() (multi-host)",
       "bf16": "bf16 compute (params stay f32)",
@@ -161,16 +161,18 @@ def config_from_args(argv=None) -> Tuple[TrainConfig, argparse.Namespace]:
 
 
 class _Subset:
-  """The first ``n`` examples of a source."""
+  """``n`` examples of a source, evenly spaced over it (so a class-sorted
+  image folder keeps every class)."""
 
   def __init__(self, source, n: int):
-    self.source, self.n, self.info = source, min(n, len(source)), source.info
+    self.source, self.info = source, source.info
+    self.indices = np.linspace(0, len(source) - 1, min(n, len(source))).astype(np.int64)
 
   def __len__(self):
-    return self.n
+    return len(self.indices)
 
   def get_batch(self, indices):
-    return self.source.get_batch(indices)
+    return self.source.get_batch(self.indices[np.asarray(indices)])
 
 
 def _dataset_name(cfg: TrainConfig) -> str:
@@ -584,12 +586,14 @@ class Runner:
     meter = self.images_per_sec
     label = f"round {pos.round + 1}/{n_rounds} " if n_rounds > 1 else ""
     lr_fn = learning_rate(cfg, sched.steps_per_epoch)
+    eval_every = configs_lib.every(cfg.eval_every, cfg.epochs, 20)
+    checkpoint_every = configs_lib.every(cfg.checkpoint_every, cfg.epochs, 50)
     compiled, stopped = False, False
+    bar = tqdm(total=sched.total_steps, initial=step, desc=label.strip() or "train",
+               unit="step", disable=not cfg.progress or proc != 0,
+               dynamic_ncols=True, mininterval=1.0)
+    shown = dict(test_acc="-")
     while epoch < cfg.epochs and not stopped:
-      bar = tqdm(total=sched.steps_per_epoch, initial=in_epoch,
-                 desc=f"{label}epoch {epoch + 1}/{cfg.epochs}",
-                 disable=not cfg.progress or proc != 0, dynamic_ncols=True,
-                 mininterval=1.0, leave=False)
       pending, sums = [], dict(loss=0.0, correct=0.0, seen=0)
       last_sync, unsynced = time.perf_counter(), 0
 
@@ -625,16 +629,16 @@ class Runner:
               params=s2sam_jax.unperturbed(params, opt_state), stats=stats))
         if len(pending) >= 25:
           rate = sync()
-          bar.set_postfix(loss=f"{sums['loss'] / max(sums['seen'], 1):.4f}",
+          bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}",
+                          loss=f"{sums['loss'] / max(sums['seen'], 1):.4f}",
                           acc=f"{sums['correct'] / max(sums['seen'], 1):.4f}",
                           img_s="-" if rate is None else f"{rate:.0f}",
-                          refresh=False)
+                          **shown, refresh=False)
         bar.update(1)
         if cfg.max_steps and step >= cfg.max_steps:
           stopped = True
           break
       sync()
-      bar.close()
       epoch_done = in_epoch >= sched.steps_per_epoch
       record: Dict[str, Any] = dict(
           round=pos.round, epoch=epoch + 1, epoch_complete=epoch_done,
@@ -642,10 +646,17 @@ class Runner:
           train_accuracy=sums["correct"] / max(sums["seen"], 1),
           images_per_sec=meter.rate, lr=float(lr_fn(max(step - 1, 0))))
       last = epoch_done and epoch + 1 == cfg.epochs
-      if stopped or (epoch_done and ((epoch + 1) % cfg.eval_every == 0 or last)):
+      if stopped or (epoch_done and ((epoch + 1) % eval_every == 0 or last)):
         ev = evaluate(self.eval_step, params, stats, opt_state, self.test_source,
                       self.eval_batch_size, self.sharded)
         record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
+        shown["test_acc"] = f"{ev['accuracy']:.4f}"
+        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", **shown, refresh=False)
+        if proc == 0 and cfg.progress:
+          bar.write(f"{label}epoch {epoch + 1}/{cfg.epochs}: train loss "
+                    f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+                    f" | test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}"
+                    f" | {meter.rate:.0f} images/s")
       self.history.append(record)
       writer.write(step=self._ckpt_step(pos.round, step), **record)
       if proc == 0 and not cfg.progress:
@@ -654,8 +665,9 @@ class Runner:
         epoch, in_epoch = epoch + 1, 0
       pos = Position(pos.round, step, epoch, in_epoch)
       state = dict(params=params, stats=stats, opt_state=opt_state, extra=extra)
-      if stopped or epoch >= cfg.epochs or epoch % cfg.checkpoint_every == 0:
+      if stopped or epoch >= cfg.epochs or epoch % checkpoint_every == 0:
         self.save(ckpt, state, pos)
+    bar.close()
     return state, pos, epoch >= cfg.epochs
 
   def _ckpt_step(self, round_index: int, step: int) -> int:
@@ -852,8 +864,8 @@ def main(argv=None) -> int:
     brief = {k: summary[k] for k in (
         "final_test_accuracy", "best_test_accuracy", "images_per_sec",
         "wall_seconds", "steps", "out_dir")}
-    brief["global_sparsity"] = summary["sparsity"].get("global") if isinstance(
-        summary["sparsity"], dict) else None
+    brief["sparsity"] = summary["sparsity"]["sparsity"]
+    brief["training_flops_vs_dense"] = summary["training_flops"]["relative_to_dense"]
     print(json.dumps(brief, indent=2))
   return 0
 
