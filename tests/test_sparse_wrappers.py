@@ -364,8 +364,11 @@ def _sparse_sam_cases():
       "s2sam(rigl)": (ss.s2sam(sparse.rigl(optax.sgd(0.05, momentum=0.9), 0.7,
                                            end_step=20, update_every=3),
                                rho=0.05), False),
-      "s2sam(static)": (ss.s2sam(sparse.static_random(
-          optax.sgd(0.05, momentum=0.9), 0.7), rho=0.05), False),
+      "s2sam(static)": (ss.s2sam(sparse.static_masks(
+          optax.sgd(0.05, momentum=0.9),
+          lambda p: sparse.random_masks(jax.random.PRNGKey(1), p,
+                                        sparse.layer_densities(p, 0.7))),
+                                 rho=0.05), False),
       "sam(rigl)": (ss.sam(sparse.rigl(optax.sgd(0.05, momentum=0.9), 0.7,
                                        end_step=20, update_every=3),
                            rho=0.05), True),
