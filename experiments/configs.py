@@ -72,7 +72,7 @@ class TrainConfig:
   # sparse method
   method: str = "rigl"
   sparsity: float = 0.9
-  distribution: str = "uniform"
+  distribution: str = "erk"
   keep_dense: str = "paper"       # "paper" (model zoo profile), "none", or a regex
   update_every: int = 100         # ΔT in steps (set, rigl, dsr, gmp)
   update_every_epochs: float = 0  # ΔT in epochs (mest); 0 -> update_every
@@ -82,6 +82,7 @@ class TrainConfig:
   dsr_target: int = 20000         # DSR N_target (weights reallocated per rewire)
   dsr_threshold: float = 1e-3     # DSR initial H
   snip_batch: int = 128
+  snip_scope: str = "global"      # SNIP ranking: "global" (SNIP) or "layer" (RigL's variant)
   grasp_samples_per_class: int = 10
   grasp_temperature: float = 200.0
   prune_fraction: float = 0.2     # lt, lrr: fraction of remaining weights pruned per round
@@ -92,7 +93,7 @@ class TrainConfig:
   rho: float = 0.05
   adaptive: bool = False
   eta: float = 0.01
-  epochs: int = 30
+  epochs: int = 3000              # the default job: 4000 MNIST-1D examples, ~93k steps
   batch_size: int = 128
   lr: float = 0.1
   schedule: str = "cosine"
@@ -151,6 +152,7 @@ def validate(cfg: TrainConfig) -> None:
   check(0.0 < cfg.drop_fraction < 1.0, "drop_fraction", "in (0, 1)")
   check(0.0 < cfg.prune_fraction < 1.0, "prune_fraction", "in (0, 1)")
   check(cfg.keep_checkpoints >= 1, "keep_checkpoints", ">= 1")
+  check(cfg.snip_scope in ("global", "layer"), "snip_scope", "'global' or 'layer'")
   check(cfg.checkpoint_every >= 0, "checkpoint_every", ">= 0")
 
 
@@ -213,7 +215,7 @@ _RIGL_IMAGENET = dict(  # [code + paper]
 _IMAGENET_METHODS: Dict[str, Dict[str, Any]] = {
     "rigl": dict(_RIGL_IMAGENET),
     "set": dict(_RIGL_IMAGENET),
-    "snip": dict(_RIGL_IMAGENET),            # RigL pipeline, per layer [code]
+    "snip": dict(_RIGL_IMAGENET, snip_scope="layer"),  # RigL pipeline, per layer [code]
     "static": dict(_RIGL_IMAGENET),          # [UNCONFIRMED]
     "magnitude": dict(_RIGL_IMAGENET),       # [UNCONFIRMED]
     "mest-em": dict(_RIGL_IMAGENET, update_every_epochs=5,

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import sys
@@ -184,11 +183,20 @@ def _dataset_name(cfg: TrainConfig) -> str:
   return cfg.dataset
 
 
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+
+
 def load_data(cfg: TrainConfig):
   name = _dataset_name(cfg)
   data_dir = None if name.startswith("imagefolder:") else cfg.data_dir
   train = data_lib.get_dataset(name, "train", data_dir=data_dir)
   test = data_lib.get_dataset(name, "test", data_dir=data_dir)
+  expected = _NUM_CLASSES.get(cfg.dataset)
+  if expected and name != cfg.dataset and train.info.num_classes != expected:
+    raise ValueError(
+        f"--data-dir {cfg.data_dir} is an image folder with "
+        f"{train.info.num_classes} classes, but --dataset {cfg.dataset} has "
+        f"{expected}.")
   if cfg.train_subset:
     train = _Subset(train, cfg.train_subset)
   if cfg.test_subset:
@@ -351,8 +359,12 @@ def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
     return sparse.static_masks(inner, magnitude_at_init)
   if method == "snip":
     loss_fn, batch = mask_data()
-    return sparse.static_masks(inner, sparse.snip_masks(
-        loss_fn, params, batch, s, prunable=prunable))
+    if cfg.snip_scope == "layer":   # RigL's per-layer SNIP
+      masks = sparse.snip_masks(loss_fn, params, batch, densities=sparse.layer_densities(
+          params, s, cfg.distribution, prunable=prunable))
+    else:                           # SNIP: one global ranking
+      masks = sparse.snip_masks(loss_fn, params, batch, s, prunable=prunable)
+    return sparse.static_masks(inner, masks)
   if method == "grasp":
     loss_fn, batch = mask_data()
     return sparse.static_masks(inner, sparse.grasp_masks(

@@ -259,3 +259,25 @@ def test_bf16_computes_in_bf16_and_keeps_f32_params(tmp_path):
   loss = lambda r: r.history[-1]["train_loss"]
   # same run up to bf16 rounding: close, but not bit-identical
   assert loss(bf16) != loss(f32) and abs(loss(bf16) - loss(f32)) < 0.05
+
+
+def _image_folder(root, classes, per_class=2, size=8):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for c in classes:
+      os.makedirs(root / split / c)
+      for i in range(per_class):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+
+
+def test_data_dir_image_folder_is_read_and_checked(tmp_path, monkeypatch):
+  monkeypatch.setenv("S2SAM_JAX_CACHE", str(tmp_path / "cache"))
+  _image_folder(tmp_path / "folder", ["a", "b", "c"])
+  cfg = tiny_cfg(tmp_path / "run", "--dataset", "cifar10", "--data-dir", tmp_path / "folder")
+  with pytest.raises(ValueError, match="3 classes, but --dataset cifar10 has 10"):
+    train.load_data(cfg)
+  cfg = cfg.replace(dataset="imagefolder:" + str(tmp_path / "folder"), data_dir=None)
+  source, test = train.load_data(cfg)
+  assert (len(source), len(test), source.info.num_classes) == (6, 6, 3)
