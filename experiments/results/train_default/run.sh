@@ -8,4 +8,5 @@ uptime > $out/load_before.txt
 /usr/bin/time -v .venv/bin/python -m experiments.train --out-dir runs/default \
   > $out/stdout.txt 2> >(tr '\r' '\n' | grep -v '^train:' > $out/stderr.txt)
 uptime > $out/load_after.txt
-cp runs/default/summary.json runs/default/metrics.jsonl $out/
+cp runs/default/summary.json $out/
+grep test_accuracy runs/default/metrics.jsonl > $out/metrics_eval.jsonl  # evaluated epochs
