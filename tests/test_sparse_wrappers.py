@@ -130,7 +130,7 @@ def test_set_grows_uniformly_among_not_kept():
   np.testing.assert_array_equal(got.sum(1), active)
   assert got[:, 3:active].all()  # the 7 largest are always kept
   candidates = np.r_[0:3, active:n]
-  counts = got[:, candidates].sum(0) - 0  # grown picks among candidates
+  counts = got[:, candidates].sum(0)
   assert counts.sum() == 3 * trials
   expected = 3 * trials / len(candidates)
   chi2 = float(np.sum((counts - expected) ** 2 / expected))
@@ -189,7 +189,7 @@ def test_dsr_reallocation_moves_excess_to_layers_with_room():
     ("ems", [15, 15, 12, 12, 10, 10]),
 ])
 def test_mest_counts_follow_bound_schedule(variant, expected):
-  n, every = 100, 5
+  every = 5  # a 10 x 10 layer: N = 100, target c = 10
   w0 = jax.random.normal(jax.random.PRNGKey(1), (10, 10))
   tx = sparse.mest(optax.sgd(0.0), 0.9, variant=variant, update_every=every,
                    decay_steps=(10, 20), distribution="uniform")

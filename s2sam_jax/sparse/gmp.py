@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from s2sam_jax import _masks
 from s2sam_jax.sparse import _wrapper
 from s2sam_jax.sparse import distributions
 

@@ -34,7 +34,6 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from s2sam_jax import _masks
