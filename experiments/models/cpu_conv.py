@@ -1,37 +1,43 @@
-"""A 2-D convolution whose backward pass is fast on XLA:CPU.
+"""A 2-D convolution whose backward pass (and depthwise forward) is fast on XLA:CPU.
 
-``conv_general_dilated`` is a drop-in replacement for ``jax.lax.conv_general_dilated`` (the
-signature ``flax.nnx.Conv`` calls). Its forward pass *is* ``lax.conv_general_dilated``; only the
-gradients differ in how they are computed, not in what they are.
+``conv_general_dilated`` is a drop-in replacement for ``jax.lax.conv_general_dilated`` with the
+signature ``flax.nnx.Conv`` calls (``out_sharding`` included). It computes the same function and
+the same gradients; on the CPU backend it computes some of them differently:
 
-Why: XLA:CPU computes the kernel gradient of an NHWC convolution as another convolution whose
-"batch" is the input channel and whose window is the whole image (``dim_labels=b01f_01io``),
-after transposing every activation to put the batch last. Both the transposes and that
-convolution are slow (openxla/xla#34273, jax#31662). The input gradient of a strided
-convolution is an lhs-dilated convolution, which is slow too. Here both are written as matrix
-products, which XLA:CPU runs at full speed.
+* depthwise (``feature_group_count == C_in``, kernel ``(kh, kw, 1, C_out)``): XLA:CPU runs these
+  20-40x slower than a dense conv of the same size (forward, input and kernel gradient). Here the
+  forward and the input gradient are kh*kw fused multiply-adds of shifted slices, and the kernel
+  gradient a per-channel weighted sum per kernel offset.
+* 1x1 kernels: the kernel gradient is one matrix product ``X^T @ g`` (XLA: a convolution with a
+  whole-image window after transposing both operands, 4-15x slower).
+* dense kernels with ``C_in/G * C_out >= TAP_MATMUL_MIN_CHANNEL_PRODUCT``: the kernel gradient is
+  kh*kw matrix products over kernel offsets. Smaller dense kernels keep XLA's kernel gradient,
+  which measured faster there (the kh*kw input copies cost more than XLA's two transposes).
+* everything else (dense forward, dense input gradient) is XLA's own.
 
 The math, for ``y = conv(x, w)`` with input ``x: [N, H, W, C]``, kernel ``w: [KH, KW, C/G, O]``,
 ``G`` feature groups, stride ``s``, padding ``p`` and output cotangent ``g: [N, Ho, Wo, O]``.
 Let ``xp`` be ``x`` zero-padded by ``p`` and ``X_ij = xp[:, i::s, j::s, :][:, :Ho, :Wo]`` the
-input patch seen by kernel offset ``(i, j)``, flattened to ``[M, C]`` with ``M = N*Ho*Wo``:
+input seen by kernel offset ``(i, j)``, flattened to ``[M, C]`` with ``M = N*Ho*Wo``:
 
-    dL/dw[i, j] = X_ij^T @ g                      (per group; [C/G, O])
-    dL/dx       = crop_p( sum_ij scatter_s( g @ w[i, j]^T, offset (i, j) ) )
+    y           = sum_ij X_ij @ w[i, j]                          (per group)
+    dL/dw[i, j] = X_ij^T @ g                                     (per group; [C/G, O])
+    dL/dx       = crop_p( sum_ij scatter_s(g @ w[i, j]^T, offset (i, j)) )
 
 ``scatter_s`` writes an ``[N, Ho, Wo, C]`` block at rows ``i, i+s, ...`` and columns
 ``j, j+s, ...`` of a zero ``xp``-shaped array (``lax.pad`` with interior padding ``s-1``).
-For stride 1 the input gradient stays XLA's own transposed convolution (which is fast).
+For depthwise kernels the matrix products are per-channel products.
 
-Dispatch: ``jax.lax.platform_dependent`` picks the custom-gradient version when the computation
-is lowered for CPU and plain ``lax.conv_general_dilated`` for every other platform, so GPU/TPU
-programs never contain it. Cases outside the supported set fall back to plain lax: anything but
-2-D NHWC/HWIO convolutions, kernel or input dilation other than 1, ``batch_group_count != 1``,
-``preferred_element_type`` or ``out_sharding`` set.
+Dispatch: ``jax.lax.platform_dependent`` picks the custom version when the computation is
+lowered for CPU and plain ``lax.conv_general_dilated`` for every other platform, so GPU/TPU
+programs never contain it (the choice is made at lowering time, so a function traced once and
+lowered for several platforms still gets the right one). Cases outside the supported set always
+use plain lax: anything but 2-D NHWC/HWIO convolutions, kernel or input dilation other than 1,
+``batch_group_count != 1``, ``preferred_element_type`` or ``out_sharding`` set.
 
-Opt-out: set the environment variable ``S2SAM_FAST_CPU_CONV=0`` (read at trace time, each call),
-or pass ``fast_cpu=False``. ``fast_cpu=True`` forces the custom gradient even off CPU (for
-tests).
+Opt-out: set the environment variable ``S2SAM_FAST_CPU_CONV=0`` (also ``false``/``off``/``no``;
+read at trace time, on every call), or pass ``fast_cpu=False``. ``fast_cpu=True`` forces the
+custom version on every backend (for tests).
 
 Example::
 
@@ -62,6 +68,31 @@ def fast_cpu_conv_enabled() -> bool:
     return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
+def tune_glibc_malloc() -> None:
+    """Makes glibc keep freed memory for reuse instead of unmapping it (process-wide, CPU speed).
+
+    XLA:CPU allocates each execution's temporaries (hundreds of MB for a training step) with
+    malloc. Blocks above glibc's mmap threshold are fresh mmaps, so every step page-faults its
+    whole working set in again: measured ~40k page faults and ~70 ms of kernel time per CIFAR
+    ResNet-20 step (batch 64) on 2 cores, about a quarter of the step. This sets one malloc arena,
+    no mmap and no trimming (``mallopt``), after which steps reuse the same memory (the process
+    keeps its peak heap). Call it at program start, before JAX runs anything (so JAX's threads
+    attach to the single arena); equivalent to starting Python with
+    ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``.
+    Raises OSError where glibc's ``mallopt`` is unavailable (non-glibc platforms).
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError) as e:
+        raise OSError("tune_glibc_malloc needs glibc (libc.so.6 with mallopt)") from e
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+    ok = (mallopt(m_arena_max, 1), mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, 2**31 - 1))
+    if not all(ok):
+        raise OSError(f"mallopt refused a setting: {ok}")
+
+
 def conv_general_dilated(
     lhs,
     rhs,
@@ -78,7 +109,7 @@ def conv_general_dilated(
     *,
     fast_cpu: bool | None = None,
 ):
-    """``lax.conv_general_dilated`` with matmul gradients on CPU (see the module docstring).
+    """``lax.conv_general_dilated`` with faster gradients on CPU (see the module docstring).
 
     ``fast_cpu``: None (default) = custom gradient on the CPU backend unless the environment
     variable ``S2SAM_FAST_CPU_CONV=0``; False = always plain lax; True = custom gradient on
