@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m experiments.train",
       description="Train a (sparse) network with S2-SAM, SAM or the plain "
-      "optimizer. With no flags: MNIST-1D CNN, RigL at 90%% sparsity, S2-SAM.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      "optimizer. With no flags: MNIST-1D CNN, RigL at 90% sparsity, S2-SAM. "
+      "Precedence: defaults < --config < explicit flags.")
   defaults = TrainConfig()
   choices = {"method": configs_lib.METHODS,
              "optimizer_mode": configs_lib.OPTIMIZER_MODES,
@@ -129,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
       kwargs["type"] = str
     if name in choices:
       kwargs["choices"] = choices[name]
-    if kwargs["help"] == "" or kwargs["help"] is None:
-      kwargs["help"] = argparse.SUPPRESS if name == "progress" else " "
-    kwargs["help"] += f" (default: {default!r})"
+    kwargs["help"] = (kwargs["help"] + f" (default: {default!r})").strip().replace("%", "%%")
     parser.add_argument(_flag(name), dest=name, **kwargs)
   parser.add_argument("--list-configs", action="store_true",
                       help="print the named configs and exit")
