@@ -1,15 +1,16 @@
 """Property tests (hypothesis) for the sparse wrappers.
 
-For random layer shapes, sparsities, seeds, methods and optimizers, over a few
-jitted steps with a topology update every other step:
+For random layer shapes, sparsities, seeds, methods and optimizers, with and
+without gradient masking, over a few jitted steps with a topology update every
+other step:
 
 * exact per-layer counts after init (``round(d_l n)``, d_l from
   ``layer_densities``) and after every update (SET, RigL, MEST EM, static
   keep them; DSR keeps the global count; MEST EM&S and GMP follow their
   schedules, re-derived here);
 * params exactly zero where masked; no NaN;
-* the inner state (SGD momentum, Adam moments) of dropped weights is 0, and
-  newly grown weights start from zero state: 0 after a skipped step (RigL,
+* with masked gradients, the inner state (SGD momentum, Adam moments) of
+  dropped weights is 0, and newly grown weights start from zero state: 0 after a skipped step (RigL,
   SET), one fresh inner step's state otherwise (``trace = g``,
   ``mu = (1-b1) g``, ``nu = (1-b2) g²``).
 """
@@ -53,8 +54,9 @@ def _loss(params):
              for p in params.values())
 
 
-def _make_tx(method, opt, sparsity, distribution, seed):
-  common = dict(distribution=distribution, key=seed)
+def _make_tx(method, opt, sparsity, distribution, seed, mask_gradients):
+  common = dict(distribution=distribution, key=seed,
+                mask_gradients=mask_gradients)
   if method == "static":
     return sparse.static_random(opt, sparsity, **common)
   if method in ("set", "rigl"):
@@ -67,7 +69,7 @@ def _make_tx(method, opt, sparsity, distribution, seed):
     return sparse.mest(opt, sparsity, variant=method, update_every=EVERY,
                        decay_steps=DECAY, **common)
   return sparse.gmp(opt, sparsity, end_step=6, update_every=EVERY,
-                    distribution=distribution)
+                    distribution=distribution, mask_gradients=mask_gradients)
 
 
 def _counts(masks):
@@ -101,13 +103,14 @@ def _expected_counts(method, t, init_counts, sizes, final_density):
        sparsity=st.floats(0.0, 0.95),
        seed=st.integers(0, 2**16),
        optimizer=st.sampled_from(["sgdm", "adam"]),
-       distribution=st.sampled_from(["uniform", "erk"]))
+       distribution=st.sampled_from(["uniform", "erk"]),
+       mask_gradients=st.booleans())
 def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
-                                   distribution):
+                                   distribution, mask_gradients):
   opt = (optax.sgd(0.05, momentum=0.9) if optimizer == "sgdm"
          else optax.adam(0.05, b1=B1, b2=B2))
   params = _make_params(shapes, seed)
-  tx = _make_tx(method, opt, sparsity, distribution, seed)
+  tx = _make_tx(method, opt, sparsity, distribution, seed, mask_gradients)
   state = tx.init(params)
   params = sparse.apply_masks(params, state)
 
@@ -153,6 +156,12 @@ def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
         buf = np.asarray(optax.tree.get(state.inner_state,
                                         buf_name)[name]["kernel"])
         assert np.isfinite(buf).all()
+        if not mask_gradients:
+          # dense gradients reach masked entries; only skipped steps leave
+          # the freshly zeroed state of changed entries as it is
+          if skip:
+            assert np.all(buf[grown | dropped] == 0)
+          continue
         assert np.all(buf[dropped] == 0)
         if skip:
           assert np.all(buf[grown] == 0)
