@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../../.."
 out=experiments/results/train_default
 uptime > $out/load_before.txt
 /usr/bin/time -v .venv/bin/python -m experiments.train --out-dir runs/default \
-  > $out/stdout.txt 2> >(tr '\r' '\n' | grep -v '^train:' > $out/stderr.txt)
+  > $out/stdout.txt 2> >(tr '\r' '\n' | grep -v -e '^train:' -e '^\s*$' > $out/stderr.txt)
 uptime > $out/load_after.txt
 cp runs/default/summary.json $out/
 grep test_accuracy runs/default/metrics.jsonl > $out/metrics_eval.jsonl  # evaluated epochs
