@@ -32,7 +32,7 @@ B1, B2 = 0.9, 0.999
 @st.composite
 def param_shapes(draw):
   shapes = []
-  for _ in range(draw(st.integers(1, 3))):
+  for _ in range(draw(st.integers(1, 2))):
     if draw(st.booleans()):
       shapes.append((draw(st.integers(2, 12)), draw(st.integers(2, 12))))
     else:
