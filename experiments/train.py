@@ -330,6 +330,16 @@ class Schedule(NamedTuple):
   total_steps: int
 
 
+def xavier_linear_copy(params, key):
+  """``params`` with every dense kernel (rank 2, ``(n_in, n_out)``) redrawn
+  from N(0, 2 / (n_in + n_out)) (xavier-normal), other leaves unchanged."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.fold_in(key, 7), len(leaves))
+  return jax.tree_util.tree_unflatten(treedef, [
+      jax.random.normal(k, x.shape, x.dtype) * np.sqrt(2.0 / sum(x.shape))
+      if np.ndim(x) == 2 else x for k, x in zip(keys, leaves)])
+
+
 def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
                   mask_data: Optional[Callable] = None, masks=None):
   """``inner`` wrapped by the sparse method of ``cfg`` (masks in its state).
@@ -365,9 +375,11 @@ def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
     return sparse.static_masks(inner, masks)
   if method == "grasp":
     loss_fn, batch = mask_data()
+    # GraSP scores a copy whose linear layers are re-initialised xavier-normal
+    # [code]; the masks then apply to the original network.
     return sparse.static_masks(inner, sparse.grasp_masks(
-        loss_fn, params, batch, s, temperature=cfg.grasp_temperature,
-        prunable=prunable))
+        loss_fn, xavier_linear_copy(params, key), batch, s,
+        temperature=cfg.grasp_temperature, prunable=prunable))
   if method in ("rigl", "set"):
     wrapper = sparse.rigl if method == "rigl" else sparse.set_
     return wrapper(inner, s, end_step=end_step, update_every=cfg.update_every,
@@ -537,8 +549,9 @@ class Runner:
     if cfg.method == "grasp":
       idx = _balanced_indices(self.train_source, cfg.grasp_samples_per_class,
                               info.num_classes, cfg.seed)
-    else:
-      idx = np.arange(min(cfg.snip_batch, len(self.train_source)))
+    else:  # the first training batch of epoch 0 (a random batch)
+      idx = data_lib.epoch_order(len(self.train_source), seed=cfg.seed,
+                                 epoch=0)[:cfg.snip_batch]
     raw = self.train_source.get_batch(idx)
     size = info.input_shape[0] if info.augmentation == "imagenet" else None
     x = data_lib.normalize(data_lib.augment(
@@ -845,14 +858,21 @@ def carry_momentum(old_state, fresh_state, masks):
 
 
 def _balanced_indices(source, per_class: int, num_classes: int, seed: int):
-  """``per_class`` examples of each class, drawn by seed (GraSP's sample)."""
+  """``per_class`` examples of each class (GraSP's sample), the first ones in
+  a seeded random order; labels are read in chunks until every class is full
+  (or from ``source.labels`` when the source holds them)."""
   order = np.random.default_rng([seed, 10**6]).permutation(len(source))
-  labels = np.concatenate([source.get_batch(order[i:i + 4096])["label"]
-                           for i in range(0, len(order), 4096)])
-  picked = []
-  for c in range(num_classes):
-    picked.extend(order[labels == c][:per_class].tolist())
-  return np.sort(np.asarray(picked, np.int64))
+  held = getattr(source, "labels", None)
+  picked = {c: [] for c in range(num_classes)}
+  for start in range(0, len(order), 1024):
+    chunk = order[start:start + 1024]
+    labels = held[chunk] if held is not None else source.get_batch(chunk)["label"]
+    for i, c in zip(chunk, labels):
+      if len(picked[int(c)]) < per_class:
+        picked[int(c)].append(int(i))
+    if all(len(v) >= per_class for v in picked.values()):
+      break
+  return np.sort(np.concatenate([np.asarray(v, np.int64) for v in picked.values()]))
 
 
 def run(cfg: TrainConfig) -> Dict[str, Any]:
