@@ -18,7 +18,7 @@ from experiments.models import cpu_conv
 
 DN = ("NHWC", "HWIO", "NHWC")
 
-# (name, kernel, stride, padding, groups, c_in, c_out)
+# (name, kernel, stride, padding, groups, c_in, c_out[, input size])
 CASES = [
     ("3x3_s1_same", 3, 1, "SAME", 1, 4, 6),
     ("3x3_s2_same", 3, 2, "SAME", 1, 4, 6),
@@ -33,6 +33,9 @@ CASES = [
     ("depthwise_mult2_same", 3, 1, "SAME", 4, 4, 8),
     ("grouped_s1", 3, 1, "SAME", 2, 4, 6),
     ("grouped_s2", 3, 2, ((1, 1), (1, 1)), 2, 4, 6),
+    ("3x3_on_2x2", 3, 1, ((1, 1), (1, 1)), 1, 4, 6, 2),  # input smaller than the kernel
+    ("3x3_on_1x1", 3, 1, ((1, 1), (1, 1)), 1, 4, 6, 1),
+    ("3x3_s2_on_2x2_grouped", 3, 2, "SAME", 2, 4, 6, 2),
 ]
 
 
@@ -54,10 +57,11 @@ def all_taps(monkeypatch):
     monkeypatch.setattr(cpu_conv, "TAP_MATMUL_MIN_CHANNEL_PRODUCT", 0)
 
 
-@pytest.mark.parametrize("name,k,stride,padding,groups,c_in,c_out", CASES,
+@pytest.mark.parametrize("name,k,stride,padding,groups,c_in,c_out,h",
+                         [c if len(c) == 8 else c + (9,) for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_values_and_grads_match_lax(all_taps, name, k, stride, padding, groups, c_in, c_out):
-    x, w = _data(k, groups, c_in, c_out)
+def test_values_and_grads_match_lax(all_taps, name, k, stride, padding, groups, c_in, c_out, h):
+    x, w = _data(k, groups, c_in, c_out, h=h)
     kw = dict(dimension_numbers=DN, feature_group_count=groups)
 
     def ref(x, w):

@@ -189,9 +189,16 @@ def _is_depthwise(w, groups):
     return groups > 1 and w.shape[2] == 1
 
 
+def _is_smaller_than_kernel(x, w):
+    """XLA:CPU runs these convolutions ~100x slower (e.g. VGG's 2x2 maps with 3x3 kernels)."""
+    return x.shape[1] < w.shape[0] or x.shape[2] < w.shape[1]
+
+
 def _forward(x, w, strides, pads, groups, precision):
     if _is_depthwise(w, groups):
         return _depthwise_forward(x, w, strides, pads, groups)
+    if _is_smaller_than_kernel(x, w):
+        return _tap_matmul_forward(x, w, strides, pads, groups, precision)
     return _xla_conv(x, w, strides, pads, groups, precision)
 
 
@@ -236,6 +243,37 @@ def _out_hw(x, w, strides, pads):
     )
 
 
+def _tap_sees_input(i, pad_lo, size, stride, out):
+    """Whether kernel offset ``i`` reads any unpadded input row (else its patch is all zeros)."""
+    return any(pad_lo <= i + stride * r < pad_lo + size for r in range(out))
+
+
+def _live_taps(x, w, strides, pads, out_hw):
+    return [
+        (i, j)
+        for i in range(w.shape[0])
+        for j in range(w.shape[1])
+        if _tap_sees_input(i, pads[0][0], x.shape[1], strides[0], out_hw[0])
+        and _tap_sees_input(j, pads[1][0], x.shape[2], strides[1], out_hw[1])
+    ]
+
+
+def _tap_matmul_forward(x, w, strides, pads, groups, precision):
+    """``y = sum_ij X_ij @ w[i, j]`` (per group), skipping offsets that only see padding."""
+    n = x.shape[0]
+    _, _, cg, o = w.shape
+    ho, wo = _out_hw(x, w, strides, pads)
+    xp = _pad_input(x, pads)
+    y = jnp.zeros((n, ho, wo, groups, o // groups), jnp.float32)
+    for i, j in _live_taps(x, w, strides, pads, (ho, wo)):
+        xs = _patches(xp, i, j, (ho, wo), strides).reshape(n, ho, wo, groups, cg)
+        y = y + jnp.einsum(
+            "nhwgc,cgo->nhwgo", xs, w[i, j].reshape(cg, groups, o // groups),
+            precision=precision, preferred_element_type=jnp.float32,
+        )
+    return y.reshape(n, ho, wo, o).astype(jnp.result_type(x.dtype, w.dtype))
+
+
 def _depthwise_forward(x, w, strides, pads, groups):
     """``y[..., g*m + o] = sum_ij X_ij[..., g] * w[i, j, 0, g*m + o]``: kh*kw fused multiply-adds."""
     kh, kw, _, o = w.shape
@@ -256,7 +294,7 @@ def _kernel_grad(x, w, g, strides, pads, groups, precision):
     kh, kw, cg, o = w.shape
     depthwise = _is_depthwise(w, groups)
     small_dense = (kh, kw) != (1, 1) and cg * o < TAP_MATMUL_MIN_CHANNEL_PRODUCT
-    if not depthwise and small_dense:
+    if not depthwise and small_dense and not _is_smaller_than_kernel(x, w):
         _, vjp = jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads, groups, precision), w)
         return vjp(g)[0]
     n, ho, wo, _ = g.shape
@@ -264,9 +302,13 @@ def _kernel_grad(x, w, g, strides, pads, groups, precision):
     og = o // groups
     xp = _pad_input(x, pads)
     gm = g.reshape(m, groups, og)
+    live = set(_live_taps(x, w, strides, pads, (ho, wo)))
     taps = []
     for i in range(kh):
         for j in range(kw):
+            if (i, j) not in live:  # the patch is all padding: zero gradient
+                taps.append(jnp.zeros((cg, o), jnp.float32))
+                continue
             xm = _patches(xp, i, j, (ho, wo), strides).reshape(m, groups, cg)
             if groups == 1:
                 tap = lax.dot_general(
@@ -288,7 +330,7 @@ def _kernel_grad(x, w, g, strides, pads, groups, precision):
 
 
 def _input_grad(x, w, g, strides, pads, groups, precision):
-    if _is_depthwise(w, groups):
+    if _is_depthwise(w, groups) or _is_smaller_than_kernel(x, w):
         return _scatter_input_grad(x, w, g, strides, pads, groups, precision)
     _, vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, groups, precision), x)
     return vjp(g)[0]
@@ -304,26 +346,24 @@ def _scatter_input_grad(x, w, g, strides, pads, groups, precision):
     hp, wp = h + pt + pb, wd + pl + pr
     gm = g.reshape(n, ho, wo, groups, og)
     zero = jnp.zeros((), jnp.float32)
-    dxp = None
-    for i in range(kh):
-        for j in range(kw):
-            wij = w[i, j].reshape(cg, groups, og)
-            if cg == 1:  # depthwise: a multiply-add per channel
-                tap = jnp.sum(gm.astype(jnp.float32) * wij[0].astype(jnp.float32), axis=-1)
-            else:
-                tap = jnp.einsum(
-                    "nhwgo,cgo->nhwgc", gm, wij, precision=precision,
-                    preferred_element_type=jnp.float32,
-                )
-            tap = tap.reshape(n, ho, wo, c)
-            # rows i, i+sh, ..., i+sh*(ho-1) of the padded input (interior padding sh-1)
-            cfg = (
-                (0, 0, 0),
-                (i, hp - i - sh * (ho - 1) - 1, sh - 1),
-                (j, wp - j - sw * (wo - 1) - 1, sw - 1),
-                (0, 0, 0),
+    dxp = jnp.zeros((n, hp, wp, c), jnp.float32)
+    for i, j in _live_taps(x, w, strides, pads, (ho, wo)):  # others only reach the padding
+        wij = w[i, j].reshape(cg, groups, og)
+        if cg == 1:  # depthwise: a multiply-add per channel
+            tap = jnp.sum(gm.astype(jnp.float32) * wij[0].astype(jnp.float32), axis=-1)
+        else:
+            tap = jnp.einsum(
+                "nhwgo,cgo->nhwgc", gm, wij, precision=precision,
+                preferred_element_type=jnp.float32,
             )
-            placed = lax.pad(tap, zero, cfg)
-            dxp = placed if dxp is None else dxp + placed
+        tap = tap.reshape(n, ho, wo, c)
+        # rows i, i+sh, ..., i+sh*(ho-1) of the padded input (interior padding sh-1)
+        cfg = (
+            (0, 0, 0),
+            (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+            (j, wp - j - sw * (wo - 1) - 1, sw - 1),
+            (0, 0, 0),
+        )
+        dxp = dxp + lax.pad(tap, zero, cfg)
     dx = lax.pad(dxp, zero, ((0, 0, 0), (-pt, -pb, 0), (-pl, -pr, 0), (0, 0, 0)))
     return dx.astype(x.dtype)
