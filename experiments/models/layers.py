@@ -75,9 +75,13 @@ def torch_default_bias_init(fan_in: int):
 def conv_general_dilated_impl():
   """The convolution primitive every :func:`conv` uses (the seam for a faster CPU conv).
 
-  Returns a function with the signature of ``jax.lax.conv_general_dilated``.
+  Returns :func:`experiments.models.cpu_conv.conv_general_dilated`, a drop-in for
+  ``jax.lax.conv_general_dilated`` (same signature and results) that is faster on the CPU
+  backend and *is* ``lax.conv_general_dilated`` on GPU/TPU. Opt out with the environment variable
+  ``S2SAM_FAST_CPU_CONV=0`` (read when a step is traced).
   """
-  return jax.lax.conv_general_dilated
+  from experiments.models import cpu_conv  # pylint: disable=g-import-not-at-top
+  return cpu_conv.conv_general_dilated
 
 
 _SHAPE_RECORD: contextvars.ContextVar[list | None] = contextvars.ContextVar(
