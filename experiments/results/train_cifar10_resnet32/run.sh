@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ResNet-32 (GraSP variant) on CIFAR-10 (../shared/data/cifar10-jpeg), the Table 1
 # cell RigL 90% + S2-SAM, stopped after 300 steps (batch 64) to measure images/s.
-# The test accuracy after 300 of 125,120 steps means nothing; the throughput does.
+# The test accuracy after 300 of 124,960 steps means nothing; the throughput does.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=experiments/results/train_cifar10_resnet32
