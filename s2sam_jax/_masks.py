@@ -98,6 +98,15 @@ def find_masks(state) -> Optional[MaskTree]:
   return found[0][1]
 
 
+def _order_preserving_uint32(x):
+  """float32 -> uint32 with the same order (NaN lowest, -0.0 == 0.0)."""
+  x = jnp.asarray(x, jnp.float32)
+  x = jnp.where(jnp.isnan(x), -jnp.inf, jnp.where(x == 0, 0.0, x))
+  i = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  negative = (i >> 31) == 1
+  return jnp.where(negative, ~i, i | jnp.uint32(0x80000000))
+
+
 def keep_top_k(scores: jax.Array, k) -> jax.Array:
   """Boolean mask of ``scores``' shape with exactly ``k`` entries ``True``.
 
@@ -105,18 +114,33 @@ def keep_top_k(scores: jax.Array, k) -> jax.Array:
   wins, so the count is exact whatever the ties. ``k`` may be a traced
   integer (it is clipped to ``[0, scores.size]``). NaN scores rank last.
 
+  No sort: the k-th largest score is found by bisection on order-preserving
+  uint32 codes of the scores (32 counting passes) and the ties are resolved
+  by a cumulative sum, linear work where sorting a 1M-entry layer takes
+  about 0.5 s on a CPU.
+
   Example:
     >>> import jax.numpy as jnp
     >>> keep_top_k(jnp.array([1., 3., 3., 0.]), 2)
     Array([False,  True,  True, False], dtype=bool)
   """
-  flat = jnp.ravel(scores).astype(jnp.float32)
-  flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
-  order = jnp.argsort(-flat, stable=True)
-  ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(
-      jnp.arange(flat.size, dtype=jnp.int32))
-  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, flat.size)
-  return (ranks < k).reshape(jnp.shape(scores))
+  codes = jnp.ravel(_order_preserving_uint32(scores))
+  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, codes.size)
+
+  def bisect(_, bounds):
+    lo, hi = bounds  # the k-th largest code lies in [lo, hi]
+    span = hi - lo
+    mid = lo + span // 2 + (span & 1)  # ceil((lo + hi) / 2) without overflow
+    enough = jnp.sum(codes >= mid, dtype=jnp.int32) >= k
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+  kth, _ = jax.lax.fori_loop(
+      0, 32, bisect, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
+  greater = codes > kth
+  ties = codes == kth
+  need = k - jnp.sum(greater, dtype=jnp.int32)
+  chosen = greater | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= need))
+  return chosen.reshape(jnp.shape(scores))
 
 
 def count_active(masks: MaskTree):

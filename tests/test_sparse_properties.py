@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from s2sam_jax import sparse
+from s2sam_jax import _masks
 from s2sam_jax.sparse import _wrapper
 
 EVERY, STEPS, DECAY = 2, 7, (3, 5)
@@ -190,4 +191,4 @@ def test_top_k_mask_matches_sorted_reference(values, k):
   np.testing.assert_array_equal(got, expected)
 
 
-_top_k_jit = jax.jit(_wrapper.top_k_mask)
+_top_k_jit = jax.jit(_masks.keep_top_k)

@@ -317,43 +317,6 @@ def get_masks(state) -> Optional[MaskTree]:
   return _masks.find_masks(state)
 
 
-def _order_preserving_uint32(x):
-  """float32 -> uint32 with the same order (NaN lowest, -0.0 == 0.0)."""
-  x = jnp.asarray(x, jnp.float32)
-  x = jnp.where(jnp.isnan(x), -jnp.inf, jnp.where(x == 0, 0.0, x))
-  i = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  negative = (i >> 31) == 1
-  return jnp.where(negative, ~i, i | jnp.uint32(0x80000000))
-
-
-def top_k_mask(scores: jax.Array, k) -> jax.Array:
-  """Same result as :func:`_masks.keep_top_k`, without sorting.
-
-  Exactly ``k`` entries (``k`` clipped to ``[0, size]``, may be traced) of
-  largest score, ties broken towards the lower flat index, NaN last. The
-  k-th largest score is found by bisection on the scores' order-preserving
-  uint32 codes (32 counting passes), the ties by a cumulative sum: linear
-  work, where a sort of a 1M-entry layer takes ~0.5 s on a CPU.
-  """
-  codes = jnp.ravel(_order_preserving_uint32(scores))
-  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, codes.size)
-
-  def bisect(_, bounds):
-    lo, hi = bounds  # the k-th largest code lies in [lo, hi]
-    span = hi - lo
-    mid = lo + span // 2 + (span & 1)  # ceil((lo + hi) / 2) without overflow
-    enough = jnp.sum(codes >= mid, dtype=jnp.int32) >= k
-    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
-
-  kth, _ = jax.lax.fori_loop(
-      0, 32, bisect, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
-  greater = codes > kth
-  ties = codes == kth
-  need = k - jnp.sum(greater, dtype=jnp.int32)
-  chosen = greater | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= need))
-  return chosen.reshape(jnp.shape(scores))
-
-
 def drop_scores(weights, mask):
   """|w| on active entries, -1 on inactive ones (never kept before active)."""
   w = jnp.abs(jnp.asarray(weights, jnp.float32))

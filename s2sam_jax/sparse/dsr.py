@@ -112,7 +112,7 @@ def dsr_topology_update(masks, params, threshold, target_count, key):
   for i in layers:
     m, w = mask_leaves[i], jnp.abs(jnp.asarray(param_leaves[i], jnp.float32))
     keep = m & (w >= threshold)
-    largest = _wrapper.top_k_mask(_wrapper.drop_scores(w, m), 1) & m
+    largest = _masks.keep_top_k(_wrapper.drop_scores(w, m), 1) & m
     survivors[i] = keep | (largest & ~jnp.any(keep))
     dropped[i] = m & ~survivors[i]
   n = jnp.stack([jnp.sum(survivors[i], dtype=jnp.int32) for i in layers])
@@ -125,7 +125,7 @@ def dsr_topology_update(masks, params, threshold, target_count, key):
     u = jax.random.uniform(jax.random.fold_in(grow_key, i), mask_leaves[i].shape)
     # Inactive, not just dropped: [0, 1); just dropped: [-1, 0); kept: -2.
     scores = jnp.where(survivors[i], -2.0, jnp.where(dropped[i], u - 1.0, u))
-    new[i] = survivors[i] | _wrapper.top_k_mask(scores, quota[j])
+    new[i] = survivors[i] | _masks.keep_top_k(scores, quota[j])
   new_threshold = adapt_threshold(threshold, removed, target_count)
   return jax.tree.unflatten(treedef, new), new_threshold, removed
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from s2sam_jax import _masks
 from s2sam_jax.sparse import _wrapper
 from s2sam_jax.sparse import distributions
 
@@ -140,7 +141,7 @@ def gmp(
         continue
       keep = keep_table(_wrapper.leaf_size(m), d)[j]
       keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
-      new.append(_wrapper.top_k_mask(_wrapper.drop_scores(p, m), keep))
+      new.append(_masks.keep_top_k(_wrapper.drop_scores(p, m), keep))
     return jax.tree.unflatten(treedef, new), extras
 
   topology = _wrapper.Topology(is_update_step=is_update_step, update=update,

@@ -200,9 +200,9 @@ def mest(
       keep, grow_to = bounds(c, _wrapper.leaf_size(m), k, prune_offsets,
                              grow_offsets)
       keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
-      kept = _wrapper.top_k_mask(_wrapper.drop_scores(p, m), keep)
+      kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), keep)
       u = jax.random.uniform(jax.random.fold_in(sub, i), m.shape)
-      grown = _wrapper.top_k_mask(_wrapper.grow_scores(u, kept),
+      grown = _masks.keep_top_k(_wrapper.grow_scores(u, kept),
                                 jnp.maximum(grow_to - keep, 0))
       new.append(kept | grown)
     return jax.tree.unflatten(treedef, new), dict(extras, key=next_key)

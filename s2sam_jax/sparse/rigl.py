@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from s2sam_jax import _masks
 from s2sam_jax.sparse import _wrapper
 from s2sam_jax.sparse import distributions
 
@@ -120,9 +121,9 @@ def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
       continue
     n_active = jnp.sum(m, dtype=jnp.int32)
     n_swap = swap_count(fraction, n_active)
-    kept = _wrapper.top_k_mask(_wrapper.drop_scores(p, m), n_active - n_swap)
+    kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), n_active - n_swap)
     scores = _wrapper.grow_scores(grow_score_fn(g, k, m.shape), kept)
-    new.append(kept | _wrapper.top_k_mask(scores, n_swap))
+    new.append(kept | _masks.keep_top_k(scores, n_swap))
   return jax.tree.unflatten(treedef, new)
 
 
