@@ -24,7 +24,6 @@ from hypothesis import given, settings, strategies as st
 
 from s2sam_jax import sparse
 from s2sam_jax import _masks
-from s2sam_jax.sparse import _wrapper
 
 EVERY, STEPS, DECAY = 2, 7, (3, 5)
 B1, B2 = 0.9, 0.999
