@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
       "keep_dense": "'paper' (the model's dense layers in the authors' "
                     "profiles), 'none', or a regex of param paths kept dense",
       "config": "named config (python -m experiments.train --list-configs)",
-      "max_steps": "stop and checkpoint after this many steps (0: no limit)",
+      "max_steps": "stop and checkpoint after this many steps (of the current "
+                   "round for lt/lrr; 0: no limit)",
       "lr_milestones": "step schedule: epochs (or fractions of the epochs if "
                        "all < 1) where the lr is multiplied by --lr-gamma",
       "update_every": "topology update period ΔT in steps",
@@ -889,7 +890,13 @@ def main(argv=None) -> int:
   if args.describe:
     print("\n".join(f"{k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()))
     return 0
-  summary = run(cfg)
+  configs_lib.validate(cfg)
+  try:
+    runner = Runner(cfg)   # data, model and masks: the user's mistakes show here
+  except (ValueError, FileNotFoundError) as e:
+    print(f"python -m experiments.train: error: {e}", file=sys.stderr)
+    return 2
+  summary = runner.run()
   if jax.process_index() == 0:
     brief = {k: summary[k] for k in (
         "final_test_accuracy", "best_test_accuracy", "images_per_sec",

@@ -281,3 +281,9 @@ def test_data_dir_image_folder_is_read_and_checked(tmp_path, monkeypatch):
   cfg = cfg.replace(dataset="imagefolder:" + str(tmp_path / "folder"), data_dir=None)
   source, test = train.load_data(cfg)
   assert (len(source), len(test), source.info.num_classes) == (6, 6, 3)
+
+
+def test_cli_reports_user_errors_without_a_traceback(tmp_path, capsys):
+  code = train.main(TINY + ["--model", "resnet99", "--out-dir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and "error: Unknown model" in err and "Traceback" not in err
