@@ -32,9 +32,10 @@ Outputs in ``--out-dir`` (default ``runs/<model>-<dataset>-<method>-...``):
 ``checkpoints/`` (Orbax; the last ``--keep-checkpoints``), ``config.json`` and
 ``summary.json``. ``--resume`` continues from the latest checkpoint to the
 result an uninterrupted run gives, bit for bit: the data order depends on
-(seed, epoch) only, the step key on (seed, step) only, and the checkpoint
-holds params, batch statistics, optimizer state (masks, momentum, S2-SAM's
-stored perturbation) and the data position.
+(seed, epoch) only, the step key on (base key, step) only, and the
+checkpoint holds params, batch statistics, optimizer state (masks, momentum,
+S2-SAM's stored perturbation, the sparse methods' keys), the base PRNG key
+and the data position (round, step, epoch, step in epoch).
 
 Lottery ticket (``lt``) and learning-rate rewinding (``lrr``) run all their
 rounds inside the command: a dense round, then rounds that each prune
@@ -701,13 +702,15 @@ class Runner:
     meta = dict(pos._asdict(), history=self.history,
                 throughput=[self.images_per_sec.images, self.images_per_sec.seconds],
                 config=dataclasses.asdict(self.cfg))
-    ckpt.save(self._ckpt_step(pos.round, pos.global_step), state, to_python(meta))
+    ckpt.save(self._ckpt_step(pos.round, pos.global_step),
+              dict(state, rng=self.step_key), to_python(meta))
 
   def restore(self, ckpt: Checkpointer, template):
     """The latest checkpoint (if ``--resume`` and one exists) or ``template``."""
     if not self.cfg.resume or ckpt.latest_step() is None:
       return template, Position()
-    state, meta = ckpt.restore(template)
+    state, meta = ckpt.restore(dict(template, rng=self.step_key))
+    self.step_key = state.pop("rng")   # the base key of the per-step keys
     self.history = list(meta["history"])
     self.images_per_sec.images, self.images_per_sec.seconds = meta["throughput"]
     return state, Position(*(int(meta[f]) for f in Position._fields))
