@@ -504,6 +504,13 @@ def _round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
+# Flags that may differ between a run and its resumption.
+_RUN_ONLY_FIELDS = frozenset({
+    "resume", "max_steps", "progress", "out_dir", "data_dir", "eval_every",
+    "eval_batch_size", "checkpoint_every", "keep_checkpoints", "distributed",
+    "extra_eval", "config"})
+
+
 class Position(NamedTuple):
   """Where a run stands: the checkpoint's JSON part."""
   round: int = 0
@@ -710,6 +717,15 @@ class Runner:
     if not self.cfg.resume or ckpt.latest_step() is None:
       return template, Position()
     state, meta = ckpt.restore(dict(template, rng=self.step_key))
+    saved = meta["config"]
+    now = to_python(dataclasses.asdict(self.cfg))
+    changed = sorted(k for k in now if k not in _RUN_ONLY_FIELDS
+                     and saved.get(k) != now[k])
+    if changed:
+      raise ValueError(
+          f"--resume: the checkpoint in {ckpt.directory} was written with other "
+          f"settings ({', '.join(f'{k}: {saved.get(k)!r} -> {now[k]!r}' for k in changed)}); "
+          "resume with the same flags or use another --out-dir.")
     self.step_key = state.pop("rng")   # the base key of the per-step keys
     self.history = list(meta["history"])
     self.images_per_sec.images, self.images_per_sec.seconds = meta["throughput"]

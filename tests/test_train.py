@@ -287,3 +287,9 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path, capsys):
   code = train.main(TINY + ["--model", "resnet99", "--out-dir", str(tmp_path)])
   err = capsys.readouterr().err
   assert code == 2 and "error: Unknown model" in err and "Traceback" not in err
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+  run(tmp_path, "--method", "static", "--max-steps", "2")
+  with pytest.raises(ValueError, match="lr: 0.05 -> 0.1"):
+    run(tmp_path, "--method", "static", "--resume", "--lr", "0.1")
