@@ -10,10 +10,12 @@ the same gradients; on the CPU backend it computes some of them differently:
   gradient a per-channel weighted sum per kernel offset.
 * 1x1 kernels: the kernel gradient is one matrix product ``X^T @ g`` (XLA: a convolution with a
   whole-image window after transposing both operands, 4-15x slower).
-* dense kernels with ``C_in/G * C_out >= TAP_MATMUL_MIN_CHANNEL_PRODUCT``: the kernel gradient is
-  kh*kw matrix products over kernel offsets. Smaller dense kernels keep XLA's kernel gradient,
-  which measured faster there (the kh*kw input copies cost more than XLA's two transposes).
-* everything else (dense forward, dense input gradient) is XLA's own.
+* inputs smaller than the kernel (VGG-19's 2x2 maps under 3x3 kernels): XLA:CPU falls off its
+  fast path there (~100x slower, 0.75 s for one 64x2x2x512 conv); forward, input and kernel
+  gradient are kh*kw matrix products over kernel offsets (offsets that only see padding skipped).
+* everything else (dense kxk forward, input and kernel gradient) is XLA's own: tap matmuls for
+  the dense kernel gradient measured about break-even with XLA's (see
+  ``TAP_MATMUL_MIN_CHANNEL_PRODUCT``, off by default).
 
 The math, for ``y = conv(x, w)`` with input ``x: [N, H, W, C]``, kernel ``w: [KH, KW, C/G, O]``,
 ``G`` feature groups, stride ``s``, padding ``p`` and output cotangent ``g: [N, Ho, Wo, O]``.
@@ -174,10 +176,12 @@ def _explicit_padding(in_hw, k_hw, strides, padding) -> tuple[tuple[int, int], .
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-# A dense 3x3 kernel gradient as tap matmuls pays for kh*kw copies of the input; that wins over
-# XLA's transposed convolution only when the matmuls are large (measured on a 2-core AMD EPYC,
-# batch 128: C_in*C_out >= 128*128 wins by 1.2-1.6x, 16..64 channels lose by up to 2x).
-TAP_MATMUL_MIN_CHANNEL_PRODUCT = 128 * 128
+# Dense kernels (kh, kw > 1, input at least kernel-sized) keep XLA's kernel gradient unless
+# C_in/G * C_out reaches this. Tap matmuls pay for kh*kw copies of the input; on a 2-core AMD EPYC
+# (process CPU time, batch 64/128, 3x3) they measured between 1.45x faster (16x16, 128->256) and
+# 2.2x slower (32x32, 64->64) than XLA, about break-even overall, so by default they are off.
+# Lower it to try them on another machine.
+TAP_MATMUL_MIN_CHANNEL_PRODUCT = 2**62
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
