@@ -218,10 +218,12 @@ _IMAGENET_METHODS: Dict[str, Dict[str, Any]] = {
     "snip": dict(_RIGL_IMAGENET, snip_scope="layer"),  # RigL pipeline, per layer [code]
     "static": dict(_RIGL_IMAGENET),          # [UNCONFIRMED]
     "magnitude": dict(_RIGL_IMAGENET),       # [UNCONFIRMED]
-    "mest-em": dict(_RIGL_IMAGENET, update_every_epochs=5,
-                    mest_decay_epochs=(60, 80)),   # [UNCONFIRMED]
-    "mest-ems": dict(_RIGL_IMAGENET, update_every_epochs=5,
-                     mest_decay_epochs=(60, 80)),  # [UNCONFIRMED]
+    # [UNCONFIRMED] MEST has no ImageNet code: RigL's recipe, MEST's uniform
+    # profile, ΔT 5 epochs, decays at 60/80% of training as at 100/130 of 160.
+    "mest-em": dict(_RIGL_IMAGENET, distribution="uniform",
+                    update_every_epochs=5, mest_decay_epochs=(62, 81)),
+    "mest-ems": dict(_RIGL_IMAGENET, distribution="uniform",
+                     update_every_epochs=5, mest_decay_epochs=(62, 81)),
     "gmp": dict(_RIGL_IMAGENET),             # [UNCONFIRMED]
     "dense": dict(_RIGL_IMAGENET),           # [UNCONFIRMED]
     "dsr": dict(epochs=100, batch_size=256, lr=0.1, schedule="step",  # [code]
