@@ -166,9 +166,12 @@ def test_one_vs_eight_devices(tmp_path):
   summary = json.loads(open(tmp_path / "eight" / "summary.json").read())
   assert summary["devices"] == 8 and one_summary["devices"] == 1
   ckpt = Checkpointer(str(tmp_path / "eight" / "checkpoints"))
-  eight_state, _ = ckpt.restore(one.final_state)
+  one_state = dict(one.final_state, rng=one.step_key)
+  eight_state, _ = ckpt.restore(one_state)
   ckpt.close()
-  for a, b in zip(leaves(one.final_state), leaves(eight_state)):
+  assert np.array_equal(jax.random.key_data(eight_state.pop("rng")),
+                        jax.random.key_data(one_state.pop("rng")))
+  for a, b in zip(leaves(one_state), leaves(eight_state)):
     assert a.dtype == b.dtype
     if a.dtype == bool:
       assert np.array_equal(a, b)
