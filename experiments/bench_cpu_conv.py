@@ -76,7 +76,25 @@ def jax_model(name, num_classes=10, seed=0):
         layers.conv_general_dilated_impl = original
 
 
-def jax_step(name, batch_size, fast: bool, seed=0):
+@contextlib.contextmanager
+def skip_conv_grads(kernel: bool, inputs: bool):
+    """Diagnostic: the custom conv's kernel and/or input gradients become zeros (timing only).
+
+    The step time saved is what that gradient costs inside a real training step.
+    """
+    saved = cpu_conv._kernel_grad, cpu_conv._input_grad
+    if kernel:
+        cpu_conv._kernel_grad = lambda x, w, g, *a: jnp.zeros_like(w) + 0 * g.sum()
+    if inputs:
+        cpu_conv._input_grad = lambda x, w, g, *a: jnp.zeros_like(x) + 0 * g.sum()
+    try:
+        yield
+    finally:
+        cpu_conv._kernel_grad, cpu_conv._input_grad = saved
+
+
+def jax_step(name, batch_size, fast: bool, seed=0, skip_kernel_grad=False,
+             skip_input_grad=False):
     """A zero-argument closure running one compiled training step (donated carry)."""
     model = jax_model(name, seed=seed)
     model.train()
@@ -99,7 +117,7 @@ def jax_step(name, batch_size, fast: bool, seed=0):
         return optax.apply_updates(params, updates), stats, opt_state
 
     carry = [params, stats, tx.init(params)]
-    with fast_conv_env(fast):
+    with fast_conv_env(fast), skip_conv_grads(skip_kernel_grad, skip_input_grad):
         compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry).compile()
 
     def run():
@@ -299,7 +317,7 @@ def parameter_counts(name) -> dict:
 
 def markdown(result) -> str:
     """A table of median step times (wall; CPU time in brackets) and ratios."""
-    variants = ["jax_plain", "jax_fast", "torch", "torch_1thread"]
+    variants = list(dict.fromkeys(v for row in result["configs"] for v in row["times"]))
     lines = [
         f"Command: `{result['command']}`",
         "",
@@ -328,7 +346,9 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--variants", nargs="+",
-                        default=["jax_plain", "jax_fast", "torch", "torch_1thread"])
+                        default=["jax_plain", "jax_fast", "torch", "torch_1thread"],
+                        help="also: jax_fast_zero_kernel_grad, jax_fast_zero_conv_grads "
+                             "(diagnostics: the conv gradients replaced by zeros)")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None)
@@ -355,6 +375,12 @@ def main(argv=None):
                 "jax_fast": lambda: jax_step(name, bs, fast=True),
                 "torch": lambda: torch_step(name, bs, threads=default_threads),
                 "torch_1thread": lambda: torch_step(name, bs, threads=1),
+                # diagnostics (wrong gradients, timing only): what the conv gradients cost
+                "jax_fast_zero_kernel_grad": lambda: jax_step(name, bs, fast=True,
+                                                              skip_kernel_grad=True),
+                "jax_fast_zero_conv_grads": lambda: jax_step(name, bs, fast=True,
+                                                             skip_kernel_grad=True,
+                                                             skip_input_grad=True),
             }
             fns = {v: makers[v]() for v in args.variants}
             times = interleaved(fns, args.steps, args.warmup)
