@@ -352,6 +352,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--omp-passive", action=argparse.BooleanOptionalAction, default=False,
+                        help="OMP_WAIT_POLICY=PASSIVE: PyTorch's idle OpenMP threads sleep "
+                             "instead of spinning while the JAX variants run (which otherwise "
+                             "steals a core from JAX and inflates its process CPU time)")
     parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
                         help="glibc malloc: one arena, no mmap, no trim (cpu_conv.tune_glibc_malloc)")
     args = parser.parse_args(argv)
@@ -360,6 +364,8 @@ def main(argv=None):
 
     if args.tune_malloc:
         cpu_conv.tune_glibc_malloc()
+    if args.omp_passive:  # must precede the first torch import
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     default_threads = torch.get_num_threads()
@@ -367,7 +373,8 @@ def main(argv=None):
               "machine": {"jax": jax.__version__, "torch": torch.__version__,
                           "backend": jax.default_backend(), "cpus": os.cpu_count(),
                           "torch_threads": default_threads,
-                          "tune_malloc": args.tune_malloc}}
+                          "tune_malloc": args.tune_malloc,
+                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
     for name in args.models:
         for bs in args.batch_sizes:
             makers = {
