@@ -70,6 +70,7 @@ from experiments import models as models_lib
 from experiments.checkpoint import Checkpointer
 from experiments.configs import TrainConfig
 from experiments.metrics import MetricsWriter, Throughput, to_python, write_json
+from experiments.models import cpu_conv
 
 # -------------------------------------------------------------------------
 # Command line
@@ -902,6 +903,9 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def main(argv=None) -> int:
+  # Before JAX allocates: reuse freed host memory instead of page-faulting
+  # each step's temporaries in again (about 20% of a CPU step; see cpu_conv).
+  cpu_conv.maybe_tune_glibc_malloc()
   cfg, args = config_from_args(argv)
   if args.list_configs:
     print("\n".join(configs_lib.list_configs()))

@@ -249,3 +249,12 @@ def test_tune_glibc_malloc_stops_refaulting_freed_memory():
     pages = 5 * (64 << 20) // 4096
     assert faults(tuned=False) > pages // 2
     assert faults(tuned=True) < pages // 20
+
+
+def test_entry_points_can_opt_out_of_malloc_tuning(monkeypatch):
+    called = []
+    monkeypatch.setattr(cpu_conv, "tune_glibc_malloc", lambda: called.append(1))
+    monkeypatch.setenv("S2SAM_TUNE_MALLOC", "0")
+    assert cpu_conv.maybe_tune_glibc_malloc() is False and not called
+    monkeypatch.setenv("S2SAM_TUNE_MALLOC", "1")
+    assert cpu_conv.maybe_tune_glibc_malloc() is True and called == [1]

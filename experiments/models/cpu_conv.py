@@ -95,6 +95,21 @@ def tune_glibc_malloc() -> None:
         raise OSError(f"mallopt refused a setting: {ok}")
 
 
+def maybe_tune_glibc_malloc() -> bool:
+    """:func:`tune_glibc_malloc` for command-line entry points, unless opted out.
+
+    Skipped (returns ``False``) when ``S2SAM_TUNE_MALLOC`` is ``0``/``false``/``off``/``no``
+    or glibc is not there; numerics are unaffected, only allocation.
+    """
+    if os.environ.get("S2SAM_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    try:
+        tune_glibc_malloc()
+    except OSError:
+        return False
+    return True
+
+
 def conv_general_dilated(
     lhs,
     rhs,
