@@ -520,6 +520,15 @@ class Position(NamedTuple):
   step_in_epoch: int = 0   # steps of the current epoch already taken
 
 
+def _check_out_dir(out_dir: str, resume: bool) -> None:
+  """Refuses, before any work, to train into another run's checkpoints."""
+  ckpt_dir = os.path.join(out_dir, "checkpoints")
+  if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    raise ValueError(
+        f"--out-dir {out_dir} already holds checkpoints of an earlier run; "
+        "pass --resume to continue it, or choose another --out-dir.")
+
+
 class Runner:
   """Holds everything one command needs; :meth:`run` does the work."""
 
@@ -528,6 +537,7 @@ class Runner:
       jax.distributed.initialize()
     self.cfg = cfg
     self.out_dir = cfg.out_dir or default_out_dir(cfg)
+    _check_out_dir(self.out_dir, cfg.resume)
     self.mesh = Mesh(np.array(jax.devices()), ("data",))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P("data"))

@@ -296,3 +296,10 @@ def test_resume_with_other_settings_is_refused(tmp_path):
   run(tmp_path, "--method", "static", "--max-steps", "2")
   with pytest.raises(ValueError, match="lr: 0.05 -> 0.1"):
     run(tmp_path, "--method", "static", "--resume", "--lr", "0.1")
+
+
+def test_an_earlier_run_is_never_overwritten(tmp_path, capsys):
+  run(tmp_path, "--method", "static", "--max-steps", "2")
+  code = train.main(TINY + ["--method", "static", "--out-dir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and "--resume" in err and "Traceback" not in err

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=experiments/results/train_cifar10_resnet32
 data=${DATA:-/work/shared/data/cifar10-jpeg}
+rm -rf runs/cifar10_resnet32   # a fresh run (the command refuses to overwrite one)
 uptime > $out/load_before.txt
 /usr/bin/time -v .venv/bin/python -m experiments.train \
   --config table1/cifar10/resnet32/rigl/0.9/s2sam --data-dir "$data" \

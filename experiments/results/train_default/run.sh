@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=experiments/results/train_default
+rm -rf runs/default   # a fresh run (the command refuses to overwrite one)
 uptime > $out/load_before.txt
 /usr/bin/time -v .venv/bin/python -m experiments.train --out-dir runs/default \
   > $out/stdout.txt 2> >(tr '\r' '\n' | grep -v -e '^train:' -e '^\s*$' > $out/stderr.txt)
