@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 from jax import lax
 
-from experiments.models import cpu_conv
+from experiments.models import cpu_conv, native_kernels
 
 
 @contextlib.contextmanager
@@ -93,8 +93,22 @@ def skip_conv_grads(kernel: bool, inputs: bool):
         cpu_conv._kernel_grad, cpu_conv._input_grad = saved
 
 
+@contextlib.contextmanager
+def native_kernels_env(enabled: bool):
+    """Sets S2SAM_NATIVE_CPU_KERNELS for the duration (read at trace time)."""
+    old = os.environ.get(native_kernels.ENV_VAR)
+    os.environ[native_kernels.ENV_VAR] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[native_kernels.ENV_VAR]
+        else:
+            os.environ[native_kernels.ENV_VAR] = old
+
+
 def jax_step(name, batch_size, fast: bool, seed=0, skip_kernel_grad=False,
-             skip_input_grad=False):
+             skip_input_grad=False, native=True):
     """A zero-argument closure running one compiled training step (donated carry)."""
     model = jax_model(name, seed=seed)
     model.train()
@@ -117,7 +131,8 @@ def jax_step(name, batch_size, fast: bool, seed=0, skip_kernel_grad=False,
         return optax.apply_updates(params, updates), stats, opt_state
 
     carry = [params, stats, tx.init(params)]
-    with fast_conv_env(fast), skip_conv_grads(skip_kernel_grad, skip_input_grad):
+    with fast_conv_env(fast), native_kernels_env(native), \
+            skip_conv_grads(skip_kernel_grad, skip_input_grad):
         compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry).compile()
 
     def run():
@@ -347,7 +362,8 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--variants", nargs="+",
                         default=["jax_plain", "jax_fast", "torch", "torch_1thread"],
-                        help="also: jax_fast_zero_kernel_grad, jax_fast_zero_conv_grads "
+                        help="also: jax_fast_xla_kernel_grad (no native kernel), "
+                             "jax_fast_zero_kernel_grad, jax_fast_zero_conv_grads "
                              "(diagnostics: the conv gradients replaced by zeros)")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
@@ -380,6 +396,8 @@ def main(argv=None):
             makers = {
                 "jax_plain": lambda: jax_step(name, bs, fast=False),
                 "jax_fast": lambda: jax_step(name, bs, fast=True),
+                # cpu_conv without the native kernel gradient (XLA's instead)
+                "jax_fast_xla_kernel_grad": lambda: jax_step(name, bs, fast=True, native=False),
                 "torch": lambda: torch_step(name, bs, threads=default_threads),
                 "torch_1thread": lambda: torch_step(name, bs, threads=1),
                 # diagnostics (wrong gradients, timing only): what the conv gradients cost

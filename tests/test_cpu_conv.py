@@ -14,7 +14,7 @@ from flax import nnx
 from jax import export, lax
 from jax.extend import core as jex_core
 
-from experiments.models import cpu_conv
+from experiments.models import cpu_conv, native_kernels
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -57,10 +57,19 @@ def all_taps(monkeypatch):
     monkeypatch.setattr(cpu_conv, "TAP_MATMUL_MIN_CHANNEL_PRODUCT", 0)
 
 
+@pytest.fixture(params=["native", "hlo"])
+def kernel_grad_impl(request, monkeypatch):
+    """Dense kernel gradients from the C++ kernel, or (native kernels off) from HLO matmuls."""
+    if request.param == "native":
+        assert native_kernels.available(), "the C++ kernel must build where tests run"
+    monkeypatch.setenv(native_kernels.ENV_VAR, "1" if request.param == "native" else "0")
+    return request.param
+
+
 @pytest.mark.parametrize("name,k,stride,padding,groups,c_in,c_out,h",
                          [c if len(c) == 8 else c + (9,) for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_values_and_grads_match_lax(all_taps, name, k, stride, padding, groups, c_in, c_out, h):
+def test_values_and_grads_match_lax(all_taps, kernel_grad_impl, name, k, stride, padding, groups, c_in, c_out, h):
     x, w = _data(k, groups, c_in, c_out, h=h)
     kw = dict(dimension_numbers=DN, feature_group_count=groups)
 
@@ -82,12 +91,21 @@ def test_values_and_grads_match_lax(all_taps, name, k, stride, padding, groups, 
     assert _rel_err(dw, dw_ref) < 1e-5
 
 
-def test_custom_gradient_is_the_one_used(all_taps):
-    """The CPU branch of the jaxpr holds the custom_vjp; its gradient has no conv for dW (1x1)."""
-    x, w = _data(1, 1, 4, 6)
-    f = lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
-    hlo = jax.jit(jax.grad(lambda x, w: f(x, w).sum(), argnums=1)).lower(x, w).compile().as_text()
-    assert "convolution" not in hlo and "dot" in hlo and "conditional" not in hlo
+def _kernel_grad_hlo(k):
+    x, w = _data(k, 1, 4, 6)
+    f = lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+    return jax.jit(jax.grad(lambda x, w: f(x, w).sum(), argnums=1)).lower(x, w).compile().as_text()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_custom_gradient_is_the_one_used(all_taps, kernel_grad_impl, k):
+    """dW is the C++ kernel (a custom call) or HLO matmuls, never an XLA convolution."""
+    hlo = _kernel_grad_hlo(k)
+    assert "convolution" not in hlo and "conditional" not in hlo
+    if kernel_grad_impl == "native":
+        assert native_kernels.TARGET in hlo
+    else:
+        assert native_kernels.TARGET not in hlo and "dot" in hlo
 
 
 def test_depthwise_forward_matches_numpy():
@@ -163,9 +181,13 @@ def test_exported_gradient_for_accelerators_has_only_xla_convs(platform):
     specs = (jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32),
              jax.ShapeDtypeStruct((1, 1, 4, 6), jnp.float32))
     text = export.export(grad, platforms=[platform])(*specs).mlir_module()
-    cpu_text = export.export(grad, platforms=["cpu"])(*specs).mlir_module()
-    assert "dot_general" in cpu_text  # the 1x1 kernel gradient is a matmul on CPU ...
-    assert "dot_general" not in text and "stablehlo.convolution" in text  # ... never elsewhere
+    # the native kernel is a custom call without export compatibility guarantees
+    allow_native = [export.DisabledSafetyCheck.custom_call(native_kernels.TARGET)]
+    cpu_text = export.export(grad, platforms=["cpu"], disabled_checks=allow_native)(
+        *specs).mlir_module()
+    assert native_kernels.TARGET in cpu_text  # the kernel gradient is the C++ kernel on CPU ...
+    assert native_kernels.TARGET not in text and "dot_general" not in text  # ... never elsewhere
+    assert "stablehlo.convolution" in text
 
 
 @pytest.mark.parametrize("value", ["0", "false", "off"])
@@ -195,7 +217,7 @@ def test_unsupported_configurations_fall_back_to_lax():
 
 
 @pytest.mark.parametrize("groups,c_in,c_out", [(1, 4, 6), (4, 4, 4)], ids=["dense", "depthwise"])
-def test_bfloat16(all_taps, groups, c_in, c_out):
+def test_bfloat16(all_taps, kernel_grad_impl, groups, c_in, c_out):
     x, w = _data(3, groups, c_in, c_out)
     x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
     kw = dict(dimension_numbers=DN, feature_group_count=groups)
@@ -220,7 +242,7 @@ libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 if sys.argv[1] == "1":
-    from experiments.models import cpu_conv
+    from experiments.models import cpu_conv, native_kernels
     cpu_conv.tune_glibc_malloc()
 def temporary(size=64 << 20):  # 64 MiB: above glibc's largest mmap threshold (32 MiB)
     p = libc.malloc(size)

@@ -61,6 +61,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from experiments.models import native_kernels
+
 ENV_VAR = "S2SAM_FAST_CPU_CONV"
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
@@ -310,6 +312,23 @@ def _depthwise_forward(x, w, strides, pads, groups):
 
 
 def _kernel_grad(x, w, g, strides, pads, groups, precision):
+    if groups == 1 and native_kernels.available():
+        return _native_kernel_grad(x, w, g, strides, pads, groups, precision)
+    return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
+
+
+def _native_kernel_grad(x, w, g, strides, pads, groups, precision):
+    """The C++ kernel (``native_kernels``) on CPU; elsewhere (``fast_cpu=True``) the HLO one."""
+    def native(x, g):
+        return native_kernels.conv_kernel_grad(x, g, w.shape[:2], strides, pads).astype(w.dtype)
+
+    def portable(x, g):
+        return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
+
+    return lax.platform_dependent(x, g, cpu=native, default=portable)
+
+
+def _matmul_kernel_grad(x, w, g, strides, pads, groups, precision):
     kh, kw, cg, o = w.shape
     depthwise = _is_depthwise(w, groups)
     small_dense = (kh, kw) != (1, 1) and cg * o < TAP_MATMUL_MIN_CHANNEL_PRODUCT
