@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -295,26 +296,37 @@ def torch_step(name, batch_size, seed=0, threads=None):
 # ------------------------------------------------------------------------------ harness
 
 
-def interleaved(fns: dict, steps: int, warmup: int) -> dict:
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved(fns: dict, steps: int, warmup: int, settle_s: float = 0.05) -> dict:
     """Runs the variants round-robin; per variant: wall-clock and process CPU-time statistics.
 
     CPU time (all threads of this process) is much less sensitive than wall time to other
     processes sharing the cores; it counts work, not waiting (and counts spin-waiting as work).
+    Between two timed steps the harness sleeps ``settle_s`` (untimed), so that PyTorch's OpenMP
+    workers, which spin for a while after each parallel region, are asleep again before the
+    next variant starts instead of competing with it for the two cores.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     wall = {k: [] for k in fns}
     cpu = {k: [] for k in fns}
+    faults = {k: [] for k in fns}
     for _ in range(steps):
         for k, fn in fns.items():
-            c, t = time.process_time(), time.perf_counter()
+            f, c, t = _minor_faults(), time.process_time(), time.perf_counter()
             fn()
             wall[k].append(time.perf_counter() - t)
             cpu[k].append(time.process_time() - c)
+            faults[k].append(_minor_faults() - f)
+            time.sleep(settle_s)
     return {
         k: {"median_s": statistics.median(wall[k]), "min_s": min(wall[k]),
             "max_s": max(wall[k]), "cpu_median_s": statistics.median(cpu[k]),
+            "page_faults_median": statistics.median(faults[k]),
             "samples": len(wall[k])}
         for k in fns
     }

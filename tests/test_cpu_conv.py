@@ -242,9 +242,9 @@ libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 if sys.argv[1] == "1":
-    from experiments.models import cpu_conv, native_kernels
+    from experiments.models import cpu_conv
     cpu_conv.tune_glibc_malloc()
-def temporary(size=64 << 20):  # 64 MiB: above glibc's largest mmap threshold (32 MiB)
+def temporary(size=int(sys.argv[2])):
     p = libc.malloc(size)
     libc.memset(p, 1, size)
     libc.free(p)
@@ -252,23 +252,27 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 temporary()
 before = faults()
-for _ in range(5):
+for _ in range(int(sys.argv[3])):
     temporary()
 print(faults() - before)
 """
 
 
-def test_tune_glibc_malloc_stops_refaulting_freed_memory():
-    """Without tuning each 64 MiB temporary is a fresh mmap (16k page faults); with it, reused."""
+# 64 MiB: above glibc's largest mmap threshold (32 MiB); 2.25 GiB: above mallopt's INT_MAX trim
+# threshold (working sets that large are trimmed and faulted in again every step).
+@pytest.mark.parametrize("size,repeats", [(64 << 20, 5), (9 << 28, 2)], ids=["64MiB", "2.25GiB"])
+def test_tune_glibc_malloc_stops_refaulting_freed_memory(size, repeats):
+    """Untuned, each temporary is faulted in afresh (a page fault per 4 KiB); tuned, reused."""
     import subprocess
     import sys
 
     def faults(tuned):
-        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, "1" if tuned else "0"],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT, "1" if tuned else "0", str(size), str(repeats)],
+            capture_output=True, text=True, check=True)
         return int(out.stdout.strip().splitlines()[-1])
 
-    pages = 5 * (64 << 20) // 4096
+    pages = repeats * size // 4096
     assert faults(tuned=False) > pages // 2
     assert faults(tuned=True) < pages // 20
 

@@ -28,7 +28,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 #if defined(__AVX512F__)
-constexpr int kLanes = 16;        // floats per vector register
+constexpr int kLanes = 16;         // floats per vector register
 constexpr int kAccumulators = 24;  // of the 32 vector registers
 constexpr int kMaxVectorsPerRow = 4;
 #else
@@ -36,12 +36,19 @@ constexpr int kLanes = 8;
 constexpr int kAccumulators = 12;  // of 16
 constexpr int kMaxVectorsPerRow = 2;
 #endif
+constexpr int kHalfLanes = kLanes / 2;  // for output-channel tails (e.g. O = 24 with 16 lanes)
 
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-typedef float UnalignedVec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+template <int L>
+struct VecOf {
+  typedef float Type __attribute__((vector_size(L * sizeof(float))));
+  typedef float Unaligned __attribute__((vector_size(L * sizeof(float)), aligned(4)));
+  static Type Load(const float* p) { return *reinterpret_cast<const Unaligned*>(p); }
+  static void Store(float* p, Type v) { *reinterpret_cast<Unaligned*>(p) = v; }
+};
 
-inline Vec Load(const float* p) { return *reinterpret_cast<const UnalignedVec*>(p); }
-inline void Store(float* p, Vec v) { *reinterpret_cast<UnalignedVec*>(p) = v; }
+// Positions per tile pass below which several images share one pass, so that loading and
+// storing the accumulator tile stays small next to the multiply-adds (small feature maps).
+constexpr int64_t kMinPositionsPerPass = 256;
 
 struct Geometry {
   int64_t n, h, w, c;      // input
@@ -60,116 +67,134 @@ inline void ValidRange(int64_t tap, int64_t stride, int64_t pad, int64_t size, i
   if (*hi < *lo) *hi = *lo;
 }
 
-// dw_tile[CB][NV*kLanes] (row stride o) += sum over the tap's valid positions of one image.
-template <int CB, int NV>
+// dw_tile[CB][NV*L] (row stride s.o) += tap (i, j)'s sum over the valid positions of `images`
+// consecutive images starting at x, g. The tile lives in CB*NV vector registers throughout.
+template <int L, int CB, int NV>
 void AccumulateTile(const float* x, const float* g, float* dw_tile, const Geometry& s,
-                    int64_t i, int64_t j) {
+                    int64_t i, int64_t j, int64_t images) {
+  using V = VecOf<L>;
   int64_t ho_lo, ho_hi, wo_lo, wo_hi;
   ValidRange(i, s.sh, s.pt, s.h, s.ho, &ho_lo, &ho_hi);
   ValidRange(j, s.sw, s.pl, s.w, s.wo, &wo_lo, &wo_hi);
   if (ho_lo >= ho_hi || wo_lo >= wo_hi) return;
-  Vec acc[CB][NV];
+  typename V::Type acc[CB][NV];
   for (int c = 0; c < CB; ++c)
-    for (int v = 0; v < NV; ++v) acc[c][v] = Load(dw_tile + c * s.o + v * kLanes);
-  const int64_t x_step = s.sw * s.c;
-  for (int64_t r = ho_lo; r < ho_hi; ++r) {
-    const float* xp = x + ((r * s.sh + i - s.pt) * s.w + wo_lo * s.sw + j - s.pl) * s.c;
-    const float* gp = g + (r * s.wo + wo_lo) * s.o;
-    for (int64_t q = wo_lo; q < wo_hi; ++q, xp += x_step, gp += s.o) {
-      Vec gv[NV];
-      for (int v = 0; v < NV; ++v) gv[v] = Load(gp + v * kLanes);
-      for (int c = 0; c < CB; ++c) {
-        const float xc = xp[c];
-        for (int v = 0; v < NV; ++v) acc[c][v] += xc * gv[v];
+    for (int v = 0; v < NV; ++v) acc[c][v] = V::Load(dw_tile + c * s.o + v * L);
+  const int64_t x_step = s.sw * s.c, x_image = s.h * s.w * s.c, g_image = s.ho * s.wo * s.o;
+  for (int64_t n = 0; n < images; ++n) {
+    for (int64_t r = ho_lo; r < ho_hi; ++r) {
+      const float* xp =
+          x + n * x_image + ((r * s.sh + i - s.pt) * s.w + wo_lo * s.sw + j - s.pl) * s.c;
+      const float* gp = g + n * g_image + (r * s.wo + wo_lo) * s.o;
+      for (int64_t q = wo_lo; q < wo_hi; ++q, xp += x_step, gp += s.o) {
+        typename V::Type gv[NV];
+        for (int v = 0; v < NV; ++v) gv[v] = V::Load(gp + v * L);
+        for (int c = 0; c < CB; ++c) {
+          const float xc = xp[c];
+          for (int v = 0; v < NV; ++v) acc[c][v] += xc * gv[v];
+        }
       }
     }
   }
   for (int c = 0; c < CB; ++c)
-    for (int v = 0; v < NV; ++v) Store(dw_tile + c * s.o + v * kLanes, acc[c][v]);
+    for (int v = 0; v < NV; ++v) V::Store(dw_tile + c * s.o + v * L, acc[c][v]);
 }
 
-// Output channels beyond the last whole vector: plain scalar loops (rare: O % kLanes != 0).
+// Output channels beyond the last whole half vector: scalar loops (O % (kLanes / 2) != 0).
 void AccumulateScalarColumns(const float* x, const float* g, float* dw_tap, const Geometry& s,
-                             int64_t i, int64_t j, int64_t o_begin) {
+                             int64_t i, int64_t j, int64_t images, int64_t o_begin) {
   int64_t ho_lo, ho_hi, wo_lo, wo_hi;
   ValidRange(i, s.sh, s.pt, s.h, s.ho, &ho_lo, &ho_hi);
   ValidRange(j, s.sw, s.pl, s.w, s.wo, &wo_lo, &wo_hi);
-  for (int64_t r = ho_lo; r < ho_hi; ++r) {
-    for (int64_t q = wo_lo; q < wo_hi; ++q) {
-      const float* xp = x + ((r * s.sh + i - s.pt) * s.w + q * s.sw + j - s.pl) * s.c;
-      const float* gp = g + (r * s.wo + q) * s.o;
-      for (int64_t c = 0; c < s.c; ++c)
-        for (int64_t o = o_begin; o < s.o; ++o) dw_tap[c * s.o + o] += xp[c] * gp[o];
+  const int64_t x_image = s.h * s.w * s.c, g_image = s.ho * s.wo * s.o;
+  for (int64_t n = 0; n < images; ++n) {
+    for (int64_t r = ho_lo; r < ho_hi; ++r) {
+      for (int64_t q = wo_lo; q < wo_hi; ++q) {
+        const float* xp =
+            x + n * x_image + ((r * s.sh + i - s.pt) * s.w + q * s.sw + j - s.pl) * s.c;
+        const float* gp = g + n * g_image + (r * s.wo + q) * s.o;
+        for (int64_t c = 0; c < s.c; ++c)
+          for (int64_t o = o_begin; o < s.o; ++o) dw_tap[c * s.o + o] += xp[c] * gp[o];
+      }
     }
   }
 }
 
-using TileFn = void (*)(const float*, const float*, float*, const Geometry&, int64_t, int64_t);
+using TileFn = void (*)(const float*, const float*, float*, const Geometry&, int64_t, int64_t,
+                        int64_t);
 
-template <int NV, int... CBs>
-constexpr std::array<TileFn, sizeof...(CBs)> MakeRow(std::integer_sequence<int, CBs...>) {
-  return {&AccumulateTile<CBs + 1, NV>...};
-}
+// Tiles<L, NV>::table[cb - 1] = AccumulateTile<L, cb, NV>, for cb = 1 .. kAccumulators / NV.
+template <int L, int NV, typename Seq = std::make_integer_sequence<int, kAccumulators / NV>>
+struct Tiles;
+template <int L, int NV, int... CBs>
+struct Tiles<L, NV, std::integer_sequence<int, CBs...>> {
+  static constexpr TileFn table[] = {&AccumulateTile<L, CBs + 1, NV>...};
+};
 
-// kTiles[nv - 1][cb - 1] = AccumulateTile<cb, nv>, for cb <= kAccumulators / nv.
-template <int NV>
-constexpr auto TileRow() {
-  return MakeRow<NV>(std::make_integer_sequence<int, kAccumulators / NV>{});
-}
-
-TileFn GetTile(int cb, int nv) {
-  static const auto r1 = TileRow<1>();
-  static const auto r2 = TileRow<2>();
-#if defined(__AVX512F__)
-  static const auto r3 = TileRow<3>();
-  static const auto r4 = TileRow<4>();
-#endif
+TileFn FullTile(int cb, int nv) {
   switch (nv) {
-    case 1: return r1[cb - 1];
-    case 2: return r2[cb - 1];
+    case 1: return Tiles<kLanes, 1>::table[cb - 1];
+    case 2: return Tiles<kLanes, 2>::table[cb - 1];
 #if defined(__AVX512F__)
-    case 3: return r3[cb - 1];
-    case 4: return r4[cb - 1];
+    case 3: return Tiles<kLanes, 3>::table[cb - 1];
+    case 4: return Tiles<kLanes, 4>::table[cb - 1];
 #endif
   }
   return nullptr;
 }
 
-// dw += this image's contribution.
-void AccumulateImage(const float* x, const float* g, float* dw, const Geometry& s) {
-  const int64_t o_vectors = s.o / kLanes;
+TileFn HalfTile(int cb, int) { return Tiles<kHalfLanes, 1>::table[cb - 1]; }
+
+// Sweeps the C-blocks of one column block [o0, o0 + nv * L) of tap (i, j).
+void AccumulateColumns(TileFn (*get)(int, int), int nv, const float* x, const float* g,
+                       float* dw_tap, const Geometry& s, int64_t i, int64_t j, int64_t images,
+                       int64_t o0) {
+  const int cb_max = kAccumulators / nv;
+  for (int64_t c0 = 0; c0 < s.c; c0 += cb_max) {
+    const int cb = static_cast<int>(std::min<int64_t>(cb_max, s.c - c0));
+    get(cb, nv)(x + c0, g + o0, dw_tap + c0 * s.o + o0, s, i, j, images);
+  }
+}
+
+// dw += the contribution of `images` consecutive images.
+void AccumulateImages(const float* x, const float* g, float* dw, const Geometry& s,
+                      int64_t images) {
+  const int64_t full = s.o / kLanes * kLanes;
+  const bool half = s.o - full >= kHalfLanes;
+  const int64_t vector_end = full + (half ? kHalfLanes : 0);
   for (int64_t i = 0; i < s.kh; ++i) {
     for (int64_t j = 0; j < s.kw; ++j) {
       float* dw_tap = dw + (i * s.kw + j) * s.c * s.o;
-      for (int64_t v0 = 0; v0 < o_vectors; v0 += kMaxVectorsPerRow) {
-        const int nv = static_cast<int>(std::min<int64_t>(kMaxVectorsPerRow, o_vectors - v0));
-        const int cb_max = kAccumulators / nv;
-        for (int64_t c0 = 0; c0 < s.c; c0 += cb_max) {
-          const int cb = static_cast<int>(std::min<int64_t>(cb_max, s.c - c0));
-          GetTile(cb, nv)(x + c0, g + v0 * kLanes, dw_tap + c0 * s.o + v0 * kLanes, s, i, j);
-        }
+      for (int64_t o0 = 0; o0 < full; o0 += kMaxVectorsPerRow * kLanes) {
+        const int nv = static_cast<int>(std::min<int64_t>(kMaxVectorsPerRow, (full - o0) / kLanes));
+        AccumulateColumns(FullTile, nv, x, g, dw_tap, s, i, j, images, o0);
       }
-      if (o_vectors * kLanes < s.o) AccumulateScalarColumns(x, g, dw_tap, s, i, j, o_vectors * kLanes);
+      if (half) {
+        AccumulateColumns(HalfTile, 1, x, g, dw_tap, s, i, j, images, full);
+      }
+      if (vector_end < s.o) AccumulateScalarColumns(x, g, dw_tap, s, i, j, images, vector_end);
     }
   }
 }
 
 // Shared by the caller and the pool tasks; tasks may start after the caller has finished, so
-// it is reference counted and they only touch it while images remain.
+// it is reference counted and they only touch it while chunks of images remain.
 struct Work {
   Geometry s;
   const float* x;
   const float* g;
   int64_t dw_size;
+  int64_t chunk;  // images per work item
   std::atomic<int64_t> next_image{0};
   std::atomic<int64_t> images_done{0};
   std::vector<std::unique_ptr<float[]>> partial;  // one dw per pool task
 
   void Run(float* dw) {
     const int64_t x_image = s.h * s.w * s.c, g_image = s.ho * s.wo * s.o;
-    for (int64_t n; (n = next_image.fetch_add(1)) < s.n;) {
-      AccumulateImage(x + n * x_image, g + n * g_image, dw, s);
-      images_done.fetch_add(1, std::memory_order_release);
+    for (int64_t n; (n = next_image.fetch_add(chunk)) < s.n;) {
+      const int64_t images = std::min(chunk, s.n - n);
+      AccumulateImages(x + n * x_image, g + n * g_image, dw, s, images);
+      images_done.fetch_add(images, std::memory_order_release);
     }
   }
 };
@@ -191,7 +216,14 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   float* out = dw->typed_data();
   std::fill(out, out + work->dw_size, 0.0f);
 
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->s.n - 1);
+  const Geometry& s = work->s;
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  const int64_t positions = std::max<int64_t>(1, s.ho * s.wo);
+  work->chunk = std::max<int64_t>(
+      1, std::min((kMinPositionsPerPass + positions - 1) / positions,
+                  (s.n + 2 * workers - 1) / (2 * workers)));
+  const int64_t chunks = (s.n + work->chunk - 1) / work->chunk;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
   for (int64_t t = 0; t < helpers; ++t) {
     work->partial.emplace_back(new float[work->dw_size]());
   }
