@@ -8,14 +8,21 @@ the same gradients; on the CPU backend it computes some of them differently:
   20-40x slower than a dense conv of the same size (forward, input and kernel gradient). Here the
   forward and the input gradient are kh*kw fused multiply-adds of shifted slices, and the kernel
   gradient a per-channel weighted sum per kernel offset.
-* 1x1 kernels: the kernel gradient is one matrix product ``X^T @ g`` (XLA: a convolution with a
-  whole-image window after transposing both operands, 4-15x slower).
+* dense kernel gradients (``feature_group_count == 1``, any kernel size and stride): a C++
+  kernel, :func:`experiments.models.native_kernels.conv_kernel_grad`, that accumulates each
+  tile of ``dw`` in vector registers while streaming over the images, 3-5x faster than XLA:CPU,
+  which computes this gradient as a convolution over the batch after transposing both operands
+  (about half of a CIFAR ResNet step). Used when a C++ compiler is present (built on first use)
+  unless ``S2SAM_NATIVE_CPU_KERNELS=0``; otherwise the HLO formulations below.
+* 1x1 kernels without the C++ kernel: the kernel gradient is one matrix product ``X^T @ g``
+  (XLA's own is 4-15x slower).
 * inputs smaller than the kernel (VGG-19's 2x2 maps under 3x3 kernels): XLA:CPU falls off its
-  fast path there (~100x slower, 0.75 s for one 64x2x2x512 conv); forward, input and kernel
-  gradient are kh*kw matrix products over kernel offsets (offsets that only see padding skipped).
-* everything else (dense kxk forward, input and kernel gradient) is XLA's own: tap matmuls for
-  the dense kernel gradient measured about break-even with XLA's (see
-  ``TAP_MATMUL_MIN_CHANNEL_PRODUCT``, off by default).
+  fast path there (~100x slower, 0.75 s for one 64x2x2x512 conv); forward and input gradient
+  (and, without the C++ kernel, the kernel gradient) are kh*kw matrix products over kernel
+  offsets (offsets that only see padding skipped).
+* everything else (dense kxk forward and input gradient; without the C++ kernel, the dense
+  kernel gradient) is XLA's own: tap matmuls for the dense kernel gradient measured about
+  break-even with XLA's (see ``TAP_MATMUL_MIN_CHANNEL_PRODUCT``, off by default).
 
 The math, for ``y = conv(x, w)`` with input ``x: [N, H, W, C]``, kernel ``w: [KH, KW, C/G, O]``,
 ``G`` feature groups, stride ``s``, padding ``p`` and output cotangent ``g: [N, Ho, Wo, O]``.
@@ -33,7 +40,10 @@ For depthwise kernels the matrix products are per-channel products.
 Dispatch: ``jax.lax.platform_dependent`` picks the custom version when the computation is
 lowered for CPU and plain ``lax.conv_general_dilated`` for every other platform, so GPU/TPU
 programs never contain it (the choice is made at lowering time, so a function traced once and
-lowered for several platforms still gets the right one). Cases outside the supported set always
+lowered for several platforms still gets the right one). The C++ kernel is a custom call without
+``jax.export`` compatibility guarantees: exporting a CPU training step that contains it needs
+``disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(native_kernels.TARGET)]`` (or
+``S2SAM_NATIVE_CPU_KERNELS=0``). Cases outside the supported set always
 use plain lax: anything but 2-D NHWC/HWIO convolutions, kernel or input dilation other than 1,
 ``batch_group_count != 1``, ``preferred_element_type`` or ``out_sharding`` set.
 
