@@ -223,7 +223,9 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
       1, std::min((kMinPositionsPerPass + positions - 1) / positions,
                   (s.n + 2 * workers - 1) / (2 * workers)));
   const int64_t chunks = (s.n + work->chunk - 1) / work->chunk;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
+  // The caller works too: with a pool of P threads, P - 1 helpers keep P cores busy whether
+  // the caller is one of the pool's threads or not.
+  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, chunks - 1);
   for (int64_t t = 0; t < helpers; ++t) {
     work->partial.emplace_back(new float[work->dw_size]());
   }
