@@ -1,14 +1,21 @@
 """CPU training-step benchmark: JAX (plain lax conv vs cpu_conv) against PyTorch.
 
 Times one jitted training step (forward, backward, SGD-momentum update, BatchNorm statistics)
-of CIFAR models at several batch sizes, three variants interleaved in one process:
+of CIFAR models at several batch sizes, the variants interleaved in one process:
 
 * ``jax_plain``: our JAX stack with ``jax.lax.conv_general_dilated`` (S2SAM_FAST_CPU_CONV=0);
-* ``jax_fast``: the same model with ``experiments.models.cpu_conv.conv_general_dilated``;
-* ``torch``: the same architecture in PyTorch (CPU, default NCHW, ``torch.optim.SGD``).
+* ``jax_fast``: the same model with ``experiments.models.cpu_conv.conv_general_dilated``
+  (what the model zoo uses on CPU);
+* ``jax_fast_xla_kernel_grad``: ``jax_fast`` without the native C++ kernel gradient
+  (S2SAM_NATIVE_CPU_KERNELS=0: XLA's dense kernel gradients);
+* ``torch`` / ``torch_1thread``: the same architecture in PyTorch (CPU, default NCHW,
+  ``torch.optim.SGD``), with its default thread count / one thread;
+* diagnostics, wrong gradients: ``jax_fast_zero_kernel_grad`` and ``jax_fast_zero_conv_grads``
+  replace the conv kernel (and input) gradients by zeros, pricing them inside a real step.
 
-Medians after warmup, ratios JAX/PyTorch. Results are written after every configuration, so a
-long run in the background leaves partial results behind.
+Medians after warmup (wall clock, process CPU time, minor page faults), ratios JAX/PyTorch.
+Results are written after every configuration, so a long run in the background leaves partial
+results behind.
 
     python -m experiments.bench_cpu_conv --models resnet20 --batch-sizes 64 128 \
         --steps 15 --out experiments/results/cpu_conv_bench.json

@@ -8,8 +8,8 @@
 // both operands, which is about half of a CIFAR ResNet training step on CPU. Here each (tap,
 // C-block, O-block) tile of dw is accumulated in vector registers while streaming once over an
 // image's positions (rank-1 updates: a broadcast of x times a vector of g), so neither operand
-// is copied or transposed. Images are shared out to the XLA thread pool; each worker sums into
-// its own dw and the partial sums are added at the end.
+// is copied or transposed. Fixed slices of the batch are shared out to the XLA thread pool, each
+// summed into its own dw; the partial sums are added in slice order at the end.
 
 #include <algorithm>
 #include <array>
@@ -177,24 +177,36 @@ void AccumulateImages(const float* x, const float* g, float* dw, const Geometry&
   }
 }
 
+// The batch is cut into at most kSlices fixed slices of consecutive images; each slice is summed
+// in image order into its own dw and the slices are added in order, so the result does not
+// depend on which thread ran which slice (training stays bitwise reproducible and resumable).
+// Large kernels (VGG's 3x3x512x512) get fewer slices: adding up the partial dws costs more there.
+constexpr int64_t kSlices = 4;
+constexpr int64_t kLargeKernel = int64_t{1} << 20;  // floats
+constexpr int64_t kLargeKernelSlices = 2;
+
 // Shared by the caller and the pool tasks; tasks may start after the caller has finished, so
-// it is reference counted and they only touch it while chunks of images remain.
+// it is reference counted and they only touch it while slices remain.
 struct Work {
   Geometry s;
   const float* x;
   const float* g;
-  int64_t dw_size;
-  int64_t chunk;  // images per work item
-  std::atomic<int64_t> next_image{0};
-  std::atomic<int64_t> images_done{0};
-  std::vector<std::unique_ptr<float[]>> partial;  // one dw per pool task
+  int64_t slices;
+  int64_t chunk;                                 // images per tile pass
+  std::vector<std::unique_ptr<float[]>> partial;  // dw of slices 1 .. slices-1
+  float* out;                                     // dw of slice 0, then the total
+  std::atomic<int64_t> next_slice{0};
+  std::atomic<int64_t> slices_done{0};
 
-  void Run(float* dw) {
+  void Run() {
     const int64_t x_image = s.h * s.w * s.c, g_image = s.ho * s.wo * s.o;
-    for (int64_t n; (n = next_image.fetch_add(chunk)) < s.n;) {
-      const int64_t images = std::min(chunk, s.n - n);
-      AccumulateImages(x + n * x_image, g + n * g_image, dw, s, images);
-      images_done.fetch_add(images, std::memory_order_release);
+    for (int64_t k; (k = next_slice.fetch_add(1)) < slices;) {
+      float* dw = k == 0 ? out : partial[k - 1].get();
+      const int64_t end = s.n * (k + 1) / slices;
+      for (int64_t n = s.n * k / slices; n < end; n += chunk) {
+        AccumulateImages(x + n * x_image, g + n * g_image, dw, s, std::min(chunk, end - n));
+      }
+      slices_done.fetch_add(1, std::memory_order_release);
     }
   }
 };
@@ -208,37 +220,27 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
     return ffi::Error::InvalidArgument("conv_kernel_grad: inconsistent shapes or strides");
   }
   auto work = std::make_shared<Work>();
-  work->s = Geometry{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3],
-                     wd[0], wd[1], stride_h, stride_w, pad_top, pad_left};
-  work->x = x.typed_data();
-  work->g = g.typed_data();
-  work->dw_size = wd[0] * wd[1] * wd[2] * wd[3];
-  float* out = dw->typed_data();
-  std::fill(out, out + work->dw_size, 0.0f);
+  Work& w = *work;
+  w.s = Geometry{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3],
+                 wd[0], wd[1], stride_h, stride_w, pad_top, pad_left};
+  w.x = x.typed_data();
+  w.g = g.typed_data();
+  w.out = dw->typed_data();
+  const int64_t dw_size = wd[0] * wd[1] * wd[2] * wd[3];
+  std::fill(w.out, w.out + dw_size, 0.0f);
+  w.slices = std::min(dw_size >= kLargeKernel ? kLargeKernelSlices : kSlices, w.s.n);
+  const int64_t positions = std::max<int64_t>(1, w.s.ho * w.s.wo);
+  w.chunk = (kMinPositionsPerPass + positions - 1) / positions;
+  for (int64_t k = 1; k < w.slices; ++k) w.partial.emplace_back(new float[dw_size]());
 
-  const Geometry& s = work->s;
-  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
-  const int64_t positions = std::max<int64_t>(1, s.ho * s.wo);
-  work->chunk = std::max<int64_t>(
-      1, std::min((kMinPositionsPerPass + positions - 1) / positions,
-                  (s.n + 2 * workers - 1) / (2 * workers)));
-  const int64_t chunks = (s.n + work->chunk - 1) / work->chunk;
   // The caller works too: with a pool of P threads, P - 1 helpers keep P cores busy whether
   // the caller is one of the pool's threads or not.
-  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, chunks - 1);
-  for (int64_t t = 0; t < helpers; ++t) {
-    work->partial.emplace_back(new float[work->dw_size]());
-  }
-  for (int64_t t = 0; t < helpers; ++t) {
-    float* mine = work->partial[t].get();
-    pool.Schedule([work, mine] { work->Run(mine); });
-  }
-  work->Run(out);
-  while (work->images_done.load(std::memory_order_acquire) < work->s.n) {
-    std::this_thread::yield();
-  }
-  for (const auto& p : work->partial) {
-    for (int64_t k = 0; k < work->dw_size; ++k) out[k] += p[k];
+  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, w.slices - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Run(); });
+  w.Run();
+  while (w.slices_done.load(std::memory_order_acquire) < w.slices) std::this_thread::yield();
+  for (const auto& p : w.partial) {
+    for (int64_t k = 0; k < dw_size; ++k) w.out[k] += p[k];
   }
   return ffi::Error::Success();
 }
