@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax import lax
 
 from experiments.models import cpu_conv, native_kernels
 
@@ -155,7 +154,6 @@ def jax_step(name, batch_size, fast: bool, seed=0, skip_kernel_grad=False,
 
 def torch_model(name, num_classes=10):
     """The same architectures as the zoo, in PyTorch (NCHW)."""
-    import torch
     from torch import nn
     from torch.nn import functional as F
 

@@ -391,7 +391,7 @@ def _input_grad(x, w, g, strides, pads, groups, precision):
 def _scatter_input_grad(x, w, g, strides, pads, groups, precision):
     """``dx = crop(sum_ij scatter_s(g @ w[i, j]^T))`` (per group), see the module docstring."""
     n, h, wd, c = x.shape
-    kh, kw, cg, o = w.shape
+    cg, o = w.shape[2:]
     _, ho, wo, _ = g.shape
     og = o // groups
     (sh, sw), ((pt, pb), (pl, pr)) = strides, pads

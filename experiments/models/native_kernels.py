@@ -36,6 +36,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,7 +112,8 @@ def _cache_dir() -> Path:
 
 
 def _build(compiler: str) -> Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             check=False).stdout
     key = hashlib.sha256(
         b"\0".join(s.encode() for s in (
             SOURCE.read_text(), " ".join(_FLAGS), version, importlib.metadata.version("jaxlib"),
@@ -127,7 +129,7 @@ def _build(compiler: str) -> Path:
     os.close(fd)
     try:
         cmd = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
         os.replace(tmp, library)
@@ -138,11 +140,17 @@ def _build(compiler: str) -> Path:
 
 
 _failure = "disabled by S2SAM_NATIVE_CPU_KERNELS"  # why _load() returned None
+_load_lock = threading.Lock()
+
+
+def _load() -> Path | None:
+    """Builds and registers the kernels once per process; None (with a warning) on failure."""
+    with _load_lock:  # one build and one registration, even when threads trace concurrently
+        return _load_once()
 
 
 @functools.cache
-def _load() -> Path | None:
-    """Builds and registers the kernels once per process; None (with a warning) on failure."""
+def _load_once() -> Path | None:
     global _failure
     compiler = _compiler()
     try:
@@ -154,6 +162,6 @@ def _load() -> Path | None:
     except (OSError, subprocess.SubprocessError, AttributeError) as e:
         _failure = str(e)
         warnings.warn(f"native CPU kernels unavailable, convolution kernel gradients use XLA's "
-                      f"(slower on CPU): {e}", stacklevel=2)
+                      f"(slower on CPU): {e}", stacklevel=3)
         return None
     return library
