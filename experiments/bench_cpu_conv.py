@@ -44,17 +44,18 @@ from experiments.models import cpu_conv, native_kernels
 
 
 @contextlib.contextmanager
-def fast_conv_env(enabled: bool):
-    """Sets S2SAM_FAST_CPU_CONV for the duration (the conv reads it at trace time)."""
-    old = os.environ.get(cpu_conv.ENV_VAR)
-    os.environ[cpu_conv.ENV_VAR] = "1" if enabled else "0"
+def switch_env(name: str, enabled: bool):
+    """Sets the switch ``name`` to 1/0 for the duration (the conv reads its switches at trace
+    time: ``cpu_conv.ENV_VAR``, ``native_kernels.ENV_VAR``)."""
+    old = os.environ.get(name)
+    os.environ[name] = "1" if enabled else "0"
     try:
         yield
     finally:
         if old is None:
-            del os.environ[cpu_conv.ENV_VAR]
+            del os.environ[name]
         else:
-            os.environ[cpu_conv.ENV_VAR] = old
+            os.environ[name] = old
 
 
 # ----------------------------------------------------------------------------- JAX models
@@ -100,20 +101,6 @@ def skip_conv_grads(kernel: bool, inputs: bool):
         cpu_conv._kernel_grad, cpu_conv._input_grad = saved
 
 
-@contextlib.contextmanager
-def native_kernels_env(enabled: bool):
-    """Sets S2SAM_NATIVE_CPU_KERNELS for the duration (read at trace time)."""
-    old = os.environ.get(native_kernels.ENV_VAR)
-    os.environ[native_kernels.ENV_VAR] = "1" if enabled else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[native_kernels.ENV_VAR]
-        else:
-            os.environ[native_kernels.ENV_VAR] = old
-
-
 def jax_step(name, batch_size, fast: bool, seed=0, skip_kernel_grad=False,
              skip_input_grad=False, native=True):
     """A zero-argument closure running one compiled training step (donated carry)."""
@@ -138,7 +125,7 @@ def jax_step(name, batch_size, fast: bool, seed=0, skip_kernel_grad=False,
         return optax.apply_updates(params, updates), stats, opt_state
 
     carry = [params, stats, tx.init(params)]
-    with fast_conv_env(fast), native_kernels_env(native), \
+    with switch_env(cpu_conv.ENV_VAR, fast), switch_env(native_kernels.ENV_VAR, native), \
             skip_conv_grads(skip_kernel_grad, skip_input_grad):
         compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry).compile()
 
