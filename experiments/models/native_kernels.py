@@ -15,6 +15,11 @@ the source, flags, compiler, jaxlib version and CPU, and registered with
 ``jax.ffi.register_ffi_target`` for the CPU platform. Without a compiler, or with
 ``S2SAM_NATIVE_CPU_KERNELS=0``, :func:`available` is False and callers use XLA's kernel.
 
+The result is deterministic: fixed slices of the batch are summed in order, whichever thread of
+XLA's pool runs which. Under ``jit`` with the batch sharded over several CPU devices the custom
+call has no partitioning rule, so XLA gathers ``x`` and ``g`` and every device computes the whole
+gradient: correct, but redundant (multi-device CPU is a test setup; GPU/TPU never run it).
+
 Example::
 
     import jax.numpy as jnp
