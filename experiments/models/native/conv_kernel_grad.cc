@@ -12,10 +12,8 @@
 // summed into its own dw; the partial sums are added in slice order at the end.
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <thread>
 #include <utility>
