@@ -1,4 +1,4 @@
-"""experiments.models.native_kernels: the C++ convolution kernel gradient.
+"""experiments.models.native_kernels: the C++ convolution kernel gradients (dense, depthwise).
 
 Reference: XLA's autodiff of ``lax.conv_general_dilated`` (an independent implementation),
 over random geometries that cover the kernel's register-block tails (channel counts that are
@@ -26,9 +26,11 @@ pytestmark = pytest.mark.skipif(
     not native_kernels.available(), reason="no C++ compiler: tested where CI runs (gcc)")
 
 
-def _reference(x, g, kernel_hw, strides, pads):
-    w = jnp.zeros((*kernel_hw, x.shape[3], g.shape[3]), jnp.float32)
+def _reference(x, g, kernel_hw, strides, pads, depthwise=False):
+    c = x.shape[3]
+    w = jnp.zeros((*kernel_hw, 1 if depthwise else c, g.shape[3]), jnp.float32)
     conv = lambda w: lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=DN,
+                                              feature_group_count=c if depthwise else 1,
                                               precision=lax.Precision.HIGHEST)
     return jax.vjp(conv, w)[1](g)[0]
 
@@ -42,12 +44,14 @@ def _case(n, h, w, c, o, kh, kw, sh, sw, pads, seed=0):
     return x, g
 
 
-def _check(n, h, w, c, o, kh, kw, sh, sw, pads, seed=0):
-    x, g = _case(n, h, w, c, o, kh, kw, sh, sw, pads, seed)
-    got = jax.jit(native_kernels.conv_kernel_grad, static_argnums=(2, 3, 4))(
-        x, g, (kh, kw), (sh, sw), pads)
-    want = _reference(x, g, (kh, kw), (sh, sw), pads)
-    assert got.shape == want.shape == (kh, kw, c, o) and got.dtype == jnp.float32
+def _check(n, h, w, c, o, kh, kw, sh, sw, pads, seed=0, depthwise=False):
+    x, g = _case(n, h, w, c, c if depthwise else o, kh, kw, sh, sw, pads, seed)
+    kernel = (native_kernels.depthwise_conv_kernel_grad if depthwise
+              else native_kernels.conv_kernel_grad)
+    got = jax.jit(kernel, static_argnums=(2, 3, 4))(x, g, (kh, kw), (sh, sw), pads)
+    want = _reference(x, g, (kh, kw), (sh, sw), pads, depthwise)
+    assert got.shape == want.shape == (kh, kw, 1 if depthwise else c, c if depthwise else o)
+    assert got.dtype == jnp.float32
     scale = max(float(jnp.abs(want).max()), 1e-30)
     assert float(jnp.abs(got - want).max()) / scale < 1e-5
 
@@ -67,6 +71,31 @@ def geometries(draw):
 @given(geometries())
 def test_matches_xla_on_random_geometries(geometry):
     _check(**geometry)
+
+
+@settings(max_examples=30, deadline=None)
+@given(geometries())
+def test_depthwise_matches_xla_on_random_geometries(geometry):
+    _check(**geometry, depthwise=True)
+
+
+@pytest.mark.parametrize("n,h,c,k,s", [
+    (4, 8, 96, 3, 1),    # MobileNetV2: one block of four vectors, then two
+    (3, 8, 144, 3, 2),   # two blocks of four vectors and one more, stride 2
+    (2, 4, 24, 3, 1),    # a vector and a half vector
+    (2, 5, 5, 3, 1),     # scalar channels only
+    (2, 9, 40, 5, 2),    # EfficientNet's 5x5, stride 2
+    (2, 2, 16, 3, 1),    # input smaller than the kernel
+])
+def test_depthwise_matches_xla_on_model_shapes(n, h, c, k, s):
+    p = k // 2
+    _check(n, h, h, c, c, k, k, s, s, ((p, p), (p, p)), depthwise=True)
+
+
+def test_depthwise_needs_matching_channels():
+    x, g = _case(2, 4, 4, 3, 5, 3, 3, 1, 1, ((1, 1), (1, 1)))
+    with pytest.raises(ValueError, match="same channels"):
+        native_kernels.depthwise_conv_kernel_grad(x, g, (3, 3), (1, 1), ((1, 1), (1, 1)))
 
 
 @pytest.mark.parametrize("n,h,c,o,k,s", [

@@ -12,7 +12,8 @@ the same gradients; on the CPU backend it computes some of them differently:
   kernel, :func:`experiments.models.native_kernels.conv_kernel_grad`, that accumulates each
   tile of ``dw`` in vector registers while streaming over the images, 3-5x faster than XLA:CPU,
   which computes this gradient as a convolution over the batch after transposing both operands
-  (about half of a CIFAR ResNet step). Used when a C++ compiler is present (built on first use)
+  (about half of a CIFAR ResNet step). Depthwise kernel gradients (multiplier 1) likewise
+  (``depthwise_conv_kernel_grad``). Used when a C++ compiler is present (built on first use)
   unless ``S2SAM_NATIVE_CPU_KERNELS=0``; otherwise the HLO formulations below.
 * 1x1 kernels without the C++ kernel: the kernel gradient is one matrix product ``X^T @ g``
   (XLA's own is 4-15x slower).
@@ -326,15 +327,19 @@ def _depthwise_forward(x, w, strides, pads, groups):
 
 
 def _kernel_grad(x, w, g, strides, pads, groups, precision):
-    if groups == 1 and native_kernels.available():
+    depthwise_multiplier_1 = _is_depthwise(w, groups) and w.shape[3] == groups
+    if (groups == 1 or depthwise_multiplier_1) and native_kernels.available():
         return _native_kernel_grad(x, w, g, strides, pads, groups, precision)
     return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
 
 
 def _native_kernel_grad(x, w, g, strides, pads, groups, precision):
-    """The C++ kernel (``native_kernels``) on CPU; elsewhere (``fast_cpu=True``) the HLO one."""
+    """The C++ kernels (``native_kernels``) on CPU; elsewhere (``fast_cpu=True``) the HLO ones."""
+    kernel = (native_kernels.conv_kernel_grad if groups == 1
+              else native_kernels.depthwise_conv_kernel_grad)
+
     def native(x, g):
-        return native_kernels.conv_kernel_grad(x, g, w.shape[:2], strides, pads).astype(w.dtype)
+        return kernel(x, g, w.shape[:2], strides, pads).astype(w.dtype)
 
     def portable(x, g):
         return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)

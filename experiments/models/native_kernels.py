@@ -1,13 +1,16 @@
 """Native CPU kernels for the model zoo: C++ XLA FFI handlers, compiled on first use.
 
-The one kernel today is the kernel gradient of a dense NHWC/HWIO convolution (source:
-``native/conv_kernel_grad.cc``), for float32, any stride and padding, no dilation or groups:
+Two kernels today, both convolution kernel gradients (source: ``native/conv_kernel_grad.cc``),
+for float32, any stride and padding, no dilation:
 
-    dw[i, j, c, o] = sum_{n, ho, wo} xpad[n, ho*sh + i, wo*sw + j, c] * g[n, ho, wo, o]
+* dense NHWC/HWIO (:func:`conv_kernel_grad`), with ``x: [N, H, W, C]``, ``g: [N, Ho, Wo, O]``:
 
-with ``x: [N, H, W, C]``, ``g: [N, Ho, Wo, O]``, ``dw: [KH, KW, C, O]``. On a 2-core AMD EPYC
-it runs at 340-480 GFLOP/s where XLA:CPU's own kernel gradient runs at 60-150 (CIFAR ResNet
-shapes, batch 64/128).
+      dw[i, j, c, o] = sum_{n, ho, wo} xpad[n, ho*sh + i, wo*sw + j, c] * g[n, ho, wo, o]
+
+  On a 2-core AMD EPYC it runs at 340-580 GFLOP/s where XLA:CPU's own runs at 60-150 (CIFAR
+  ResNet shapes, batch 64/128);
+* depthwise, multiplier 1 (:func:`depthwise_conv_kernel_grad`): the same sum without the
+  contraction over channels, ``dw[i, j, 0, c]``, from ``g: [N, Ho, Wo, C]``.
 
 The source is compiled with the system C++ compiler (``$CXX``, else ``c++``/``g++``) and
 ``-march=native`` into ``$S2SAM_CACHE_DIR`` (default ``~/.cache/s2sam_jax``)/``native``, keyed by
@@ -53,7 +56,8 @@ import numpy as np
 ENV_VAR = "S2SAM_NATIVE_CPU_KERNELS"
 SOURCE = Path(__file__).parent / "native" / "conv_kernel_grad.cc"
 TARGET = "s2sam_conv_kernel_grad"
-_SYMBOL = "S2samConvKernelGrad"
+DEPTHWISE_TARGET = "s2sam_depthwise_conv_kernel_grad"
+_SYMBOLS = {TARGET: "S2samConvKernelGrad", DEPTHWISE_TARGET: "S2samDepthwiseKernelGrad"}
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-shared", "-fPIC")
 
 
@@ -75,16 +79,38 @@ def conv_kernel_grad(x, g, kernel_hw: Sequence[int], strides: Sequence[int], pad
     are implied by ``g``'s shape and not read). Inputs of other dtypes are computed in float32.
     Only the CPU backend can run it; raises RuntimeError when :func:`available` is False.
     """
+    _check(x, g, kernel_hw, strides)
+    return _call(TARGET, (*kernel_hw, x.shape[3], g.shape[3]), x, g, strides, pads)
+
+
+def depthwise_conv_kernel_grad(x, g, kernel_hw: Sequence[int], strides: Sequence[int],
+                               pads) -> jax.Array:
+    """Kernel gradient ``[KH, KW, 1, C]`` (float32) of a depthwise convolution (multiplier 1).
+
+    ``dw[i, j, 0, c] = sum_{n, ho, wo} xpad[n, ho*sh + i, wo*sw + j, c] * g[n, ho, wo, c]``,
+    i.e. ``feature_group_count == C`` and ``g: [N, Ho, Wo, C]``; otherwise as
+    :func:`conv_kernel_grad`.
+    """
+    _check(x, g, kernel_hw, strides)
+    if x.shape[3] != g.shape[3]:
+        raise ValueError(f"depthwise: x and g must have the same channels, got x {x.shape} "
+                         f"and g {g.shape}")
+    return _call(DEPTHWISE_TARGET, (*kernel_hw, 1, x.shape[3]), x, g, strides, pads)
+
+
+def _check(x, g, kernel_hw, strides):
     if x.ndim != 4 or g.ndim != 4 or x.shape[0] != g.shape[0]:
         raise ValueError(f"x [N, H, W, C] and g [N, Ho, Wo, O] must be 4-D with the same N, "
                          f"got x {x.shape} and g {g.shape}")
-    kh, kw = (int(k) for k in kernel_hw)
-    if kh < 1 or kw < 1 or min(int(s) for s in strides) < 1:
+    if min(int(k) for k in kernel_hw) < 1 or min(int(s) for s in strides) < 1:
         raise ValueError(f"kernel_hw and strides must be >= 1, got {kernel_hw} and {strides}")
     if not available():
         raise RuntimeError(f"native CPU kernels are unavailable: {_failure}")
-    shape = (kh, kw, x.shape[3], g.shape[3])
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(shape, jnp.float32),
+
+
+def _call(target, shape, x, g, strides, pads):
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(int(d) for d in shape),
+                                                         jnp.float32),
                             vmap_method="sequential")
     return call(
         x.astype(jnp.float32), g.astype(jnp.float32),
@@ -162,8 +188,10 @@ def _load_once() -> Path | None:
         if compiler is None:
             raise OSError("no C++ compiler found ($CXX, c++, g++, clang++)")
         library = _build(compiler)
-        handler = getattr(ctypes.cdll.LoadLibrary(str(library)), _SYMBOL)
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+        handle = ctypes.cdll.LoadLibrary(str(library))
+        for target, symbol in _SYMBOLS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handle, symbol)),
+                                        platform="cpu")
     except (OSError, subprocess.SubprocessError, AttributeError) as e:
         _failure = str(e)
         warnings.warn(f"native CPU kernels unavailable, convolution kernel gradients use XLA's "

@@ -175,6 +175,98 @@ void AccumulateImages(const float* x, const float* g, float* dw, const Geometry&
   }
 }
 
+// Depthwise (one kernel per channel, multiplier 1; g has C channels too):
+//   dw[i, j, 0, c] = sum_{n, ho, wo} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * g[n, ho, wo, c]
+// An elementwise product summed over positions: NV vectors of channels, two accumulator sets
+// (even and odd positions) so that consecutive multiply-adds do not wait on each other.
+template <int L, int NV>
+void AccumulateDepthwiseTap(const float* x, const float* g, float* dw_tap, const Geometry& s,
+                            int64_t i, int64_t j, int64_t images) {
+  using V = VecOf<L>;
+  int64_t ho_lo, ho_hi, wo_lo, wo_hi;
+  ValidRange(i, s.sh, s.pt, s.h, s.ho, &ho_lo, &ho_hi);
+  ValidRange(j, s.sw, s.pl, s.w, s.wo, &wo_lo, &wo_hi);
+  if (ho_lo >= ho_hi || wo_lo >= wo_hi) return;
+  typename V::Type acc[2][NV] = {};
+  const int64_t x_step = s.sw * s.c, x_image = s.h * s.w * s.c, g_image = s.ho * s.wo * s.c;
+  for (int64_t n = 0; n < images; ++n) {
+    for (int64_t r = ho_lo; r < ho_hi; ++r) {
+      const float* xp =
+          x + n * x_image + ((r * s.sh + i - s.pt) * s.w + wo_lo * s.sw + j - s.pl) * s.c;
+      const float* gp = g + n * g_image + (r * s.wo + wo_lo) * s.c;
+      int64_t q = wo_lo;
+      for (; q + 1 < wo_hi; q += 2, xp += 2 * x_step, gp += 2 * s.c) {
+        for (int v = 0; v < NV; ++v) {
+          acc[0][v] += V::Load(xp + v * L) * V::Load(gp + v * L);
+          acc[1][v] += V::Load(xp + x_step + v * L) * V::Load(gp + s.c + v * L);
+        }
+      }
+      if (q < wo_hi) {
+        for (int v = 0; v < NV; ++v) acc[0][v] += V::Load(xp + v * L) * V::Load(gp + v * L);
+      }
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    V::Store(dw_tap + v * L, V::Load(dw_tap + v * L) + (acc[0][v] + acc[1][v]));
+  }
+}
+
+void AccumulateDepthwiseScalar(const float* x, const float* g, float* dw_tap, const Geometry& s,
+                               int64_t i, int64_t j, int64_t images, int64_t c_begin) {
+  int64_t ho_lo, ho_hi, wo_lo, wo_hi;
+  ValidRange(i, s.sh, s.pt, s.h, s.ho, &ho_lo, &ho_hi);
+  ValidRange(j, s.sw, s.pl, s.w, s.wo, &wo_lo, &wo_hi);
+  const int64_t x_image = s.h * s.w * s.c, g_image = s.ho * s.wo * s.c;
+  for (int64_t n = 0; n < images; ++n) {
+    for (int64_t r = ho_lo; r < ho_hi; ++r) {
+      for (int64_t q = wo_lo; q < wo_hi; ++q) {
+        const float* xp =
+            x + n * x_image + ((r * s.sh + i - s.pt) * s.w + q * s.sw + j - s.pl) * s.c;
+        const float* gp = g + n * g_image + (r * s.wo + q) * s.c;
+        for (int64_t c = c_begin; c < s.c; ++c) dw_tap[c] += xp[c] * gp[c];
+      }
+    }
+  }
+}
+
+using DepthwiseFn = void (*)(const float*, const float*, float*, const Geometry&, int64_t,
+                             int64_t, int64_t);
+
+DepthwiseFn DepthwiseTap(int nv) {
+  switch (nv) {
+    case 1: return &AccumulateDepthwiseTap<kLanes, 1>;
+    case 2: return &AccumulateDepthwiseTap<kLanes, 2>;
+#if defined(__AVX512F__)
+    case 3: return &AccumulateDepthwiseTap<kLanes, 3>;
+    case 4: return &AccumulateDepthwiseTap<kLanes, 4>;
+#endif
+  }
+  return nullptr;
+}
+
+// dw[KH, KW, 1, C] += the contribution of `images` consecutive images.
+void AccumulateDepthwiseImages(const float* x, const float* g, float* dw, const Geometry& s,
+                               int64_t images) {
+  const int64_t full = s.c / kLanes * kLanes;
+  const bool half = s.c - full >= kHalfLanes;
+  const int64_t vector_end = full + (half ? kHalfLanes : 0);
+  for (int64_t i = 0; i < s.kh; ++i) {
+    for (int64_t j = 0; j < s.kw; ++j) {
+      float* dw_tap = dw + (i * s.kw + j) * s.c;
+      for (int64_t c0 = 0; c0 < full; c0 += kMaxVectorsPerRow * kLanes) {
+        const int nv = static_cast<int>(std::min<int64_t>(kMaxVectorsPerRow, (full - c0) / kLanes));
+        DepthwiseTap(nv)(x + c0, g + c0, dw_tap + c0, s, i, j, images);
+      }
+      if (half) {
+        AccumulateDepthwiseTap<kHalfLanes, 1>(x + full, g + full, dw_tap + full, s, i, j, images);
+      }
+      if (vector_end < s.c) AccumulateDepthwiseScalar(x, g, dw_tap, s, i, j, images, vector_end);
+    }
+  }
+}
+
+using AccumulateFn = void (*)(const float*, const float*, float*, const Geometry&, int64_t);
+
 // The batch is cut into at most kSlices fixed slices of consecutive images; each slice is summed
 // in image order into its own dw and the slices are added in order, so the result does not
 // depend on which thread ran which slice (training stays bitwise reproducible and resumable).
@@ -189,6 +281,7 @@ struct Work {
   Geometry s;
   const float* x;
   const float* g;
+  AccumulateFn accumulate;  // dense or depthwise
   int64_t slices;
   int64_t chunk;                                 // images per tile pass
   std::vector<std::unique_ptr<float[]>> partial;  // dw of slices 1 .. slices-1
@@ -202,30 +295,24 @@ struct Work {
       float* dw = k == 0 ? out : partial[k - 1].get();
       const int64_t end = s.n * (k + 1) / slices;
       for (int64_t n = s.n * k / slices; n < end; n += chunk) {
-        AccumulateImages(x + n * x_image, g + n * g_image, dw, s, std::min(chunk, end - n));
+        accumulate(x + n * x_image, g + n * g_image, dw, s, std::min(chunk, end - n));
       }
       slices_done.fetch_add(1, std::memory_order_release);
     }
   }
 };
 
-ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                          ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h, int64_t stride_w,
-                          int64_t pad_top, int64_t pad_left) {
-  auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4 || xd[0] != gd[0] || xd[3] != wd[2] ||
-      gd[3] != wd[3] || stride_h < 1 || stride_w < 1) {
-    return ffi::Error::InvalidArgument("conv_kernel_grad: inconsistent shapes or strides");
-  }
+// Runs `accumulate` over the batch in fixed slices (see kSlices) on the caller and XLA's pool.
+void RunSlices(ffi::ThreadPool& pool, const Geometry& geometry, const float* x, const float* g,
+               float* out, int64_t dw_size, AccumulateFn accumulate) {
   auto work = std::make_shared<Work>();
   Work& w = *work;
-  w.s = Geometry{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3],
-                 wd[0], wd[1], stride_h, stride_w, pad_top, pad_left};
-  w.x = x.typed_data();
-  w.g = g.typed_data();
-  w.out = dw->typed_data();
-  const int64_t dw_size = wd[0] * wd[1] * wd[2] * wd[3];
-  std::fill(w.out, w.out + dw_size, 0.0f);
+  w.s = geometry;
+  w.x = x;
+  w.g = g;
+  w.out = out;
+  w.accumulate = accumulate;
+  std::fill(out, out + dw_size, 0.0f);
   w.slices = std::min(dw_size >= kLargeKernel ? kLargeKernelSlices : kSlices, w.s.n);
   const int64_t positions = std::max<int64_t>(1, w.s.ho * w.s.wo);
   w.chunk = (kMinPositionsPerPass + positions - 1) / positions;
@@ -238,20 +325,54 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   w.Run();
   while (w.slices_done.load(std::memory_order_acquire) < w.slices) std::this_thread::yield();
   for (const auto& p : w.partial) {
-    for (int64_t k = 0; k < dw_size; ++k) w.out[k] += p[k];
+    for (int64_t k = 0; k < dw_size; ++k) out[k] += p[k];
   }
+}
+
+ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                          ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h, int64_t stride_w,
+                          int64_t pad_top, int64_t pad_left) {
+  auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4 || xd[0] != gd[0] || xd[3] != wd[2] ||
+      gd[3] != wd[3] || stride_h < 1 || stride_w < 1) {
+    return ffi::Error::InvalidArgument("conv_kernel_grad: inconsistent shapes or strides");
+  }
+  const Geometry s{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3],
+                   wd[0], wd[1], stride_h, stride_w, pad_top, pad_left};
+  RunSlices(pool, s, x.typed_data(), g.typed_data(), dw->typed_data(),
+            wd[0] * wd[1] * wd[2] * wd[3], AccumulateImages);
+  return ffi::Error::Success();
+}
+
+ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
+                               int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                               int64_t pad_left) {
+  auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4 || xd[0] != gd[0] || xd[3] != gd[3] ||
+      wd[2] != 1 || wd[3] != xd[3] || stride_h < 1 || stride_w < 1) {
+    return ffi::Error::InvalidArgument("depthwise_kernel_grad: inconsistent shapes or strides");
+  }
+  const Geometry s{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3],
+                   wd[0], wd[1], stride_h, stride_w, pad_top, pad_left};
+  RunSlices(pool, s, x.typed_data(), g.typed_data(), dw->typed_data(), wd[0] * wd[1] * wd[3],
+            AccumulateDepthwiseImages);
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(S2samConvKernelGrad, ConvKernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+#define S2SAM_KERNEL_GRAD_BINDING                 \
+  ffi::Ffi::Bind()                                 \
+      .Ctx<ffi::ThreadPool>()                      \
+      .Arg<ffi::Buffer<ffi::F32>>()                \
+      .Arg<ffi::Buffer<ffi::F32>>()                \
+      .Ret<ffi::Buffer<ffi::F32>>()                \
+      .Attr<int64_t>("stride_h")                   \
+      .Attr<int64_t>("stride_w")                   \
+      .Attr<int64_t>("pad_top")                    \
+      .Attr<int64_t>("pad_left")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(S2samConvKernelGrad, ConvKernelGrad, S2SAM_KERNEL_GRAD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(S2samDepthwiseKernelGrad, DepthwiseKernelGrad,
+                              S2SAM_KERNEL_GRAD_BINDING);
