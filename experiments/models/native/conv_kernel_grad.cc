@@ -65,6 +65,10 @@ inline void ValidRange(int64_t tap, int64_t stride, int64_t pad, int64_t size, i
   if (*hi < *lo) *hi = *lo;
 }
 
+// The four accumulation loops below (dense tile, dense scalar tail, depthwise, depthwise scalar
+// tail) each walk the tap's valid positions themselves: a shared helper taking the inner loop
+// as a lambda gave bitwise-equal results but measured 7% slower on VGG's 2x2 maps.
+
 // dw_tile[CB][NV*L] (row stride s.o) += tap (i, j)'s sum over the valid positions of `images`
 // consecutive images starting at x, g. The tile lives in CB*NV vector registers throughout.
 template <int L, int CB, int NV>
