@@ -284,3 +284,15 @@ def test_entry_points_can_opt_out_of_malloc_tuning(monkeypatch):
     assert cpu_conv.maybe_tune_glibc_malloc() is False and not called
     monkeypatch.setenv("S2SAM_TUNE_MALLOC", "1")
     assert cpu_conv.maybe_tune_glibc_malloc() is True and called == [1]
+
+
+def test_float64_keeps_float64_kernel_gradients(kernel_grad_impl):
+    """The C++ kernels compute in float32, so float64 convs never take them."""
+    with jax.enable_x64(True):
+        x, w = (a.astype(jnp.float64) for a in _data(3, 1, 4, 6))
+        loss = lambda f: (lambda w: jnp.sum(jnp.sin(f(x, w, (1, 1), "SAME", dimension_numbers=DN))))
+        grad = jax.jit(jax.grad(loss(cpu_conv.conv_general_dilated)))
+        assert native_kernels.TARGET not in grad.lower(w).as_text()
+        got, want = grad(w), jax.grad(loss(lax.conv_general_dilated))(w)
+        assert got.dtype == jnp.float64
+        assert _rel_err(got, want) < 1e-12

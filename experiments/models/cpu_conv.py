@@ -328,7 +328,9 @@ def _depthwise_forward(x, w, strides, pads, groups):
 
 def _kernel_grad(x, w, g, strides, pads, groups, precision):
     depthwise_multiplier_1 = _is_depthwise(w, groups) and w.shape[3] == groups
-    if (groups == 1 or depthwise_multiplier_1) and native_kernels.available():
+    # the C++ kernels compute in float32: float64 keeps the HLO formulations
+    at_most_f32 = all(jnp.finfo(a.dtype).bits <= 32 for a in (x, w, g))
+    if (groups == 1 or depthwise_multiplier_1) and at_most_f32 and native_kernels.available():
         return _native_kernel_grad(x, w, g, strides, pads, groups, precision)
     return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
 
