@@ -88,6 +88,8 @@ def _open(name: str, base: str, split: str, data_dir, decoders=None):
     try:
         source = tfds.data_source(name, split=_tfds_split(base, split), data_dir=data_dir,
                                   download=False, decoders=decoders)
+    # tfds's errors for data that was never prepared (builder.is_prepared() would also reject
+    # tfds.testing.mock_data, which fakes the reads but not the preparation)
     except (NotImplementedError, FileNotFoundError, AssertionError) as err:
         raise FileNotFoundError(_prepare_help(name, base, str(builder.data_dir))) from err
     return source, builder

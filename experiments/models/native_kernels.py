@@ -129,11 +129,12 @@ def _compiler() -> str | None:
 def _cpu_fingerprint() -> str:
     """The CPU's feature flags: ``-march=native`` code must not run on a different CPU."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # no procfs (macOS, Windows)
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return line
     return platform.processor() or platform.machine()
 
 
