@@ -9,6 +9,15 @@ and ASAM (Kwon et al., 2021) makes the radius scale-invariant with
 
     ε = ρ · T² ⊙ g / (‖T ⊙ g‖ + eps).
 
+The S2-SAM authors' code (jjsrf/SSAM-NEURIPS2024 ``sam.py``, ``--sam-v2
+--adaptive``) computes neither: with ``g`` the stored gradient and ``u`` the
+point it was taken at (the previous *perturbed* weights),
+
+    ε = ρ · g ⊙ g ⊙ g / (‖|u| ⊙ g‖ + eps)        (``formula="authors"``)
+
+(its ASAM numerator squares the stored gradient where ASAM squares the
+weights), so ``‖ε‖`` is not ``ρ``; it is offered to reproduce their runs.
+
 Norms are global L2 norms over every leaf, computed in float32. Under
 sparsity the gradient is first masked (``g ← m ⊙ g``), so ``ε`` and its norm
 cover active weights only and the perturbed network is as sparse as the
@@ -38,17 +47,20 @@ def perturbation(
     eta=0.01,
     eps=1e-12,
     masks: Optional[_masks.MaskTree] = None,
+    formula: str = "asam",
 ) -> optax.Updates:
   """Returns the ascent step ``ε`` (float32 leaves, the structure of ``grads``).
 
   Args:
     grads: gradient ``g`` at the point the perturbation is taken from.
-    params: weights ``w`` (used by the adaptive variant only).
+    params: weights ``w`` (used by the adaptive variants only; for
+      ``formula="authors"``, the point ``u`` where ``g`` was taken).
     rho: radius ``ρ >= 0`` (a scalar; may be traced).
-    adaptive: ASAM's ``T = |w| + η`` scaling.
+    adaptive: use an adaptive (weight-scaled) radius.
     eta: ASAM's ``η``.
     eps: added to the norm.
     masks: optional mask tree; masked entries of ``g`` are dropped first.
+    formula: the adaptive formula, ``"asam"`` or ``"authors"`` (module doc).
 
   Example:
     >>> import jax.numpy as jnp
@@ -57,7 +69,11 @@ def perturbation(
   """
   g = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
                    _masks.mask_tree(grads, masks))
-  if adaptive:
+  if adaptive and formula == "authors":
+    scale = jax.tree.map(lambda w: jnp.abs(jnp.asarray(w, jnp.float32)), params)
+    direction = jax.tree.map(jnp.multiply, scale, g)
+    step = jax.tree.map(lambda x: x * x * x, g)
+  elif adaptive:
     scale = jax.tree.map(lambda w: jnp.abs(jnp.asarray(w, jnp.float32)) + eta,
                          params)
     direction = jax.tree.map(jnp.multiply, scale, g)
@@ -91,6 +107,19 @@ def check_hyperparameters(rho: Any, eps: Any, eta: Any) -> None:
     raise ValueError(f"`eps` must be > 0; got {eps}.")
   if _is_concrete_number(eta) and float(eta) < 0:
     raise ValueError(f"`eta` must be >= 0; got {eta}.")
+
+
+ADAPTIVE_FORMULAS = ("asam", "authors")
+
+
+def check_adaptive_formula(adaptive: bool, formula: str) -> None:
+  """``formula`` is one of :data:`ADAPTIVE_FORMULAS`; ``"authors"`` needs
+  ``adaptive=True`` (it would otherwise be silently ignored)."""
+  if formula not in ADAPTIVE_FORMULAS:
+    raise ValueError(f"`adaptive_formula` must be one of {ADAPTIVE_FORMULAS}; "
+                     f"got {formula!r}.")
+  if formula == "authors" and not adaptive:
+    raise ValueError("`adaptive_formula='authors'` needs `adaptive=True`.")
 
 
 def mask_source(masks: Optional[_masks.MaskTree], inner_state,

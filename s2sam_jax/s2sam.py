@@ -11,8 +11,11 @@ forward-backward pass, like the base optimizer:
 The transformation stores ``ε_{t+1}`` (one params-sized buffer) at the end of
 step ``t``. With ``adaptive=True`` it uses ASAM's scale-invariant radius,
 ``ε = ρ T² g / ‖T g‖`` with ``T = |w_{t+1}| + η``. The authors' PyTorch
-``--adaptive`` flag computes ``ρ g³ / ‖|u| g‖`` instead (a bug: see
-``reference/sparse-methods.md`` §3.3); this library implements ASAM's formula.
+``--adaptive --sam-v2`` (jjsrf/SSAM-NEURIPS2024 ``sam.py``) computes
+``ε_{t+1} = ρ g_t³ / ‖|w_t + ε_t| g_t‖`` instead, which is neither SAM nor
+ASAM; ``adaptive_formula="authors"`` reproduces it (with
+``perturb_pruned=True`` and the sparse wrapper's ``mask_gradients=False``, the
+authors' protocol), ``"asam"`` (the default) is ASAM's.
 
 Two modes:
 
@@ -66,6 +69,7 @@ def s2sam(
     rho: _perturbation.ScalarOrSchedule = 0.05,
     *,
     adaptive: bool = False,
+    adaptive_formula: str = "asam",
     eta: float = 0.01,
     eps: float = 1e-12,
     mode: str = "transparent",
@@ -80,7 +84,10 @@ def s2sam(
       wrapper). Extra args given to ``update`` are forwarded to it.
     rho: perturbation radius ``ρ >= 0``, or a schedule of the step count
       (``ε_{t+1}`` uses ``rho(t + 1)``).
-    adaptive: use ASAM's ``T = |w| + η`` scaling.
+    adaptive: use an adaptive radius (``adaptive_formula``).
+    adaptive_formula: ``"asam"``: ASAM's ``T = |w| + η`` scaling;
+      ``"authors"``: the authors' ``ρ g³ / ‖|u| g‖``, ``u = w_t + ε_t`` the
+      point where ``g`` was taken (module docstring). Needs ``adaptive``.
     eta: ASAM's ``η >= 0``.
     eps: ``> 0``, added to the gradient norm (a zero gradient gives ``ε = 0``).
     mode: ``"transparent"`` or ``"explicit"`` (see the module docstring).
@@ -107,6 +114,8 @@ def s2sam(
     (3,)
   """
   _perturbation.check_hyperparameters(rho, eps, eta)
+  _perturbation.check_adaptive_formula(adaptive, adaptive_formula)
+  authors = adaptive and adaptive_formula == "authors"
   if mode not in MODES:
     raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
   inner = optax.with_extra_args_support(inner)
@@ -136,9 +145,15 @@ def s2sam(
                               clean, inner_updates)
 
     count = optax.safe_increment(state.count)
+    # ASAM scales by the weights the next gradient is taken around; the
+    # authors' formula by the point where ``grads`` was taken.
+    scale_point = next_clean
+    if authors:
+      scale_point = params if transparent else jax.tree.map(
+          lambda p, e: p + e.astype(p.dtype), params, old_eps)
     new_eps = _perturbation.perturbation(
-        grads, next_clean, _perturbation.resolve_rho(rho, count),
-        adaptive=adaptive, eta=eta, eps=eps,
+        grads, scale_point, _perturbation.resolve_rho(rho, count),
+        adaptive=adaptive, eta=eta, eps=eps, formula=adaptive_formula,
         masks=_perturbation.mask_source(masks, inner_state, perturb_pruned))
     new_eps = jax.tree.map(lambda e, old: e.astype(old.dtype), new_eps, old_eps)
 
@@ -193,10 +208,24 @@ def unperturbed(params, state):
   """The clean weights ``w_t``, for evaluation and export.
 
   Finds the :class:`S2SAMState` anywhere in a nested ``state``. In
-  transparent mode returns ``params - ε_t``; in explicit mode, or with no
+  transparent mode returns ``params - ε_t`` (masked by an inner sparse
+  wrapper's masks, so that pruned weights are exactly 0 also when
+  ``perturb_pruned=True`` put ``ε ≠ 0`` there); in explicit mode, or with no
   S2-SAM in the state, returns ``params`` unchanged.
   """
-  return _shift(params, state, -1.0, 0.0)
+  s = _find_state(state)
+  if s is None:
+    return params
+  clean = _shift(params, state, -1.0, 0.0)
+  masks = _masks.find_masks(s.inner_state)
+  if masks is None:
+    return clean
+  # Paired by flattening order, as in _shift (params may be an nnx.State).
+  leaves, treedef = jax.tree.flatten(clean)
+  mask_leaves = jax.tree.leaves(masks, is_leaf=lambda m: m is None)
+  return treedef.unflatten([
+      x if m is None else jnp.where(m, x, jnp.zeros_like(x))
+      for x, m in zip(leaves, mask_leaves)])
 
 
 def perturbed(params, state):

@@ -38,6 +38,7 @@ def sam(
     rho: _perturbation.ScalarOrSchedule = 0.05,
     *,
     adaptive: bool = False,
+    adaptive_formula: str = "asam",
     eta: float = 0.01,
     eps: float = 1e-12,
     masks: Optional[_masks.MaskTree] = None,
@@ -53,7 +54,10 @@ def sam(
   Args:
     inner: any optax transformation (possibly a sparse wrapper).
     rho: radius ``ρ >= 0`` or a schedule of the step count.
-    adaptive: ASAM's ``T = |w| + η`` scaling.
+    adaptive: use an adaptive radius (``adaptive_formula``).
+    adaptive_formula: ``"asam"``: ASAM's ``T = |w| + η``; ``"authors"``: the
+      two-step adaptive branch of the S2-SAM authors' ``sam.py`` (from
+      davda54/sam), ``T = |w|``, i.e. ASAM with ``η = 0``. Needs ``adaptive``.
     eta: ASAM's ``η >= 0``.
     eps: ``> 0``, added to the gradient norm.
     masks: mask tree confining ``ε``; ``None`` uses an inner sparse
@@ -72,6 +76,9 @@ def sam(
     (3,)
   """
   _perturbation.check_hyperparameters(rho, eps, eta)
+  _perturbation.check_adaptive_formula(adaptive, adaptive_formula)
+  if adaptive and adaptive_formula == "authors":
+    eta = 0.0
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):

@@ -94,3 +94,35 @@ def sgd_momentum_wd():
   """PyTorch-style SGD: coupled weight decay, momentum without dampening."""
   return optax.chain(optax.add_decayed_weights(WD),
                      optax.sgd(LR, momentum=MOMENTUM))
+
+
+def numpy_authors_trajectory(steps=STEPS, masks=None, rho=RHO):
+  """The S2-SAM authors' ``--sam-v2 --adaptive`` loop (jjsrf/SSAM-NEURIPS2024
+  ``sam.py`` + ``main_prune_train.py``), re-derived in NumPy: PyTorch-1.x
+  semantics, SGD with momentum and coupled weight decay, optional fixed masks
+  applied to the weights after every step (gradients and perturbation
+  unmasked). Returns the clean weights after each step."""
+  w, x, y = make_problem()
+  if masks is not None:   # --sp-prune-before-retrain: start sparse
+    w = {k: v * masks[k] if masks.get(k) is not None else v for k, v in w.items()}
+  buf = {k: np.zeros_like(v) for k, v in w.items()}
+  prev_grad = prev_u = None
+  trajectory = []
+  for _ in range(steps):
+    # first_step: nothing stored at step 0, so no perturbation.
+    e = {k: np.zeros_like(v) for k, v in w.items()}
+    if prev_grad is not None:
+      norm = global_norm({k: np.abs(prev_u[k]) * prev_grad[k] for k in w})
+      e = {k: rho * prev_grad[k] ** 3 / (norm + 1e-12) for k in w}
+    u = {k: w[k] + e[k] for k in w}
+    g = numpy_grad(u, x, y)
+    # second_step: store the raw gradient and the perturbed weights, remove
+    # the perturbation, take the SGD step with the unmasked gradient.
+    prev_grad, prev_u = g, u
+    for k in w:
+      buf[k] = MOMENTUM * buf[k] + g[k] + WD * w[k]
+      w[k] = w[k] - LR * buf[k]
+      if masks is not None and masks.get(k) is not None:
+        w[k] = w[k] * masks[k]      # prune_apply_masks
+    trajectory.append({k: v.copy() for k, v in w.items()})
+  return trajectory, x, y

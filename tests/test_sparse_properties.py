@@ -76,7 +76,20 @@ def _counts(masks):
   return {name: int(np.sum(m["kernel"])) for name, m in masks.items()}
 
 
-def _expected_counts(method, t, init_counts, sizes, final_density):
+def _mest_bounds(method, sparsity, init_counts, sizes):
+  """Per phase and layer ``(prune-to, grow-to)`` counts of the default
+  (profile) offsets, and whether each is possible (``1 <= keep``,
+  ``grow-to <= N``)."""
+  prune, grow = sparse.mest_profile_offsets(method, sparsity)
+  grow = tuple(max(u, -sparsity) for u in grow)   # grow at most to dense
+  bounds = [{k: (c - round(l * sizes[k]), c - round(u * sizes[k]))
+             for k, c in init_counts.items()} for l, u in zip(prune, grow)]
+  valid = all(keep >= 1 and grow_to <= sizes[k]
+              for phase in bounds for k, (keep, grow_to) in phase.items())
+  return bounds, valid
+
+
+def _expected_counts(method, t, init_counts, sizes, final_density, sparsity):
   """Per-layer counts after the step at t (None: only the total is fixed)."""
   if method in ("static", "set", "rigl", "em"):
     return init_counts
@@ -84,9 +97,9 @@ def _expected_counts(method, t, init_counts, sizes, final_density):
     return None
   if method == "ems":
     last = t - t % EVERY
-    offset = 0.05 if last < DECAY[0] else 0.025 if last < DECAY[1] else 0.0
-    return {k: min(c + round(offset * sizes[k]), sizes[k])
-            for k, c in init_counts.items()}
+    phase = (last >= DECAY[0]) + (last >= DECAY[1])
+    bounds, _ = _mest_bounds(method, sparsity, init_counts, sizes)
+    return {k: grow_to for k, (_, grow_to) in bounds[phase].items()}
   last = min(t - t % EVERY, 6)  # gmp: s_t at the last pruning step
   counts = {}
   for k, d in final_density.items():
@@ -111,13 +124,20 @@ def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
          else optax.adam(0.05, b1=B1, b2=B2))
   params = _make_params(shapes, seed)
   tx = _make_tx(method, opt, sparsity, distribution, seed, mask_gradients)
+  densities = sparse.layer_densities(params, sparsity, distribution)
+  sizes = {k: int(np.prod(s)) for k, s in zip(params, shapes)}
+  final_density = {k: densities[k]["kernel"] for k in params}
+  if method in ("em", "ems"):
+    # init refuses exactly the offsets that would empty or overfill a layer
+    counts = {k: round(final_density[k] * sizes[k]) for k in params}
+    if not _mest_bounds(method, sparsity, counts, sizes)[1]:
+      with pytest.raises(ValueError, match="offsets"):
+        tx.init(params)
+      return
   state = tx.init(params)
   params = sparse.apply_masks(params, state)
 
   # Counts after init: round(d_l n) for the densities of the distribution.
-  densities = sparse.layer_densities(params, sparsity, distribution)
-  sizes = {k: int(np.prod(s)) for k, s in zip(params, shapes)}
-  final_density = {k: densities[k]["kernel"] for k in params}
   init_counts = _counts(state.masks)
   if method == "gmp":
     assert init_counts == sizes  # starts dense
@@ -137,7 +157,8 @@ def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
     old_masks = state.masks
     params, state, grads = train_step(params, state)
     counts = _counts(state.masks)
-    expected = _expected_counts(method, t, init_counts, sizes, final_density)
+    expected = _expected_counts(method, t, init_counts, sizes, final_density,
+                                sparsity)
     if expected is None:
       assert sum(counts.values()) == total
     else:

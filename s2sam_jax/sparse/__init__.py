@@ -33,8 +33,13 @@ from s2sam_jax.sparse.set_ import set_
 from s2sam_jax.sparse.static import static_masks
 from s2sam_jax.sparse.static import static_random
 from s2sam_jax.sparse.dsr import DSRState
+from s2sam_jax.sparse.dsr import TARGET_FRACTION as DSR_TARGET_FRACTION
 from s2sam_jax.sparse.dsr import dsr
 from s2sam_jax.sparse.gmp import gmp
 from s2sam_jax.sparse.gmp import gmp_sparsity
 from s2sam_jax.sparse.mest import MESTState
+from s2sam_jax.sparse.mest import PROFILES as MEST_PROFILES
+from s2sam_jax.sparse.mest import PROFILE_MODELS as MEST_PROFILE_MODELS
 from s2sam_jax.sparse.mest import mest
+from s2sam_jax.sparse.mest import profile_file as mest_profile_file
+from s2sam_jax.sparse.mest import profile_offsets as mest_profile_offsets

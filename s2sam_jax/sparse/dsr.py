@@ -1,7 +1,8 @@
 """DSR (Mostafa & Wang, 2019): dynamic sparse reparameterization.
 
-Every ``update_every`` steps ``t > 0`` (never at step 0; until ``end_step``),
-with one global threshold ``H`` (reference §8, IntelAI's code):
+Every ``P_t`` steps ``t > 0`` (never at step 0; until ``end_step``), with
+one global threshold ``H`` (Mostafa & Wang's code, IntelAI/dynamic-reparameterization
+``main.py``, ``parameterized_tensors.py``):
 
 1. **Drop.** In every masked layer remove the active weights with
    ``|w| < H``, keeping at least the largest-|w| one of a non-empty layer.
@@ -22,8 +23,14 @@ Choices: the inner optimizer state of dropped and grown weights is zeroed
 weight's momentum is then frozen until regrowth, so zeroing is the clean
 equivalent). The topology is updated before the step of iteration ``t``
 (DSR rewires after the step of ``t − 1``: the same weights) and the gradient
-step is taken with the new masks. ``update_every`` is constant (DSR doubles its
-period at set epochs: chain several runs or pass the largest period).
+step is taken with the new masks.
+
+The rewiring period may grow during training, as in DSR's schedules (WRN-28-2
+on CIFAR-10: ``P = 100`` iterations, 200 from epoch 25, 400 from 80, 800 from
+140 of 200; ``learning_schedules/wrnet_schedule.yaml``): pass
+``update_every={0: 100, s1: 200, ...}`` (start step -> period). A rewire
+happens at step ``t > 0`` when ``t % P_t == 0``, ``P_t`` the period of the
+last start ``<= t``, as DSR's ``(i + current_iteration) % rewire_period``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,15 @@ import optax
 from s2sam_jax import _masks
 from s2sam_jax.sparse import _wrapper
 from s2sam_jax.sparse import distributions
+
+
+# DSR's N_target is 20,000 weights for WRN-28-2 on CIFAR-10 at 90% sparsity
+# (IntelAI/dynamic-reparameterization experiments/wrnet_experiments.yaml,
+# --n-prune-params). Its sparse layers are the 3x3 block convs (widths
+# 32/64/128, 4 blocks per group; stem, 1x1 shortcuts and fc dense): 69,120 +
+# 276,480 + 1,105,920 = 1,451,520 weights, 145,152 active at 90%. The default
+# ``target_fraction`` carries that fraction to other models and sparsities.
+TARGET_FRACTION = 20_000 / 145_152   # 0.1378
 
 
 class DSRState(NamedTuple):
@@ -130,13 +146,34 @@ def dsr_topology_update(masks, params, threshold, target_count, key):
   return jax.tree.unflatten(treedef, new), new_threshold, removed
 
 
+def _check_period_schedule(update_every) -> dict:
+  """``update_every`` (int or start step -> period) as a checked dict."""
+  if not isinstance(update_every, Mapping):
+    return {0: _wrapper.check_int(update_every, "update_every", 1)}
+  if 0 not in update_every:
+    raise ValueError("`update_every` as a schedule must map step 0 to the "
+                     f"first period; got {dict(update_every)!r}.")
+  return {_wrapper.check_int(s, "update_every (start step)", 0):
+          _wrapper.check_int(p, "update_every (period)", 1)
+          for s, p in sorted(update_every.items())}
+
+
+def rewire_period(count, schedule: Mapping[int, int]):
+  """``P_t``: the period of the last start step ``<= count`` (int32)."""
+  period = jnp.asarray(schedule[0], jnp.int32)
+  for start, value in sorted(schedule.items()):
+    if start > 0:
+      period = jnp.where(count >= start, jnp.int32(value), period)
+  return period
+
+
 def dsr(
     inner: optax.GradientTransformation,
     sparsity: Optional[float] = None,
     *,
-    update_every: int = 100,
+    update_every: Union[int, Mapping[int, int]] = 100,
     end_step: Optional[int] = None,
-    target_fraction: float = 0.1,
+    target_fraction: float = TARGET_FRACTION,
     target_count: Optional[int] = None,
     init_threshold: float = 1e-3,
     distribution: str = "uniform",
@@ -154,11 +191,14 @@ def dsr(
     sparsity: global target in ``[0, 1)`` for random masks at init (DSR
       starts every sparse layer at the same sparsity: ``'uniform'``); or
       give ``masks``.
-    update_every: rewire period ``P >= 1``; rewires at ``t = P, 2P, ...``.
+    update_every: rewire period ``P >= 1`` (rewires at ``t = P, 2P, ...``),
+      or a growing period as a dict ``{0: P_0, start_1: P_1, ...}`` (start
+      step -> period, see the module docstring).
     end_step: no rewire after this step (inclusive); ``None``: never stop.
     target_fraction: ``N_target`` as a fraction in ``(0, 1)`` of the initial
-      number of active weights (used when ``target_count`` is None; DSR's own
-      value is an absolute count, e.g. 20,000 for WRN-28-2).
+      number of active weights (used when ``target_count`` is None). The
+      default is DSR's WRN-28-2 value, 20,000 of 145,152 (module constant
+      ``TARGET_FRACTION``).
     target_count: ``N_target`` as an absolute count ``>= 1``.
     init_threshold: ``H_0 > 0`` (DSR: 1e-3).
     distribution, masks, key, power, overrides, prunable, mask_gradients:
@@ -182,7 +222,7 @@ def dsr(
   """
   _wrapper.check_mask_source(sparsity, masks)
   _wrapper.check_distribution(distribution)
-  _wrapper.check_int(update_every, "update_every", 1)
+  periods = _check_period_schedule(update_every)
   if end_step is not None:
     _wrapper.check_int(end_step, "end_step", 1)
   if target_count is None:
@@ -211,7 +251,7 @@ def dsr(
                   "target_count": jnp.asarray(target, jnp.int32)}
 
   def is_update_step(t):
-    ok = (t > 0) & (t % update_every == 0)
+    ok = (t > 0) & (t % rewire_period(t, periods) == 0)
     return ok if end_step is None else ok & (t <= end_step)
 
   def update(old_masks, params, grads, count, extras):

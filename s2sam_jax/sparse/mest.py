@@ -2,30 +2,37 @@
 
 Each masked layer ``l`` (``N_l`` weights, target count ``c_l``, the number of
 active weights at init) is mutated every ``update_every`` steps, **including
-step 0** (reference §3.5, §4). The bounds move in phases: phase ``k`` is the
-number of ``decay_steps`` already reached. With sparsity offsets ``δL_k``
-(prune-to) and ``δU_k`` (grow-to), as fractions of the **layer size**:
+step 0** (MEST's ``prune_utils/retrain.py``, ``SparseTraining.update_mask``;
+the S2-SAM copy in jjsrf/SSAM-NEURIPS2024). The bounds move in phases: phase
+``k`` is the number of ``decay_steps`` already reached. With sparsity offsets
+``δL_k`` (prune-to) and ``δU_k`` (grow-to), as fractions of the **layer size**:
 
     prune: keep the  min(n_active, c_l − round(δL_k N_l))  active weights of largest |w|
     grow:  add random inactive entries (just-pruned ones included) until
            c_l − round(δU_k N_l) weights are active; new weights start at 0
 
-Defaults, from the S2-SAM profiles (two decay steps, three phases):
+The offsets are the S2-SAM authors' profiles (jjsrf/SSAM-NEURIPS2024,
+``profiles/{resnet32_LTH,vgg19_LTH}/irregular/*.yaml``), kept in
+:data:`PROFILES` as the yaml writes them (sparsity ``s`` -> lower bounds
+``L_k``, upper bounds ``U_k``; ``δL = L − s``, ``δU = U − s``):
 
-* ``variant='em'`` (MEST EM, profile ``without``): ``δL = (0.02, 0.01, 0)``,
-  ``δU = (0, 0, 0)``: prune below the target, regrow back to it, so every
-  update swaps 2 %, then 1 % of the layer; the count stays ``c_l``.
-* ``variant='ems'`` (EM&S, profile ``with``): ``δL = (0, 0, 0)``,
-  ``δU = (−0.05, −0.025, 0)``: prune to the target, grow 5 %, then 2.5 % of
-  the layer above it (the soft memory bound); back at ``c_l`` in the last
-  phase.
+* ``variant='em'`` (MEST EM, profile ``without``): prune below the target,
+  regrow back to it; at 90 % ``δL = (0.02, 0.01, 0)``, ``δU = 0``.
+* ``variant='ems'`` (EM&S, profile ``with``): prune to the target, grow above
+  it (the soft memory bound); at 90 % ``δL = 0``, ``δU = (−0.05, −0.025, 0)``.
+
+The offsets shrink at high sparsity (ResNet-32 at 98 %: ``δL = (0.002,
+0.001, 0)``, 10 % of the active weights): the 90 % offsets would prune a
+2 %-dense layer to nothing. Without explicit offsets :func:`mest` takes
+:func:`profile_offsets` for its sparsity, and ``init`` refuses offsets that
+would leave a layer with no active weight or more than it has.
 
 Choices: exact top-k counts instead of MEST's percentile threshold (which can
 be off by ties); "active" is the stored mask, not ``w != 0``; the gradient
 step is taken on update iterations, after the mutation (MEST mutates before an
 epoch's first batch); the inner state of dropped and grown weights is zeroed
 (MEST leaves it: under its masked-gradient SGD the buffers of inactive weights
-decay, see reference §1.2).
+decay).
 """
 
 from __future__ import annotations
@@ -41,10 +48,70 @@ from s2sam_jax.sparse import _wrapper
 from s2sam_jax.sparse import distributions
 
 VARIANTS = ("em", "ems")
-_DEFAULT_OFFSETS = {
-    "em": ((0.02, 0.01, 0.0), (0.0, 0.0, 0.0)),
-    "ems": ((0.0, 0.0, 0.0), (-0.05, -0.025, 0.0)),
-}
+PROFILE_MODELS = ("resnet32", "vgg19")
+_PROFILE_SUFFIX = {"em": "without", "ems": "with"}
+_PROFILE_STEM = {"resnet32": "resnet32_LTH/irregular/resnet",
+                 "vgg19": "vgg19_LTH/irregular/vgg"}
+
+
+def _pattern(variant: str, s: float):
+  """The bounds most profiles follow (every level up to 0.95)."""
+  if variant == "em":
+    low, up = (s + 0.02, s + 0.01, s), (s, s, s)
+  else:
+    low, up = (s, s, s), (s - 0.05, s - 0.025, s)
+  return tuple(round(v, 4) for v in low), tuple(round(v, 4) for v in up)
+
+
+def _build_profiles():
+  table = {}
+  for model in PROFILE_MODELS:
+    for variant in VARIANTS:
+      for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
+        table[model, variant, s] = _pattern(variant, s)
+  table["resnet32", "em", 0.98] = ((0.982, 0.981, 0.98), (0.98, 0.98, 0.98))
+  table["resnet32", "ems", 0.98] = ((0.98, 0.98, 0.98), (0.93, 0.96, 0.98))
+  table["vgg19", "em", 0.98] = ((0.99, 0.985, 0.98), (0.98, 0.98, 0.98))
+  table["vgg19", "ems", 0.98] = ((0.98, 0.98, 0.98), (0.93, 0.955, 0.98))
+  return table
+
+
+# ``(model, variant, sparsity) -> (lower bounds, upper bounds)``, three phases.
+# The repository has no ``resnet_0.9_{with,without}.yaml`` (the ones its
+# scripts name) and no VGG-19 ``with`` profile below 0.95; those entries
+# follow the pattern of all the others (:func:`profile_file` returns None).
+PROFILES = _build_profiles()
+
+
+def profile_file(model: str, variant: str, sparsity: float) -> Optional[str]:
+  """The authors' yaml a :data:`PROFILES` entry was read from, or None where
+  the repository has no such file (the entry follows the pattern)."""
+  if (model == "resnet32" and sparsity == 0.9) or (
+      model == "vgg19" and variant == "ems" and sparsity < 0.95):
+    return None
+  return (f"profiles/{_PROFILE_STEM[model]}_{sparsity:g}_"
+          f"{_PROFILE_SUFFIX[variant]}.yaml")
+
+
+def profile_offsets(variant: str, sparsity: float, model: str = "resnet32"):
+  """``(prune_offsets, grow_offsets)`` of the authors' profile nearest to
+  ``sparsity`` (on a tie, the sparser one) for ``model``.
+
+  Example:
+    >>> from s2sam_jax import sparse
+    >>> sparse.mest_profile_offsets("em", 0.98)
+    ((0.002, 0.001, 0.0), (0.0, 0.0, 0.0))
+    >>> sparse.mest_profile_offsets("ems", 0.98, model="vgg19")
+    ((0.0, 0.0, 0.0), (-0.05, -0.025, 0.0))
+  """
+  _wrapper.check_choice(variant, "variant", VARIANTS)
+  _wrapper.check_choice(model, "model", PROFILE_MODELS)
+  sparsity = _wrapper.check_sparsity(sparsity)
+  levels = sorted(s for (m, v, s) in PROFILES if m == model and v == variant)
+  nearest = min(levels, key=lambda s: (abs(s - sparsity), -s))
+  low, up = PROFILES[model, variant, nearest]
+  return (tuple(round(b - nearest, 6) + 0.0 for b in low),
+          tuple(round(b - nearest, 6) + 0.0 for b in up))
 
 
 class MESTState(NamedTuple):
@@ -54,12 +121,15 @@ class MESTState(NamedTuple):
     count, masks, inner_state: as :class:`SparseState`.
     key: raw ``uint32`` PRNG key for random growth.
     target_counts: ``c_l`` per masked leaf (int32 scalar; None for dense).
+    bound_deltas: per masked leaf, int32 ``(2, phases)``: ``round(δL_k N_l)``
+      and ``round(δU_k N_l)`` (None for dense).
   """
   count: jax.Array
   masks: _masks.MaskTree
   inner_state: optax.OptState
   key: jax.Array
   target_counts: _masks.MaskTree
+  bound_deltas: _masks.MaskTree
 
 
 def _check_offsets(offsets, name, n_phases):
@@ -83,13 +153,56 @@ def phase(count, decay_steps: Sequence[int]):
   return k
 
 
-def bounds(target_count, size: int, k, prune_offsets, grow_offsets):
+def bound_deltas(size: int, prune_offsets, grow_offsets) -> jax.Array:
+  """``[[round(δL_k N)], [round(δU_k N)]]`` for a layer of ``N = size``."""
+  return jnp.asarray([[round(d * size) for d in prune_offsets],
+                      [round(d * size) for d in grow_offsets]], jnp.int32)
+
+
+def bounds(target_count, size: int, k, deltas):
   """``(prune-to count, grow-to count)`` of a layer in phase ``k``."""
-  prune_delta = jnp.asarray([round(d * size) for d in prune_offsets], jnp.int32)
-  grow_delta = jnp.asarray([round(d * size) for d in grow_offsets], jnp.int32)
-  keep = jnp.clip(target_count - prune_delta[k], 0, size)
-  grow_to = jnp.clip(target_count - grow_delta[k], 0, size)
+  keep = jnp.clip(target_count - deltas[0, k], 0, size)
+  grow_to = jnp.clip(target_count - deltas[1, k], 0, size)
   return keep, grow_to
+
+
+def _realised_sparsity(masks) -> float:
+  """Overall sparsity of the masked leaves of a concrete mask tree."""
+  leaves = jax.tree.leaves(masks)
+  if any(isinstance(m, jax.core.Tracer) for m in leaves):
+    raise ValueError(
+        "mest: with `masks=` and no `prune_offsets`/`grow_offsets`, the default "
+        "offsets depend on the masks' sparsity, which is unknown while `init` "
+        "is traced (jit): call `init` outside jit or pass the offsets.")
+  size = sum(m.size for m in leaves)
+  return 1.0 - sum(int(jnp.sum(m)) for m in leaves) / max(size, 1)
+
+
+def check_layer_bounds(masks, prune_offsets, grow_offsets) -> None:
+  """Raises ``ValueError`` if a phase would leave a masked layer with no
+  active weight (``c − round(δL_k N) < 1``) or more than it has
+  (``c − round(δU_k N) > N``), ``c`` its active weights. Traced masks
+  (``init`` under jit) cannot be checked; their counts are clipped."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+      masks, is_leaf=lambda x: x is None)
+  for path, m in flat:
+    if m is None or isinstance(m, jax.core.Tracer):
+      continue
+    size, count = _wrapper.leaf_size(m), int(jnp.sum(m))
+    name = distributions.path_str(path)
+    for k, (low, up) in enumerate(zip(prune_offsets, grow_offsets)):
+      keep, grow_to = count - round(low * size), count - round(up * size)
+      if keep < 1:
+        raise ValueError(
+            f"mest: prune_offsets[{k}] = {low} would prune layer {name!r} "
+            f"({count} of {size} weights active) to {max(keep, 0)} active "
+            f"weights; it must be below the layer's density {count / size:.4g} "
+            "(sparse.mest_profile_offsets gives the authors' offsets per sparsity).")
+      if grow_to > size:
+        raise ValueError(
+            f"mest: grow_offsets[{k}] = {up} would grow layer {name!r} "
+            f"({count} of {size} weights active) to {grow_to} > {size} "
+            "active weights.")
 
 
 def mest(
@@ -117,19 +230,25 @@ def mest(
     sparsity: global target in ``[0, 1)`` for random masks at init (MEST and
       S2-SAM start from magnitude pruning of the init: pass ``masks=`` a
       function ``params -> masks`` for that); or give ``masks``.
-    variant: ``'em'`` or ``'ems'`` (picks the default offsets).
+    variant: ``'em'`` or ``'ems'``.
     update_every: steps between mutations (S2-SAM: 5 epochs), ``>= 1``.
     decay_steps: increasing steps where the next phase starts (S2-SAM: epochs
-      100 and 130, in steps). The defaults need exactly two.
+      100 and 130, in steps). The default offsets need exactly two.
     prune_offsets: ``δL_k``, one per phase, fractions of the layer size.
-    grow_offsets: ``δU_k``, one per phase; ``δU_k <= δL_k``.
+      ``None``: :func:`profile_offsets` (ResNet-32 profiles) of ``sparsity``,
+      or of the masks' overall sparsity when ``masks`` is given (``δU``
+      limited to ``-sparsity``: EM&S grows at most to dense).
+    grow_offsets: ``δU_k``, one per phase, ``δU_k <= δL_k``; ``None`` as
+      ``prune_offsets``.
     end_step: last mutation step (inclusive); ``None``: never stop (updates
       in the last phase of EM are no-ops once the bounds are equal).
     distribution, masks, key, power, overrides, prunable, mask_gradients:
       as :func:`rigl`.
 
   Returns:
-    ``GradientTransformationExtraArgs`` with state :class:`MESTState`.
+    ``GradientTransformationExtraArgs`` with state :class:`MESTState`. Its
+    ``init`` raises ``ValueError`` naming the offset and the layer where a
+    phase would leave a layer with no active weight or more than it has.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -155,23 +274,32 @@ def mest(
   if end_step is not None:
     _wrapper.check_int(end_step, "end_step", 0)
   n_phases = len(decay_steps) + 1
-  if (prune_offsets is None or grow_offsets is None) and n_phases != 3:
+  defaults = prune_offsets is None or grow_offsets is None
+  if defaults and n_phases != 3:
     raise ValueError(
         f"The default offsets of variant={variant!r} have 3 phases: give "
         f"`decay_steps` two steps, or give `prune_offsets` and `grow_offsets` "
         f"with len(decay_steps) + 1 = {n_phases} entries; got "
         f"decay_steps={decay_steps}.")
-  default_prune, default_grow = _DEFAULT_OFFSETS[variant]
-  prune_offsets = _check_offsets(
-      default_prune if prune_offsets is None else prune_offsets,
-      "prune_offsets", n_phases)
-  grow_offsets = _check_offsets(
-      default_grow if grow_offsets is None else grow_offsets,
-      "grow_offsets", n_phases)
-  if any(u > l for l, u in zip(prune_offsets, grow_offsets)):
-    raise ValueError(f"`grow_offsets` must be <= `prune_offsets` phase-wise "
-                     f"(grow back at most to the pruned level); got "
-                     f"{grow_offsets} vs {prune_offsets}.")
+
+  def resolve_offsets(level: Optional[float]):
+    default_prune = default_grow = None
+    if defaults:   # the profile's, growing at most to dense
+      default_prune, default_grow = profile_offsets(variant, level)
+      default_grow = tuple(max(u, -level) for u in default_grow)
+    low = _check_offsets(default_prune if prune_offsets is None
+                         else prune_offsets, "prune_offsets", n_phases)
+    up = _check_offsets(default_grow if grow_offsets is None
+                        else grow_offsets, "grow_offsets", n_phases)
+    if any(u > l for l, u in zip(low, up)):
+      raise ValueError(f"`grow_offsets` must be <= `prune_offsets` phase-wise "
+                       f"(grow back at most to the pruned level); got "
+                       f"{up} vs {low}.")
+    return low, up
+
+  # Known now, unless the defaults depend on the masks that init makes.
+  offsets = (resolve_offsets(sparsity)
+             if sparsity is not None or not defaults else None)
   key = _wrapper.raw_key(key)
 
   def init(params):
@@ -179,8 +307,13 @@ def mest(
     tree = _wrapper.initial_masks(
         params, masks, sparsity=sparsity, distribution=distribution,
         key=mask_key, power=power, overrides=overrides, prunable=prunable)
-    counts = _masks.count_active(tree)
-    return tree, {"key": state_key, "target_counts": counts}
+    low, up = offsets or resolve_offsets(_realised_sparsity(tree))
+    check_layer_bounds(tree, low, up)
+    deltas = _masks.map_masked(
+        lambda m, _: bound_deltas(_wrapper.leaf_size(m), low, up), tree, tree,
+        dense_fn=lambda x: None)
+    return tree, {"key": state_key, "target_counts": _masks.count_active(tree),
+                  "bound_deltas": deltas}
 
   def is_update_step(t):
     ok = t % update_every == 0
@@ -190,15 +323,16 @@ def mest(
     del grads
     next_key, sub = jax.random.split(extras["key"])
     k = phase(count, decay_steps)
-    treedef, mask_leaves, (param_leaves, targets) = _wrapper.flatten_masked(
-        old_masks, params, extras["target_counts"])
+    treedef, mask_leaves, (param_leaves, targets, deltas) = (
+        _wrapper.flatten_masked(old_masks, params, extras["target_counts"],
+                                extras["bound_deltas"]))
     new = []
-    for i, (m, p, c) in enumerate(zip(mask_leaves, param_leaves, targets)):
+    for i, (m, p, c, d) in enumerate(
+        zip(mask_leaves, param_leaves, targets, deltas)):
       if m is None:
         new.append(None)
         continue
-      keep, grow_to = bounds(c, _wrapper.leaf_size(m), k, prune_offsets,
-                             grow_offsets)
+      keep, grow_to = bounds(c, _wrapper.leaf_size(m), k, d)
       keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
       kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), keep)
       u = jax.random.uniform(jax.random.fold_in(sub, i), m.shape)
