@@ -8,10 +8,10 @@ config (``--config NAME``), then every flag given explicitly.
 Named configs
 -------------
 Names are ``<family>/<dataset>/<model>/<method>``, e.g.
-``table1/cifar10/resnet32/rigl``. A name sets the recipe of a *cell family*
+``table1/cifar10/resnet32/rigl-erk``. A name sets the recipe of a *cell family*
 (model, data, schedule, method hyperparameters); ``--sparsity`` and
 ``--optimizer-mode {original, sam, s2sam}`` pick the cell inside it. A full
-cell name may append both, ``table1/cifar10/resnet32/rigl/0.95/s2sam``.
+cell name may append both, ``table1/cifar10/resnet32/rigl-erk/0.95/s2sam``.
 :func:`list_configs` lists the names (``--list-configs``); ``--describe``
 prints the resolved values of a run; the provenance of each value is in the
 comments of this module.
@@ -34,17 +34,35 @@ is which table holds which cells beyond Tables 1 and 2:
 * ``table6`` [UNCONFIRMED mapping]: robustness on ImageNet-C: sparse
   ResNet-50 trained as in table2, evaluated on every
   ``imagenet2012_corrupted`` config (``extra_eval``).
+* ``authors``: the S2-SAM authors' own protocol, full cells only
+  (``authors/<dataset>/<model>/<method>/<sparsity>/<mode>``, mode
+  ``original`` or ``s2sam``) for every profile of their repository
+  (jjsrf/SSAM-NEURIPS2024: MEST EM ``without``, EM&S ``with``, magnitude
+  ``no_mutate``; ResNet-32 and VGG-19; CIFAR-10/100) with every value of
+  their scripts, seed included (see :func:`authors_cell`).
 
-Choices common to every named config (documented, overridable by flags):
-* S2-SAM uses ``rho=0.05`` [code] and ASAM-free (non-adaptive) perturbation:
-  the authors' script passes ``--adaptive``, whose formula is a bug
-  (reference §3.3), so ``adaptive`` is off; ``--adaptive`` gives ASAM's.
+Choices common to every other named config (documented, overridable by flags):
+* S2-SAM uses ``rho=0.05`` [code] and non-adaptive perturbation. The authors'
+  script passes ``--adaptive --sam-v2``, whose formula is neither SAM nor
+  ASAM (``s2sam_jax.s2sam(adaptive_formula="authors")``); it is used by the
+  ``authors`` family only. ``--adaptive`` gives ASAM's.
+* Perturbation and gradients are masked (``perturb_pruned=False``,
+  ``mask_gradients=True``); the authors' SAM path perturbs every weight and
+  feeds the unmasked gradient to momentum (``authors`` family).
 * Weight decay is the method's baseline value for every optimizer mode. The
-  authors' S2-SAM script used 5e-4 where its SGD baseline used 1e-4 [code]
-  (reference §3.4); pass ``--weight-decay 5e-4`` to reproduce that.
-* Sparse layers: the authors' profiles keep the stem conv, 1x1 shortcuts and
-  classifier dense (``keep_dense="paper"``, the model zoo's per-model regexes)
-  for every method [UNCONFIRMED for methods other than MEST/static].
+  authors' S2-SAM script used 5e-4 where its SGD baseline used 1e-4 [code];
+  the ``authors`` family reproduces that.
+* Sparse layers: layer-wise methods keep the stem conv, 1x1 shortcuts and
+  classifier dense (``keep_dense="paper"``, the model zoo's per-model regexes,
+  as the authors' profiles list only the block convs) [UNCONFIRMED for
+  methods other than MEST/static/DSR]. The global methods (SNIP, GraSP, LT,
+  LRR) rank every conv and linear kernel, as their reference codes do
+  (``keep_dense="none"``); the summary's ``sparsity.counted_over`` says
+  which weights a reported sparsity counts.
+* MEST offsets: the authors' profile for the run's model and sparsity
+  (``s2sam_jax.sparse.mest_profile_offsets``; VGG-19's own at 98%, ResNet-32's
+  for every other model), resolved by :func:`resolve` and shown by
+  ``--describe``; ``--mest-prune-offsets/--mest-grow-offsets`` override.
 * Accuracy: the summary reports both the final and the best test accuracy
   (the authors' loop tracks the best; which one the paper reports is
   [UNCONFIRMED]).
@@ -55,11 +73,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
+from s2sam_jax import sparse
+
 METHODS = ("dense", "static", "magnitude", "snip", "grasp", "set", "dsr",
            "rigl", "mest-em", "mest-ems", "gmp", "lt", "lrr")
 OPTIMIZER_MODES = ("original", "sam", "s2sam")
 SCHEDULES = ("cosine", "step", "constant")
 DISTRIBUTION_CHOICES = ("uniform", "er", "erk")
+ADAPTIVE_FORMULAS = ("asam", "authors")  # s2sam_jax's adaptive_formula
+
+# DSR's N_target carried from its WRN-28-2 run as a fraction of the active
+# weights [code] (s2sam_jax.sparse.dsr: 20,000 of 145,152 at 90%).
+DSR_TARGET_FRACTION = sparse.DSR_TARGET_FRACTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +104,13 @@ class TrainConfig:
   drop_fraction: float = 0.3      # set, rigl
   update_end: float = 0.75        # fraction of training after which the topology freezes
   mest_decay_epochs: Tuple[int, ...] = (100, 130)
-  dsr_target: int = 20000         # DSR N_target (weights reallocated per rewire)
+  dsr_target: int = 0             # DSR N_target as a count; 0: --dsr-target-fraction
+  dsr_target_fraction: float = DSR_TARGET_FRACTION  # N_target / initial active weights
+  dsr_period_doublings: Tuple[float, ...] = (0.125, 0.4, 0.7)  # fractions of the
+                                  # epochs where DSR's rewiring period doubles
   dsr_threshold: float = 1e-3     # DSR initial H
+  mest_prune_offsets: Tuple[float, ...] = ()  # MEST δL per phase; () = profile
+  mest_grow_offsets: Tuple[float, ...] = ()   # MEST δU per phase; () = profile
   snip_batch: int = 128
   snip_scope: str = "global"      # SNIP ranking: "global" (SNIP) or "layer" (RigL's variant)
   grasp_samples_per_class: int = 10
@@ -88,10 +118,13 @@ class TrainConfig:
   prune_fraction: float = 0.2     # lt, lrr: fraction of remaining weights pruned per round
   rewind_steps: int = 0           # lt: rewind point θ_k (0 = original LTH)
   perturb_pruned: bool = False    # authors' dense perturbation
+  mask_gradients: bool = True     # False: unmasked gradients into the optimizer
+                                  # (the authors' SAM path)
   # optimizer
   optimizer_mode: str = "s2sam"
   rho: float = 0.05
   adaptive: bool = False
+  adaptive_formula: str = "asam"  # with --adaptive: "asam" or the authors' "authors"
   eta: float = 0.01
   epochs: int = 3000              # the default job: 4000 MNIST-1D examples, ~93k steps
   batch_size: int = 128
@@ -154,6 +187,21 @@ def validate(cfg: TrainConfig) -> None:
   check(cfg.keep_checkpoints >= 1, "keep_checkpoints", ">= 1")
   check(cfg.snip_scope in ("global", "layer"), "snip_scope", "'global' or 'layer'")
   check(cfg.checkpoint_every >= 0, "checkpoint_every", ">= 0")
+  check(cfg.adaptive_formula in ADAPTIVE_FORMULAS, "adaptive_formula",
+        f"one of {', '.join(ADAPTIVE_FORMULAS)}")
+  check(cfg.adaptive or cfg.adaptive_formula == "asam", "adaptive_formula",
+        "'asam' unless --adaptive is given ('authors' needs --adaptive)")
+  check(cfg.dsr_target >= 0, "dsr_target", ">= 0 (0: --dsr-target-fraction)")
+  check(0.0 < cfg.dsr_target_fraction < 1.0, "dsr_target_fraction", "in (0, 1)")
+  doublings = cfg.dsr_period_doublings
+  check(all(0.0 < f < 1.0 for f in doublings)
+        and list(doublings) == sorted(set(doublings)), "dsr_period_doublings",
+        "increasing fractions in (0, 1)")
+  phases = len(cfg.mest_decay_epochs) + 1
+  for field in ("mest_prune_offsets", "mest_grow_offsets"):
+    check(len(getattr(cfg, field)) in (0, phases), field,
+          f"empty (the authors' profile) or {phases} values, one per phase "
+          "(len(--mest-decay-epochs) + 1)")
 
 
 # --------------------------------------------------------------------------
@@ -168,33 +216,50 @@ _MEST_BASE = dict(epochs=160, batch_size=64, lr=0.1, schedule="cosine",
 _GRASP_CIFAR = dict(epochs=160, batch_size=128, lr=0.1, schedule="step",
                     lr_milestones=(80, 120), lr_gamma=0.1, momentum=0.9)
 
+# Named-config keys are Table 1's rows; ``method`` is the training method.
 _CIFAR_METHODS: Dict[str, Dict[str, Any]] = {
-    # [code] MEST base; ΔT = 5 epochs, decays at epochs 100/130, bounds §3.5.
-    "mest-em": dict(_MEST_BASE, update_every_epochs=5, mest_decay_epochs=(100, 130)),
-    "mest-ems": dict(_MEST_BASE, update_every_epochs=5, mest_decay_epochs=(100, 130)),
-    # [code] one-shot magnitude of the random init (S2-SAM `no_mutate`).
-    "magnitude": dict(_MEST_BASE),
+    # [code] MEST base; ΔT = 5 epochs, decays at epochs 100/130; one uniform
+    # ratio per layer (the profiles); offsets from the profile (resolve()).
+    "mest-em": dict(_MEST_BASE, update_every_epochs=5, mest_decay_epochs=(100, 130),
+                    distribution="uniform"),
+    "mest-ems": dict(_MEST_BASE, update_every_epochs=5, mest_decay_epochs=(100, 130),
+                     distribution="uniform"),
+    # [code] one-shot per-layer magnitude of the random init (S2-SAM
+    # `no_mutate`), one uniform ratio per layer.
+    "magnitude": dict(_MEST_BASE, distribution="uniform"),
     # [UNCONFIRMED] MEST base recipe for static random masks.
     "static": dict(_MEST_BASE),
     # [UNCONFIRMED] the reference's suggestion: MEST base, ΔT 100 steps,
-    # α = 0.3 cosine, end at 75% of training.
-    "rigl": dict(_MEST_BASE, update_every=100, drop_fraction=0.3, update_end=0.75),
+    # α = 0.3 cosine, end at 75% of training. Table 1 has both RigL rows:
+    # "RigL" (uniform, the RigL paper's default) and "RigL (ERK)".
+    "rigl-uniform": dict(_MEST_BASE, method="rigl", distribution="uniform",
+                         update_every=100, drop_fraction=0.3, update_end=0.75),
+    "rigl-erk": dict(_MEST_BASE, method="rigl", distribution="erk",
+                     update_every=100, drop_fraction=0.3, update_end=0.75),
     "set": dict(_MEST_BASE, update_every=100, drop_fraction=0.3, update_end=0.75),
-    # [UNCONFIRMED] MEST base with DSR's official CIFAR rewiring values
-    # (period 100 steps, N_target 20k, H0 1e-3, stop at 95% of training).
-    "dsr": dict(_MEST_BASE, update_every=100, dsr_target=20000,
-                dsr_threshold=1e-3, update_end=0.95),
-    # [code] GraSP protocol; SNIP one batch of 128 [UNCONFIRMED].
-    "snip": dict(_GRASP_CIFAR, snip_batch=128),
-    "grasp": dict(_GRASP_CIFAR, grasp_samples_per_class=10, grasp_temperature=200.0),
+    # [UNCONFIRMED] MEST base with DSR's official CIFAR rewiring [code]: every
+    # layer at the same sparsity; period 100 steps doubling at 12.5/40/70% of
+    # training (epochs 25/80/140 of 200); N_target as WRN-28-2's fraction of
+    # active weights (DSR_TARGET_FRACTION); H0 1e-3; stop at 95% (190/200).
+    "dsr": dict(_MEST_BASE, distribution="uniform", update_every=100,
+                dsr_target=0, dsr_target_fraction=DSR_TARGET_FRACTION,
+                dsr_period_doublings=(0.125, 0.4, 0.7), dsr_threshold=1e-3,
+                update_end=0.95),
+    # [code] GraSP protocol; SNIP one batch of 128 [UNCONFIRMED]. Both rank
+    # every conv and linear kernel globally [code].
+    "snip": dict(_GRASP_CIFAR, snip_batch=128, keep_dense="none"),
+    "grasp": dict(_GRASP_CIFAR, grasp_samples_per_class=10, grasp_temperature=200.0,
+                  keep_dense="none"),
     # [code] OpenLTH CIFAR defaults: batch 128, 160 epochs, steps at 80/120,
-    # wd 1e-4, 20% global per round; rewind step [UNCONFIRMED]: 500 steps.
-    "lt": dict(_GRASP_CIFAR, weight_decay=1e-4, prune_fraction=0.2, rewind_steps=500),
+    # wd 1e-4, 20% global per round over every conv and linear kernel;
+    # rewind step [UNCONFIRMED]: 500 steps.
+    "lt": dict(_GRASP_CIFAR, weight_decay=1e-4, prune_fraction=0.2, rewind_steps=500,
+               keep_dense="none"),
     # [code] Renda et al. CIFAR ResNet: 182 epochs, batch 128, ×0.1 at 91
-    # and 136, wd 2e-4 (5e-4 for VGG), full-schedule rewind [paper].
+    # and 136, wd 2e-4 (5e-4 for VGG), full-schedule rewind [paper]; global.
     "lrr": dict(epochs=182, batch_size=128, lr=0.1, schedule="step",
                 lr_milestones=(91, 136), lr_gamma=0.1, momentum=0.9,
-                weight_decay=2e-4, prune_fraction=0.2),
+                weight_decay=2e-4, prune_fraction=0.2, keep_dense="none"),
     # [UNCONFIRMED] gradual magnitude pruning on the MEST base recipe.
     "gmp": dict(_MEST_BASE, update_every=100, update_end=0.75),
     # [code] MEST base recipe, no masks.
@@ -213,9 +278,13 @@ _RIGL_IMAGENET = dict(  # [code + paper]
     label_smoothing=0.1, update_every=100, drop_fraction=0.3, update_end=0.75,
     distribution="erk")
 _IMAGENET_METHODS: Dict[str, Dict[str, Any]] = {
-    "rigl": dict(_RIGL_IMAGENET),
+    # RigL's two distributions [code]: uniform (first layer dense, as
+    # keep_dense="paper") and ERK.
+    "rigl-uniform": dict(_RIGL_IMAGENET, method="rigl", distribution="uniform"),
+    "rigl-erk": dict(_RIGL_IMAGENET, method="rigl"),
     "set": dict(_RIGL_IMAGENET),
-    "snip": dict(_RIGL_IMAGENET, snip_scope="layer"),  # RigL pipeline, per layer [code]
+    # RigL pipeline, per layer [code]; RigL's ERK masks every kernel.
+    "snip": dict(_RIGL_IMAGENET, snip_scope="layer", keep_dense="none"),
     "static": dict(_RIGL_IMAGENET),          # [UNCONFIRMED]
     "magnitude": dict(_RIGL_IMAGENET),       # [UNCONFIRMED]
     # [UNCONFIRMED] MEST has no ImageNet code: RigL's recipe, MEST's uniform
@@ -226,23 +295,28 @@ _IMAGENET_METHODS: Dict[str, Dict[str, Any]] = {
                      update_every_epochs=5, mest_decay_epochs=(62, 81)),
     "gmp": dict(_RIGL_IMAGENET),             # [UNCONFIRMED]
     "dense": dict(_RIGL_IMAGENET),           # [UNCONFIRMED]
-    "dsr": dict(epochs=100, batch_size=256, lr=0.1, schedule="step",  # [code]
+    # [code] DSR's ResNet-50 run: period 1000 doubling at epochs 25/50/75 of
+    # 100, N_target 400,000 (the code's count for this network).
+    "dsr": dict(epochs=100, batch_size=256, lr=0.1, schedule="step",
                 lr_milestones=(30, 60, 90), lr_gamma=0.1, momentum=0.9,
-                weight_decay=1e-4, update_every=1000, dsr_target=400000,
+                weight_decay=1e-4, distribution="uniform", update_every=1000,
+                dsr_target=400000, dsr_period_doublings=(0.25, 0.5, 0.75),
                 dsr_threshold=1e-3, update_end=0.95),
     "grasp": dict(epochs=90, batch_size=256, lr=0.1, schedule="step",  # [code]
                   lr_milestones=(30, 60), lr_gamma=0.1, momentum=0.9,
-                  weight_decay=1e-4, grasp_temperature=200.0,
+                  weight_decay=1e-4, grasp_temperature=200.0, keep_dense="none",
                   # GraSP scores 150 batches of 250 images [code]; here a
                   # class-balanced sample of the same size (37 x 1000).
                   grasp_samples_per_class=37),
     "lt": dict(epochs=90, batch_size=1024, lr=0.4, schedule="step",  # [code] OpenLTH
                lr_milestones=(30, 60, 80), lr_gamma=0.1, warmup_epochs=5,
                momentum=0.9, weight_decay=1e-4, prune_fraction=0.2,
+               keep_dense="none",
                rewind_steps=6255),  # rewind to ~5 epochs [UNCONFIRMED]
     "lrr": dict(epochs=90, batch_size=1024, lr=0.4, schedule="step",  # [code] Renda TPU
                 lr_milestones=(30, 60, 80), lr_gamma=0.1, warmup_epochs=5,
-                momentum=0.9, weight_decay=1e-4, prune_fraction=0.2),
+                momentum=0.9, weight_decay=1e-4, prune_fraction=0.2,
+                keep_dense="none"),
 }
 
 # Dense families [UNCONFIRMED mapping and recipe].
@@ -259,20 +333,61 @@ _IMAGENET_C = tuple(
         "jpeg_compression") for s in range(1, 6))
 
 
+def _cell(recipe: Dict[str, Any], key: str, **values) -> Dict[str, Any]:
+  """A recipe as config values: ``method`` is the key unless the recipe
+  names it (``rigl-uniform`` / ``rigl-erk`` train ``rigl``)."""
+  method = recipe.get("method", key)
+  return dict(recipe, method=method,
+              sparsity=0.0 if method == "dense" else 0.9, **values)
+
+
+# The authors' scripts (jjsrf/SSAM-NEURIPS2024 scripts/run_mag_prune_irregular_
+# sp_0.9.sh and ..._sam.sh) [code]: MEST base recipe, mask update every 5
+# epochs from epoch 0, decays at 100/130, one uniform ratio over the profile's
+# layers (the block convs: keep_dense="paper"), test set every epoch.
+_AUTHORS_BASE = dict(_MEST_BASE, distribution="uniform", keep_dense="paper",
+                     update_every_epochs=5, mest_decay_epochs=(100, 130))
+_AUTHORS_MODES = {
+    # --optmzr sgd: SGD momentum 0.9, weight decay 1e-4 hard-coded, seed 914;
+    # gradients masked before the step.
+    "original": dict(optimizer_mode="original", weight_decay=1e-4, seed=914),
+    # --optmzr sgd-sam --adaptive --sam-v2 --sam-rho 0.05: weight decay
+    # --weight-decay's default 5e-4, seed 444; ε over every weight (pruned
+    # ones too), unmasked gradients into the momentum.
+    "s2sam": dict(optimizer_mode="s2sam", rho=0.05, adaptive=True,
+                  adaptive_formula="authors", perturb_pruned=True,
+                  mask_gradients=False, weight_decay=5e-4, seed=444),
+}
+_AUTHORS_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+
+
+def authors_cells():
+  """``(model, method, sparsity)`` of every profile the authors ship, plus
+  the ResNet-32 90% MEST cells their scripts run (whose yaml files are
+  missing from the repository; their bounds follow the others')."""
+  cells = []
+  for model in sparse.MEST_PROFILE_MODELS:
+    for level in _AUTHORS_LEVELS:
+      cells.append((model, "magnitude", level))        # *_no_mutate.yaml
+      for variant in ("em", "ems"):
+        scripted = model == "resnet32" and level == 0.9
+        if scripted or sparse.mest_profile_file(model, variant, level):
+          cells.append((model, f"mest-{variant}", level))
+  return cells
+
+
 def _build_registry() -> Dict[str, Dict[str, Any]]:
   reg: Dict[str, Dict[str, Any]] = {}
   for dataset in ("cifar10", "cifar100"):
     for model in ("resnet32", "vgg19"):
-      for method, recipe in _CIFAR_METHODS.items():
-        values = dict(recipe, model=model, dataset=dataset, method=method,
-                      sparsity=0.0 if method == "dense" else 0.9)
-        if (method, model) in _CIFAR_WD:
-          values["weight_decay"] = _CIFAR_WD[(method, model)]
-        reg[f"table1/{dataset}/{model}/{method}"] = values
-  for method, recipe in _IMAGENET_METHODS.items():
-    reg[f"table2/imagenet2012/resnet50/{method}"] = dict(
-        recipe, model="resnet50", dataset="imagenet2012", method=method,
-        sparsity=0.0 if method == "dense" else 0.9)
+      for key, recipe in _CIFAR_METHODS.items():
+        values = _cell(recipe, key, model=model, dataset=dataset)
+        if (key, model) in _CIFAR_WD:
+          values["weight_decay"] = _CIFAR_WD[(key, model)]
+        reg[f"table1/{dataset}/{model}/{key}"] = values
+  for key, recipe in _IMAGENET_METHODS.items():
+    reg[f"table2/imagenet2012/resnet50/{key}"] = _cell(
+        recipe, key, model="resnet50", dataset="imagenet2012")
   for dataset in ("cifar10", "cifar100"):
     for model in ("resnet20_classic", "resnet56_classic", "resnet32", "vgg19",
                   "mobilenetv2"):
@@ -281,17 +396,54 @@ def _build_registry() -> Dict[str, Dict[str, Any]]:
   for model in ("resnet18", "resnet34", "resnet50", "efficientnet_b0"):
     reg[f"table5/imagenet2012/{model}/dense"] = dict(
         _DENSE_IMAGENET, model=model, dataset="imagenet2012")
-  for method in ("rigl", "set", "static", "snip", "mest-em", "mest-ems", "dense"):
-    reg[f"table6/imagenet2012/resnet50/{method}"] = dict(
-        _IMAGENET_METHODS[method], model="resnet50", dataset="imagenet2012",
-        method=method, sparsity=0.0 if method == "dense" else 0.9,
+  for key in ("rigl-uniform", "rigl-erk", "set", "static", "snip", "mest-em",
+              "mest-ems", "dense"):
+    reg[f"table6/imagenet2012/resnet50/{key}"] = _cell(
+        _IMAGENET_METHODS[key], key, model="resnet50", dataset="imagenet2012",
         extra_eval=_IMAGENET_C)
+  for dataset in ("cifar10", "cifar100"):
+    for model, method, level in authors_cells():
+      for mode, values in _AUTHORS_MODES.items():
+        reg[f"authors/{dataset}/{model}/{method}/{level:g}/{mode}"] = dict(
+            _AUTHORS_BASE, model=model, dataset=dataset, method=method,
+            sparsity=level, **values)
   return reg
 
 
 CONFIGS: Dict[str, Dict[str, Any]] = {
     name: dict(values, eval_every=1)  # the authors' loop evaluates every epoch
     for name, values in _build_registry().items()}
+
+
+def _mest_profile_model(model: str) -> str:
+  return "vgg19" if model == "vgg19" else "resnet32"
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+  """Fills the values derived from others: for MEST, empty offsets become
+  the authors' profile for the run's model and sparsity."""
+  if not cfg.method.startswith("mest-") or (
+      cfg.mest_prune_offsets and cfg.mest_grow_offsets):
+    return cfg
+  prune, grow = sparse.mest_profile_offsets(
+      cfg.method[len("mest-"):], cfg.sparsity, model=_mest_profile_model(cfg.model))
+  return cfg.replace(mest_prune_offsets=cfg.mest_prune_offsets or prune,
+                     mest_grow_offsets=cfg.mest_grow_offsets or grow)
+
+
+def offsets_source(cfg: TrainConfig) -> str:
+  """Where a MEST run's offsets come from (for ``--describe``)."""
+  variant = cfg.method[len("mest-"):]
+  model = _mest_profile_model(cfg.model)
+  levels = sorted(l for (m, v, l) in sparse.MEST_PROFILES if m == model and v == variant)
+  level = min(levels, key=lambda l: (abs(l - cfg.sparsity), -l))
+  if (cfg.mest_prune_offsets, cfg.mest_grow_offsets) != \
+      sparse.mest_profile_offsets(variant, level, model=model):
+    return "set by flags"
+  path = sparse.mest_profile_file(model, variant, level)
+  return (f"jjsrf/SSAM-NEURIPS2024 {path}" if path else
+          f"{model} {level:g} {variant}: no yaml in the repository; the "
+          "bounds of the other profiles")
 
 
 def every(value: int, epochs: int, count: int) -> int:
@@ -307,9 +459,13 @@ def list_configs():
 def get_config(name: str) -> Dict[str, Any]:
   """The field values of a named config.
 
-  ``name`` is a family name from :func:`list_configs`, optionally followed by
-  ``/<sparsity>/<optimizer mode>`` (e.g. ``.../rigl/0.95/s2sam``).
+  ``name`` is a name from :func:`list_configs`: a family name optionally
+  followed by ``/<sparsity>/<optimizer mode>`` (e.g.
+  ``table1/cifar10/resnet32/rigl-erk/0.95/s2sam``), or a full ``authors/``
+  cell.
   """
+  if name.strip("/") in CONFIGS:
+    return dict(CONFIGS[name.strip("/")], config=name)
   parts = name.strip("/").split("/")
   base, extra = "/".join(parts[:4]), parts[4:]
   if base not in CONFIGS or len(extra) > 2:

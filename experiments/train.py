@@ -6,7 +6,7 @@ the final JSON summary. Every other cell of the paper's tables is a named
 config (``--config``, see :mod:`experiments.configs`) or a set of flags::
 
     python -m experiments.train                                  # default job
-    python -m experiments.train --config table1/cifar10/resnet32/rigl/0.9/s2sam \\
+    python -m experiments.train --config table1/cifar10/resnet32/rigl-erk/0.9/s2sam \\
         --data-dir ../shared/data/cifar10-jpeg                   # image folder
     python -m experiments.train --model resnet32 --dataset cifar10 \\
         --method mest-ems --sparsity 0.95 --optimizer-mode original
@@ -109,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
       "update_every": "topology update period ΔT in steps",
       "update_every_epochs": "MEST: ΔT in epochs (0: use --update-every)",
       "update_end": "fraction of training after which the topology is frozen",
+      "adaptive_formula": "with --adaptive: 'asam' (ASAM's |w|+eta scaling) or "
+                          "'authors' (the S2-SAM authors' rho g^3/||u g||)",
+      "mask_gradients": "mask the gradient before the optimizer (--no-mask-"
+                        "gradients: the authors' SAM path)",
+      "perturb_pruned": "perturb pruned weights too (the authors' code)",
+      "mest_prune_offsets": "MEST prune offsets dL per phase (fractions of the "
+                            "layer); empty: the authors' profile",
+      "mest_grow_offsets": "MEST grow offsets dU per phase; empty: the "
+                           "authors' profile",
+      "dsr_target": "DSR weights reallocated per rewire (N_target) as a count; "
+                    "0: --dsr-target-fraction",
+      "dsr_target_fraction": "DSR N_target as a fraction of the initial active "
+                             "weights (DSR's WRN-28-2 value)",
+      "dsr_period_doublings": "fractions of the epochs at which DSR's rewiring "
+                              "period doubles",
       "train_subset": "train on n evenly spaced examples only (0: all)",
       "test_subset": "evaluate on n evenly spaced test examples only (0: all)",
       "extra_eval": "further test sets evaluated at the end",
@@ -153,7 +168,7 @@ def config_from_args(argv=None) -> Tuple[TrainConfig, argparse.Namespace]:
       values[field.name] = tuple(value) if isinstance(value, list) else value
   cfg = TrainConfig(**values)
   configs_lib.validate(cfg)
-  return cfg, args
+  return configs_lib.resolve(cfg), args
 
 
 # -------------------------------------------------------------------------
@@ -319,12 +334,13 @@ def make_prunable(cfg: TrainConfig):
 
 
 def wrap_mode(cfg: TrainConfig, tx) -> optax.GradientTransformationExtraArgs:
+  kwargs = dict(rho=cfg.rho, adaptive=cfg.adaptive, eta=cfg.eta,
+                adaptive_formula=cfg.adaptive_formula,
+                perturb_pruned=cfg.perturb_pruned)
   if cfg.optimizer_mode == "s2sam":
-    return s2sam_jax.s2sam(tx, rho=cfg.rho, adaptive=cfg.adaptive, eta=cfg.eta,
-                           perturb_pruned=cfg.perturb_pruned)
+    return s2sam_jax.s2sam(tx, **kwargs)
   if cfg.optimizer_mode == "sam":
-    return s2sam_jax.sam(tx, rho=cfg.rho, adaptive=cfg.adaptive, eta=cfg.eta,
-                         perturb_pruned=cfg.perturb_pruned)
+    return s2sam_jax.sam(tx, **kwargs)
   return optax.with_extra_args_support(tx)
 
 
@@ -343,6 +359,15 @@ def xavier_linear_copy(params, key):
       if np.ndim(x) == 2 else x for k, x in zip(keys, leaves)])
 
 
+def dsr_periods(cfg: TrainConfig, sched: Schedule) -> Dict[int, int]:
+  """DSR's growing rewiring period: ``--update-every`` from step 0, doubled
+  at the start of each epoch ``round(f · epochs)`` of ``--dsr-period-doublings``."""
+  periods = {0: cfg.update_every}
+  for i, f in enumerate(cfg.dsr_period_doublings, start=1):
+    periods[max(1, round(f * cfg.epochs)) * sched.steps_per_epoch] = cfg.update_every * 2**i
+  return periods
+
+
 def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
                   mask_data: Optional[Callable] = None, masks=None):
   """``inner`` wrapped by the sparse method of ``cfg`` (masks in its state).
@@ -353,11 +378,12 @@ def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
   method, s = cfg.method, cfg.sparsity
   prunable = make_prunable(cfg)
   end_step = max(int(cfg.update_end * sched.total_steps), 1)
+  fixed = dict(mask_gradients=cfg.mask_gradients)
   if method == "dense":
     return inner
   if method in ("lt", "lrr"):
-    return sparse.static_masks(inner, masks)
-  common = dict(distribution=cfg.distribution, prunable=prunable)
+    return sparse.static_masks(inner, masks, **fixed)
+  common = dict(distribution=cfg.distribution, prunable=prunable, **fixed)
 
   def magnitude_at_init(p):
     # one-shot per-layer magnitude pruning of the init (S2-SAM/MEST profiles)
@@ -367,7 +393,7 @@ def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
   if method == "static":
     return sparse.static_random(inner, s, key=key, **common)
   if method == "magnitude":
-    return sparse.static_masks(inner, magnitude_at_init)
+    return sparse.static_masks(inner, magnitude_at_init, **fixed)
   if method == "snip":
     loss_fn, batch = mask_data()
     if cfg.snip_scope == "layer":   # RigL's per-layer SNIP
@@ -375,21 +401,22 @@ def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
           params, s, cfg.distribution, prunable=prunable))
     else:                           # SNIP: one global ranking
       masks = sparse.snip_masks(loss_fn, params, batch, s, prunable=prunable)
-    return sparse.static_masks(inner, masks)
+    return sparse.static_masks(inner, masks, **fixed)
   if method == "grasp":
     loss_fn, batch = mask_data()
     # GraSP scores a copy whose linear layers are re-initialised xavier-normal
     # [code]; the masks then apply to the original network.
     return sparse.static_masks(inner, sparse.grasp_masks(
         loss_fn, xavier_linear_copy(params, key), batch, s,
-        temperature=cfg.grasp_temperature, prunable=prunable))
+        temperature=cfg.grasp_temperature, prunable=prunable), **fixed)
   if method in ("rigl", "set"):
     wrapper = sparse.rigl if method == "rigl" else sparse.set_
     return wrapper(inner, s, end_step=end_step, update_every=cfg.update_every,
                    drop_fraction=cfg.drop_fraction, key=key, **common)
   if method == "dsr":
-    return sparse.dsr(inner, s, update_every=cfg.update_every,
-                      end_step=end_step, target_count=cfg.dsr_target,
+    return sparse.dsr(inner, s, update_every=dsr_periods(cfg, sched),
+                      end_step=end_step, target_count=cfg.dsr_target or None,
+                      target_fraction=cfg.dsr_target_fraction,
                       init_threshold=cfg.dsr_threshold, key=key, **common)
   if method in ("mest-em", "mest-ems"):
     every = (int(round(cfg.update_every_epochs * sched.steps_per_epoch))
@@ -397,7 +424,8 @@ def sparse_method(cfg: TrainConfig, inner, params, sched: Schedule, key,
     decay = tuple(int(e * sched.steps_per_epoch) for e in cfg.mest_decay_epochs)
     return sparse.mest(inner, variant="em" if method == "mest-em" else "ems",
                        masks=magnitude_at_init, update_every=max(every, 1),
-                       decay_steps=decay, key=key, **common)
+                       decay_steps=decay, prune_offsets=cfg.mest_prune_offsets,
+                       grow_offsets=cfg.mest_grow_offsets, key=key, **common)
   if method == "gmp":
     return sparse.gmp(inner, s, end_step=end_step,
                       update_every=cfg.update_every, **common)
@@ -841,9 +869,9 @@ class Runner:
         images_per_sec=self.images_per_sec.rate,
         wall_seconds=wall,
         devices=len(jax.devices()),
-        sparsity=(sparse.sparsity_summary(clean, masks) if masks is not None
-                  else sparse.sparsity_summary(clean, prunable=self.prunable)
-                  ).as_dict(),
+        sparsity=dict((sparse.sparsity_summary(clean, masks) if masks is not None
+                       else sparse.sparsity_summary(clean, prunable=self.prunable)
+                       ).as_dict(), counted_over=counted_over(cfg)),
         training_flops=self.training_flops(masks),
         extra_eval={},
         out_dir=self.out_dir,
@@ -874,6 +902,16 @@ class Runner:
                 forward_sparse_per_example=est.forward_sparse,
                 method=method, optimizer=optimizer, steps=est.steps,
                 note="per round" if cfg.method in ("lt", "lrr") else "")
+
+
+def counted_over(cfg: TrainConfig) -> str:
+  """Which weights the reported ``sparsity`` counts (``--keep-dense``)."""
+  kept = dense_patterns(cfg)
+  if not kept:
+    return "every kernel of rank >= 2 (every conv and linear kernel)"
+  return ("the kernels of rank >= 2 except those kept dense (paths matching "
+          + ", ".join(repr(p) for p in kept) + "); biases, norms and the "
+          "dense kernels count only in total_size/total_nnz")
 
 
 def carry_momentum(old_state, fresh_state, masks):
@@ -909,19 +947,34 @@ def _balanced_indices(source, per_class: int, num_classes: int, seed: int):
 def run(cfg: TrainConfig) -> Dict[str, Any]:
   """Trains as ``cfg`` says; returns the summary (also in ``summary.json``)."""
   configs_lib.validate(cfg)
-  return Runner(cfg).run()
+  return Runner(configs_lib.resolve(cfg)).run()
+
+
+def describe(cfg: TrainConfig) -> str:
+  """Every resolved field, ``name = value``, with the source of derived ones."""
+  notes = {}
+  if cfg.method.startswith("mest-"):
+    notes["mest_prune_offsets"] = notes["mest_grow_offsets"] = (
+        configs_lib.offsets_source(cfg))
+  return "\n".join(
+      f"{k} = {v!r}" + (f"   # {notes[k]}" if k in notes else "")
+      for k, v in dataclasses.asdict(cfg).items())
 
 
 def main(argv=None) -> int:
   # Before JAX allocates: reuse freed host memory instead of page-faulting
   # each step's temporaries in again (about 20% of a CPU step; see cpu_conv).
   cpu_conv.maybe_tune_glibc_malloc()
-  cfg, args = config_from_args(argv)
+  try:
+    cfg, args = config_from_args(argv)
+  except ValueError as e:   # a bad --config name or flag value
+    print(f"python -m experiments.train: error: {e}", file=sys.stderr)
+    return 2
   if args.list_configs:
     print("\n".join(configs_lib.list_configs()))
     return 0
   if args.describe:
-    print("\n".join(f"{k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()))
+    print(describe(cfg))
     return 0
   configs_lib.validate(cfg)
   try:

@@ -210,7 +210,7 @@ def test_named_configs_resolve_and_carry_reference_values():
 
 
 def test_flags_override_named_config():
-  cfg, _ = train.config_from_args(["--config", "table1/cifar10/resnet32/rigl/0.98/sam",
+  cfg, _ = train.config_from_args(["--config", "table1/cifar10/resnet32/rigl-erk/0.98/sam",
                                    "--epochs", "3", "--data-dir", "/data"])
   assert (cfg.model, cfg.method, cfg.sparsity, cfg.optimizer_mode) == (
       "resnet32", "rigl", 0.98, "sam")
@@ -220,7 +220,7 @@ def test_flags_override_named_config():
 def test_cli_lists_configs(capsys):
   assert train.main(["--list-configs"]) == 0
   names = capsys.readouterr().out.split()
-  assert "table2/imagenet2012/resnet50/rigl" in names and len(names) == len(configs.CONFIGS)
+  assert "table2/imagenet2012/resnet50/rigl-erk" in names and len(names) == len(configs.CONFIGS)
 
 
 def test_default_job_is_mnist1d_cnn_rigl_s2sam():

@@ -9,7 +9,7 @@ data=${DATA:-/work/shared/data/cifar10-jpeg}
 rm -rf runs/cifar10_resnet32   # a fresh run (the command refuses to overwrite one)
 uptime > $out/load_before.txt
 /usr/bin/time -v .venv/bin/python -m experiments.train \
-  --config table1/cifar10/resnet32/rigl/0.9/s2sam --data-dir "$data" \
+  --config table1/cifar10/resnet32/rigl-erk/0.9/s2sam --data-dir "$data" \
   --max-steps 300 --test-subset 2000 --out-dir runs/cifar10_resnet32 \
   > $out/stdout.txt 2> >(tr '\r' '\n' | grep -v '^\s*$' > $out/stderr.txt)
 uptime > $out/load_after.txt
