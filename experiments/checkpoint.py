@@ -11,6 +11,11 @@ structure of a freshly initialised state (``template``), so optimizer states
 with ``None`` leaves (mask trees), empty states and NamedTuples need no
 special handling, and typed PRNG keys round-trip through their key data.
 
+Each checkpoint's JSON part holds a SHA-256 digest of its leaves, checked on
+restore, so flipped bytes are caught rather than trained on;
+:meth:`Checkpointer.restore_latest_intact` falls back, with a warning naming
+the bad step, to the newest checkpoint that reads back whole.
+
 Example:
   >>> import tempfile, jax.numpy as jnp
   >>> d = tempfile.mkdtemp()
@@ -23,12 +28,40 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Dict, Optional, Tuple
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+_DIGEST = "leaf_sha256"
+
+
+class CorruptCheckpoint(ValueError):
+  """No intact checkpoint could be read back."""
+
+
+def finished_steps(directory: str) -> List[int]:
+  """Steps of the complete checkpoints under ``directory`` (Orbax writes a
+  step to ``<step>.orbax-checkpoint-tmp-*`` and renames it to ``<step>`` when
+  done, so a half-written one is not listed)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def digest(saveable: Dict[str, Any]) -> str:
+  """SHA-256 over every leaf's dtype, shape and bytes, in name order."""
+  h = hashlib.sha256()
+  for name in sorted(saveable):
+    x = np.asarray(jax.device_get(saveable[name]))
+    h.update(f"{name}:{x.dtype.str}:{x.shape}".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+  return h.hexdigest()
 
 
 def _is_key(x) -> bool:
@@ -60,7 +93,8 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -70,11 +104,12 @@ class Checkpointer:
 
   def save(self, step: int, tree, meta: Dict[str, Any]) -> None:
     """Writes checkpoint ``step`` and waits until it is complete on disk."""
+    saveable = _to_saveable(tree)
     self._manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_saveable(tree)),
-            meta=ocp.args.JsonSave(meta)),
+            state=ocp.args.StandardSave(saveable),
+            meta=ocp.args.JsonSave(dict(meta, **{_DIGEST: digest(saveable)}))),
         force=True)
     self._manager.wait_until_finished()
 
@@ -94,14 +129,45 @@ class Checkpointer:
         step,
         args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                 meta=ocp.args.JsonRestore()))
-    state = restored["state"]
+    state, meta = restored["state"], dict(restored["meta"])
+    if meta.pop(_DIGEST, None) != digest(state):
+      raise CorruptCheckpoint(
+          f"checkpoint {step} in {self.directory}: its arrays do not match the "
+          "digest written with them")
     new_leaves = []
     for i, x in enumerate(leaves):
       value = state[f"leaf_{i:05d}"]
       if _is_key(x):
         value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(x))
       new_leaves.append(value)
-    return jax.tree.unflatten(treedef, new_leaves), dict(restored["meta"])
+    return jax.tree.unflatten(treedef, new_leaves), meta
+
+  def restore_latest_intact(self, template) -> Tuple[int, Any, Dict[str, Any]]:
+    """``(step, tree, meta)`` of the newest checkpoint that reads back whole.
+
+    A checkpoint that fails (truncated or missing files, flipped bytes, bad
+    metadata) is skipped with a warning naming its step.
+
+    Raises:
+      CorruptCheckpoint: there are checkpoints but none is intact.
+      FileNotFoundError: there is no checkpoint.
+    """
+    steps = finished_steps(self.directory)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    for step in reversed(steps):
+      try:
+        tree, meta = self.restore(template, step)
+        return step, tree, meta
+      except Exception as err:  # pylint: disable=broad-except
+        # Orbax/TensorStore raise many types for damaged files; each one only
+        # means "this step is unusable".
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"checkpoint {step} in {self.directory} cannot be read "
+                      f"({type(err).__name__}: {first_line}); trying an older one")
+    raise CorruptCheckpoint(
+        f"none of the checkpoints in {self.directory} (steps {steps}) can be "
+        "read back intact; start afresh in another --out-dir")
 
   def close(self) -> None:
     self._manager.close()

@@ -71,6 +71,8 @@ Choices common to every other named config (documented, overridable by flags):
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from typing import Any, Dict, Optional, Tuple
 
 from s2sam_jax import sparse
@@ -94,6 +96,8 @@ class TrainConfig:
   model: str = "mnist1d_cnn"
   dataset: str = "mnist1d"
   data_dir: Optional[str] = None
+  image_size: int = 0             # image folders of mixed sizes: resize and crop
+                                  # to N x N (0: keep their common size)
   # sparse method
   method: str = "rigl"
   sparsity: float = 0.9
@@ -152,7 +156,11 @@ class TrainConfig:
   train_subset: int = 0           # use n training examples, evenly spaced (tests); 0 = all
   test_subset: int = 0            # likewise for the test set
   extra_eval: Tuple[str, ...] = ()  # further test sets evaluated at the end (e.g. ImageNet-C)
-  distributed: bool = False
+  distributed: bool = False      # multi-process: jax.distributed.initialize()
+  coordinator_address: Optional[str] = None  # host:port of process 0 (None:
+                                  # detected by JAX on TPU pods, SLURM, ...)
+  num_processes: int = 0          # with --coordinator-address
+  process_id: int = -1            # with --coordinator-address
   progress: bool = True
   config: Optional[str] = None    # the named config this run started from
 
@@ -166,6 +174,11 @@ def validate(cfg: TrainConfig) -> None:
     if not ok:
       raise ValueError(f"--{field.replace('_', '-')} must be {allowed}; "
                        f"got {getattr(cfg, field)!r}.")
+  for field in dataclasses.fields(cfg):   # no NaN or inf anywhere
+    values = getattr(cfg, field.name)
+    for v in values if isinstance(values, tuple) else (values,):
+      if isinstance(v, float):
+        check(math.isfinite(v), field.name, "a finite number")
   check(cfg.method in METHODS, "method", f"one of {', '.join(METHODS)}")
   check(cfg.optimizer_mode in OPTIMIZER_MODES, "optimizer_mode",
         f"one of {', '.join(OPTIMIZER_MODES)}")
@@ -187,6 +200,39 @@ def validate(cfg: TrainConfig) -> None:
   check(cfg.keep_checkpoints >= 1, "keep_checkpoints", ">= 1")
   check(cfg.snip_scope in ("global", "layer"), "snip_scope", "'global' or 'layer'")
   check(cfg.checkpoint_every >= 0, "checkpoint_every", ">= 0")
+  check(cfg.eta >= 0.0, "eta", ">= 0")
+  check(cfg.lr_end >= 0.0, "lr_end", ">= 0")
+  check(cfg.lr_gamma > 0.0, "lr_gamma", "> 0")
+  check(all(m >= 0 for m in cfg.lr_milestones)
+        and list(cfg.lr_milestones) == sorted(cfg.lr_milestones), "lr_milestones",
+        "increasing epochs >= 0")
+  check(0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", "in [0, 1)")
+  check(0.0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs",
+        f"in [0, --epochs] = [0, {cfg.epochs}]")
+  check(cfg.eval_batch_size >= 1, "eval_batch_size", ">= 1")
+  check(cfg.train_subset >= 0, "train_subset", ">= 0 (0: all)")
+  check(cfg.test_subset >= 0, "test_subset", ">= 0 (0: all)")
+  check(cfg.snip_batch >= 1, "snip_batch", ">= 1")
+  check(cfg.grasp_samples_per_class >= 1, "grasp_samples_per_class", ">= 1")
+  check(cfg.grasp_temperature > 0.0, "grasp_temperature", "> 0")
+  check(cfg.dsr_threshold > 0.0, "dsr_threshold", "> 0")
+  check(cfg.update_every_epochs >= 0.0, "update_every_epochs", ">= 0")
+  check(0.0 < cfg.update_end <= 1.0, "update_end", "in (0, 1]")
+  check(cfg.rewind_steps >= 0, "rewind_steps", ">= 0")
+  check(cfg.image_size >= 0, "image_size", ">= 0 (0: the images' own size)")
+  check(all(e >= 0 for e in cfg.mest_decay_epochs)
+        and list(cfg.mest_decay_epochs) == sorted(set(cfg.mest_decay_epochs)),
+        "mest_decay_epochs", "strictly increasing epochs >= 0")
+  if cfg.keep_dense not in ("paper", "none"):
+    try:
+      re.compile(cfg.keep_dense)
+    except re.error as e:
+      check(False, "keep_dense", f"'paper', 'none' or a valid regex ({e})")
+  if cfg.coordinator_address:
+    check(cfg.num_processes >= 1, "num_processes",
+          ">= 1 with --coordinator-address")
+    check(0 <= cfg.process_id < cfg.num_processes, "process_id",
+          f"in [0, --num-processes) = [0, {cfg.num_processes})")
   check(cfg.adaptive_formula in ADAPTIVE_FORMULAS, "adaptive_formula",
         f"one of {', '.join(ADAPTIVE_FORMULAS)}")
   check(cfg.adaptive or cfg.adaptive_formula == "asam", "adaptive_formula",

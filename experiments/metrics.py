@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import jax
 import numpy as np
@@ -41,24 +42,41 @@ def to_python(value):
 
 
 class MetricsWriter:
-  """Appends one JSON object per call to ``<out_dir>/metrics.jsonl`` and
-  mirrors numeric values to TensorBoard (``<out_dir>/tb``)."""
+  """Writes one JSON object per call to ``<out_dir>/metrics.jsonl`` and
+  mirrors numeric values to TensorBoard (``<out_dir>/tb``).
 
-  def __init__(self, out_dir: str, *, tensorboard: bool = True):
+  A fresh run (``history=None``) starts both anew, so it never mixes with an
+  older run's rows. A resumed run passes the rows its checkpoint recorded
+  (``history``, as returned by :meth:`write`) and the checkpoint's step: the
+  file is rewritten to exactly those rows, and TensorBoard drops the events
+  an interrupted run logged past that step, so every row appears once.
+  """
+
+  def __init__(self, out_dir: str, *, tensorboard: bool = True,
+               history: Optional[List[Dict[str, Any]]] = None,
+               resume_step: Optional[int] = None):
     self.enabled = jax.process_index() == 0
     self._tb = None
     if not self.enabled:
       return
     os.makedirs(out_dir, exist_ok=True)
-    self._file = open(os.path.join(out_dir, "metrics.jsonl"), "a")
+    path = os.path.join(out_dir, "metrics.jsonl")
+    with open(path + ".tmp", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in history or [])
+    os.replace(path + ".tmp", path)
+    self._file = open(path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(out_dir, "tb"))
+      tb_dir = os.path.join(out_dir, "tb")
+      if history is None:
+        shutil.rmtree(tb_dir, ignore_errors=True)
+      self._tb = SummaryWriter(tb_dir, purge_step=resume_step)
 
-  def write(self, *, step: int, **values: Any) -> None:
-    if not self.enabled:
-      return
+  def write(self, *, step: int, **values: Any) -> Dict[str, Any]:
+    """Writes one row; returns it as written (``step``, ``time``, values)."""
     record = to_python(dict(step=step, time=time.time(), **values))
+    if not self.enabled:
+      return record
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     if self._tb is not None:
@@ -67,6 +85,7 @@ class MetricsWriter:
             and not isinstance(value, bool):
           self._tb.add_scalar(name, value, step)
       self._tb.flush()
+    return record
 
   def close(self) -> None:
     if not self.enabled:

@@ -51,7 +51,9 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -67,7 +69,7 @@ from s2sam_jax import sparse
 from experiments import configs as configs_lib
 from experiments import data as data_lib
 from experiments import models as models_lib
-from experiments.checkpoint import Checkpointer
+from experiments.checkpoint import Checkpointer, CorruptCheckpoint, finished_steps
 from experiments.configs import TrainConfig
 from experiments.metrics import MetricsWriter, Throughput, to_python, write_json
 from experiments.models import cpu_conv
@@ -129,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
       "extra_eval": "further test sets evaluated at the end",
       "distributed": "call jax.distributed.initialize() (multi-host)",
       "bf16": "bf16 compute (params stay f32)",
+      "image_size": "resize (shorter side) and centre-crop the images of an "
+                    "image folder to N x N (0: they must share one size)",
+      "coordinator_address": "--distributed: host:port of process 0 (omit on "
+                             "TPU pods and SLURM, where JAX finds it)",
+      "num_processes": "--distributed with --coordinator-address: number of "
+                       "processes",
+      "process_id": "--distributed with --coordinator-address: this "
+                    "process's index",
   }
   for field in dataclasses.fields(TrainConfig):
     name, default = field.name, getattr(defaults, field.name)
@@ -157,9 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv=None) -> Tuple[TrainConfig, argparse.Namespace]:
-  """Defaults < named config < explicit flags."""
+  """Defaults < named config < explicit flags; with ``--resume --out-dir``
+  the saved run's config stands in for the defaults."""
   args = build_parser().parse_args(argv)
   values: Dict[str, Any] = {}
+  if args.resume and args.out_dir:
+    values.update(saved_config(args.out_dir))
   if args.config:
     values.update(configs_lib.get_config(args.config))
   for field in dataclasses.fields(TrainConfig):
@@ -203,10 +216,17 @@ _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 
 
 def load_data(cfg: TrainConfig):
+  if cfg.data_dir and cfg.dataset == "mnist1d":
+    raise ValueError("--data-dir: mnist1d is generated offline and reads no "
+                     "data folder; drop --data-dir, or pick a --dataset that "
+                     "reads one.")
+  if cfg.data_dir and not os.path.isdir(os.path.expanduser(cfg.data_dir)):
+    raise FileNotFoundError(f"--data-dir {cfg.data_dir} does not exist.")
   name = _dataset_name(cfg)
   data_dir = None if name.startswith("imagefolder:") else cfg.data_dir
-  train = data_lib.get_dataset(name, "train", data_dir=data_dir)
-  test = data_lib.get_dataset(name, "test", data_dir=data_dir)
+  size = cfg.image_size or None
+  train = data_lib.get_dataset(name, "train", data_dir=data_dir, image_size=size)
+  test = data_lib.get_dataset(name, "test", data_dir=data_dir, image_size=size)
   expected = _NUM_CLASSES.get(cfg.dataset)
   if expected and name != cfg.dataset and train.info.num_classes != expected:
     raise ValueError(
@@ -537,7 +557,16 @@ def _round_up(x: int, m: int) -> int:
 _RUN_ONLY_FIELDS = frozenset({
     "resume", "max_steps", "progress", "out_dir", "data_dir", "eval_every",
     "eval_batch_size", "checkpoint_every", "keep_checkpoints", "distributed",
-    "extra_eval", "config"})
+    "coordinator_address", "num_processes", "process_id", "extra_eval",
+    "config"})
+
+
+class Interrupted(Exception):
+  """SIGINT/SIGTERM arrived; the run was checkpointed at ``step``."""
+
+  def __init__(self, signum: int, step: int, out_dir: str):
+    super().__init__(signum, step, out_dir)
+    self.signum, self.step, self.out_dir = signum, step, out_dir
 
 
 class Position(NamedTuple):
@@ -549,20 +578,60 @@ class Position(NamedTuple):
 
 
 def _check_out_dir(out_dir: str, resume: bool) -> None:
-  """Refuses, before any work, to train into another run's checkpoints."""
+  """Refuses, before any work, to train into another run's checkpoints, or
+  to resume a run that has none (half-written checkpoints do not count)."""
   ckpt_dir = os.path.join(out_dir, "checkpoints")
-  if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+  steps = finished_steps(ckpt_dir)
+  if not resume and steps:
     raise ValueError(
         f"--out-dir {out_dir} already holds checkpoints of an earlier run; "
         "pass --resume to continue it, or choose another --out-dir.")
+  if resume and not steps:
+    raise ValueError(f"--resume: {ckpt_dir} holds no checkpoint to resume "
+                     "from; run without --resume to start afresh.")
+
+
+def saved_config(out_dir: str) -> Dict[str, Any]:
+  """The config a run in ``out_dir`` was started with (its ``config.json``)."""
+  path = os.path.join(out_dir, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"--resume: --out-dir {out_dir} holds no run "
+                     "(no config.json) to resume.") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--resume: {path} is not valid JSON ({e}).") from None
+  fields = {f.name for f in dataclasses.fields(TrainConfig)}
+  fields -= {"max_steps", "resume"}   # where to stop is this command's
+  return {k: tuple(v) if isinstance(v, list) else v
+          for k, v in saved.items() if k in fields}
+
+
+def initialize_distributed(cfg: TrainConfig) -> None:
+  """Starts JAX's multi-controller runtime (one process per host or GPU).
+
+  With ``--coordinator-address`` the processes meet there; without, JAX
+  detects the cluster (Cloud TPU, SLURM, Open MPI, ...). On CPU the
+  cross-process collectives use gloo.
+  """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if cfg.coordinator_address:
+    jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
+                               num_processes=cfg.num_processes,
+                               process_id=cfg.process_id)
+  else:
+    jax.distributed.initialize()
 
 
 class Runner:
-  """Holds everything one command needs; :meth:`run` does the work."""
+  """Everything one command needs. ``__init__`` builds data, model, masks,
+  optimizer and the initial (or resumed) state, so every user error shows
+  before training starts; :meth:`run` trains."""
 
   def __init__(self, cfg: TrainConfig):
     if cfg.distributed:
-      jax.distributed.initialize()
+      initialize_distributed(cfg)
     self.cfg = cfg
     self.out_dir = cfg.out_dir or default_out_dir(cfg)
     _check_out_dir(self.out_dir, cfg.resume)
@@ -581,14 +650,25 @@ class Runner:
       raise ValueError(f"--batch-size ({cfg.batch_size}) exceeds the "
                        f"{len(self.train_source)} training examples.")
     self.sched = Schedule(steps, steps * cfg.epochs)
+    if cfg.method == "lt" and cfg.rewind_steps >= self.sched.total_steps:
+      raise ValueError(
+          f"--rewind-steps ({cfg.rewind_steps}) must be below the "
+          f"{self.sched.total_steps} steps of a round (--epochs {cfg.epochs} x "
+          f"{steps} steps per epoch): later rounds would train 0 steps.")
     root = jax.random.key(cfg.seed)
     self.init_key, self.mask_key, self.step_key = jax.random.split(root, 3)
     self.fns, self.init_params, self.init_stats, self.forward_flops = make_model(
         cfg, self.info.num_classes, self.info.input_shape, self.init_key)
     self.prunable = make_prunable(cfg)
     self.history = []
+    self.epoch_sums = None       # a resumed partial epoch's running sums
     self.images_per_sec = Throughput()
     self.train_step = self.eval_step = None
+    self._signal = None
+    self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"),
+                             keep=cfg.keep_checkpoints)
+    self.tx, template = self._initial_state()
+    self.state, self.pos, self.resumed_at = self.restore(template)
 
   # -- optimizer and initial state -----------------------------------------
   def _mask_data(self, stats):
@@ -632,15 +712,45 @@ class Runner:
     return jax.device_put((params, stats, opt_state), self.replicated,
                           may_alias=False)
 
+  def _initial_state(self):
+    """The transformation and state of step 0 (LT/LRR: the dense round, with
+    a copy of the weights as the rewind point)."""
+    lottery = self.cfg.method in ("lt", "lrr")
+    masks = sparse.dense_masks(self.init_params, self.prunable) if lottery else None
+    tx = self.build_tx(self.init_params, self.init_stats, masks=masks)
+    params, stats, opt_state = self.init_state(tx, self.init_params, self.init_stats)
+    extra = (jax.tree.map(jnp.copy, dict(params=params, stats=stats))
+             if lottery else {})
+    return tx, dict(params=params, stats=stats, opt_state=opt_state, extra=extra)
+
+  # -- interruption ----------------------------------------------------------
+  def _on_signal(self, signum, frame):
+    del frame
+    self._signal = signum
+    signal.signal(signum, signal.SIG_DFL)   # a second signal ends at once
+
+  def _stop_requested(self, step: int) -> bool:
+    """Whether a signal asks to stop after ``step``: at once with one
+    process; with several, all agree at the same step (every 25 steps)."""
+    if jax.process_count() == 1:
+      return self._signal is not None
+    if step % 25:
+      return False
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.int32(self._signal or 0))
+    self._signal = int(np.max(flags)) or None
+    return self._signal is not None
+
   # -- one training run (one LT/LRR round) ---------------------------------
-  def train(self, tx, state, pos: Position, *, ckpt: Checkpointer,
-            writer: MetricsWriter, n_rounds: int = 1, capture_at=None):
-    """Trains from ``pos`` to the end of the schedule (or ``--max-steps``).
+  def train(self, tx, state, pos: Position, *, writer: MetricsWriter,
+            n_rounds: int = 1, capture_at=None):
+    """Trains from ``pos`` to the end of the schedule (or ``--max-steps``, or
+    a signal).
 
     ``state`` is ``dict(params, stats, opt_state, extra)``; with
     ``capture_at=k`` the clean weights after step ``k`` are stored in
     ``state['extra']`` (the LT rewind point). Returns ``(state, pos,
-    finished)``.
+    finished)``; raises :class:`Interrupted` after checkpointing on a signal.
     """
     from tqdm.auto import tqdm
     cfg, sched = self.cfg, self.sched
@@ -659,13 +769,15 @@ class Runner:
     lr_fn = learning_rate(cfg, sched.steps_per_epoch)
     eval_every = configs_lib.every(cfg.eval_every, cfg.epochs, 20)
     checkpoint_every = configs_lib.every(cfg.checkpoint_every, cfg.epochs, 50)
-    compiled, stopped = False, False
+    compiled, stopped, interrupted = False, False, False
     bar = tqdm(total=sched.total_steps, initial=step, desc=label.strip() or "train",
                unit="step", disable=not cfg.progress or proc != 0,
                dynamic_ncols=True, mininterval=1.0)
     shown = dict(test_acc="-")
     while epoch < cfg.epochs and not stopped:
       pending, sums = [], dict(loss=0.0, correct=0.0, seen=0)
+      if self.epoch_sums is not None:   # resuming inside this epoch
+        sums, self.epoch_sums = dict(self.epoch_sums), None
       last_sync, unsynced = time.perf_counter(), 0
 
       def sync():
@@ -685,7 +797,7 @@ class Runner:
       for batch in data_lib.batches(
           self.train_source, cfg.batch_size, seed=cfg.seed, epoch=epoch,
           start_step=in_epoch, num_shards=n_proc, shard_index=proc):
-        key = jax.random.fold_in(self.step_key, pos.round * (sched.total_steps + 1) + step)
+        key = jax.random.fold_in(self.step_key, self._ckpt_step(pos.round, step))
         params, stats, opt_state, m = train_step(
             params, stats, opt_state, to_global(batch, self.sharded), key)
         pending.append(m)
@@ -706,6 +818,9 @@ class Runner:
                           img_s="-" if rate is None else f"{rate:.0f}",
                           **shown, refresh=False)
         bar.update(1)
+        if self._stop_requested(step):
+          stopped = interrupted = True
+          break
         if cfg.max_steps and step >= cfg.max_steps:
           stopped = True
           break
@@ -717,7 +832,8 @@ class Runner:
           train_accuracy=sums["correct"] / max(sums["seen"], 1),
           images_per_sec=meter.rate, lr=float(lr_fn(max(step - 1, 0))))
       last = epoch_done and epoch + 1 == cfg.epochs
-      if stopped or (epoch_done and ((epoch + 1) % eval_every == 0 or last)):
+      if (stopped and not interrupted) or (
+          epoch_done and ((epoch + 1) % eval_every == 0 or last)):
         ev = evaluate(self.eval_step, params, stats, opt_state, self.test_source,
                       self.eval_batch_size, self.sharded)
         record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
@@ -728,8 +844,7 @@ class Runner:
                     f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
                     f" | test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}"
                     f" | {meter.rate:.0f} images/s")
-      self.history.append(record)
-      writer.write(step=self._ckpt_step(pos.round, step), **record)
+      self.history.append(writer.write(step=self._ckpt_step(pos.round, step), **record))
       if proc == 0 and not cfg.progress:
         print(json.dumps(to_python(record)), flush=True)
       if epoch_done:
@@ -737,77 +852,85 @@ class Runner:
       pos = Position(pos.round, step, epoch, in_epoch)
       state = dict(params=params, stats=stats, opt_state=opt_state, extra=extra)
       if stopped or epoch >= cfg.epochs or epoch % checkpoint_every == 0:
-        self.save(ckpt, state, pos)
+        self.save(state, pos, sums=None if epoch_done else sums)
     bar.close()
+    if interrupted:
+      raise Interrupted(self._signal, self._ckpt_step(pos.round, step), self.out_dir)
     return state, pos, epoch >= cfg.epochs
 
   def _ckpt_step(self, round_index: int, step: int) -> int:
     return round_index * (self.sched.total_steps + 1) + step
 
-  def save(self, ckpt: Checkpointer, state, pos: Position) -> None:
-    meta = dict(pos._asdict(), history=self.history,
+  def save(self, state, pos: Position, sums=None) -> None:
+    meta = dict(pos._asdict(), history=self.history, epoch_sums=sums,
                 throughput=[self.images_per_sec.images, self.images_per_sec.seconds],
                 config=dataclasses.asdict(self.cfg))
-    ckpt.save(self._ckpt_step(pos.round, pos.global_step),
-              dict(state, rng=self.step_key), to_python(meta))
+    self.ckpt.save(self._ckpt_step(pos.round, pos.global_step),
+                   dict(state, rng=self.step_key), to_python(meta))
 
-  def restore(self, ckpt: Checkpointer, template):
-    """The latest checkpoint (if ``--resume`` and one exists) or ``template``."""
-    if not self.cfg.resume or ckpt.latest_step() is None:
-      return template, Position()
-    state, meta = ckpt.restore(dict(template, rng=self.step_key))
+  def restore(self, template):
+    """``(state, position, checkpoint step)``: the newest intact checkpoint
+    with ``--resume`` (settings that differ from its run are refused), else
+    ``(template, Position(), None)``."""
+    if not self.cfg.resume:
+      return template, Position(), None
+    step, state, meta = self.ckpt.restore_latest_intact(
+        dict(template, rng=self.step_key))
     saved = meta["config"]
     now = to_python(dataclasses.asdict(self.cfg))
     changed = sorted(k for k in now if k not in _RUN_ONLY_FIELDS
                      and saved.get(k) != now[k])
     if changed:
       raise ValueError(
-          f"--resume: the checkpoint in {ckpt.directory} was written with other "
+          f"--resume: the checkpoint in {self.ckpt.directory} was written with other "
           f"settings ({', '.join(f'{k}: {saved.get(k)!r} -> {now[k]!r}' for k in changed)}); "
           "resume with the same flags or use another --out-dir.")
     self.step_key = state.pop("rng")   # the base key of the per-step keys
     self.history = list(meta["history"])
+    if meta.get("epoch_sums") is not None:
+      # stopped inside an epoch: its row is written again when it completes
+      self.epoch_sums = meta["epoch_sums"]
+      if self.history and not self.history[-1].get("epoch_complete", True):
+        self.history.pop()
     self.images_per_sec.images, self.images_per_sec.seconds = meta["throughput"]
-    return state, Position(*(int(meta[f]) for f in Position._fields))
+    return state, Position(*(int(meta[f]) for f in Position._fields)), step
 
   # -- the whole command ---------------------------------------------------
   def run(self) -> Dict[str, Any]:
     cfg = self.cfg
     os.makedirs(self.out_dir, exist_ok=True)
     write_json(os.path.join(self.out_dir, "config.json"), dataclasses.asdict(cfg))
-    ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"),
-                        keep=cfg.keep_checkpoints)
-    writer = MetricsWriter(self.out_dir)
+    writer = MetricsWriter(
+        self.out_dir, history=self.history if self.resumed_at is not None else None,
+        resume_step=self.resumed_at)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+      handlers = {s: signal.signal(s, self._on_signal)
+                  for s in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.time()
     try:
       if cfg.method in ("lt", "lrr"):
-        state, pos, finished, rounds = self._run_lottery(ckpt, writer)
+        state, pos, finished, rounds = self._run_lottery(writer)
       else:
-        tx = self.build_tx(self.init_params, self.init_stats)
-        params, stats, opt_state = self.init_state(tx, self.init_params, self.init_stats)
-        state, pos = self.restore(ckpt, dict(
-            params=params, stats=stats, opt_state=opt_state, extra={}))
-        state, pos, finished = self.train(tx, state, pos, ckpt=ckpt, writer=writer)
+        state, pos, finished = self.train(self.tx, self.state, self.pos,
+                                          writer=writer)
         rounds = 1
     finally:
+      for s, h in handlers.items():
+        signal.signal(s, h)
       writer.close()
-      ckpt.close()
+      self.ckpt.close()
     self.final_state = state
     summary = self.summary(state, pos, finished, rounds, time.time() - t0)
     write_json(os.path.join(self.out_dir, "summary.json"), summary)
     return summary
 
-  def _run_lottery(self, ckpt, writer):
+  def _run_lottery(self, writer):
     """LT / LRR: a dense round, then prune-and-retrain rounds."""
     cfg = self.cfg
     schedule = sparse.imp_schedule(cfg.sparsity, cfg.prune_fraction)
     n_rounds = len(schedule) + 1
-    tx = self.build_tx(self.init_params, self.init_stats,
-                       masks=sparse.dense_masks(self.init_params, self.prunable))
-    params, stats, opt_state = self.init_state(tx, self.init_params, self.init_stats)
-    template = dict(params=params, stats=stats, opt_state=opt_state,
-                    extra=jax.tree.map(jnp.copy, dict(params=params, stats=stats)))
-    state, pos = self.restore(ckpt, template)
+    state, pos, tx = self.state, self.pos, self.tx
     lt = cfg.method == "lt"
     k = cfg.rewind_steps if lt else 0
     while True:
@@ -815,12 +938,12 @@ class Runner:
         tx = self.build_tx(self.init_params, self.init_stats,
                            masks=sparse.get_masks(state["opt_state"]))
       capture = k if (lt and pos.round == 0 and k > 0) else None
-      state, pos, finished = self.train(tx, state, pos, ckpt=ckpt, writer=writer,
+      state, pos, finished = self.train(tx, state, pos, writer=writer,
                                         n_rounds=n_rounds, capture_at=capture)
       if not finished or pos.round + 1 >= n_rounds:
         return state, pos, finished, pos.round + 1
       state, pos = self._next_round(state, pos, k)
-      self.save(ckpt, state, pos)
+      self.save(state, pos)
 
   def _next_round(self, state, pos: Position, rewind_steps: int):
     """Prunes ``--prune-fraction`` of the remaining weights (global magnitude
@@ -859,12 +982,16 @@ class Runner:
     evals = [h for h in self.history if "test_accuracy" in h]
     last_round = [h for h in evals if h["round"] == pos.round]
     masks = sparse.get_masks(opt_state)
+    final = evaluate(self.eval_step, params, state["stats"], opt_state,
+                     self.test_source, self.eval_batch_size, self.sharded)
     summary = dict(
         config=dataclasses.asdict(cfg),
         finished=finished,
         rounds=rounds,
         steps=pos.global_step,
-        final_test_accuracy=evals[-1]["test_accuracy"] if evals else None,
+        # always the model this run ends with (also after --max-steps)
+        final_test_accuracy=final["accuracy"],
+        final_test_loss=final["loss"],
         best_test_accuracy=max((h["test_accuracy"] for h in last_round), default=None),
         images_per_sec=self.images_per_sec.rate,
         wall_seconds=wall,
@@ -961,6 +1088,10 @@ def describe(cfg: TrainConfig) -> str:
       for k, v in dataclasses.asdict(cfg).items())
 
 
+def _error(message: str) -> None:
+  print(f"python -m experiments.train: error: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
   # Before JAX allocates: reuse freed host memory instead of page-faulting
   # each step's temporaries in again (about 20% of a CPU step; see cpu_conv).
@@ -968,7 +1099,7 @@ def main(argv=None) -> int:
   try:
     cfg, args = config_from_args(argv)
   except ValueError as e:   # a bad --config name or flag value
-    print(f"python -m experiments.train: error: {e}", file=sys.stderr)
+    _error(e)
     return 2
   if args.list_configs:
     print("\n".join(configs_lib.list_configs()))
@@ -976,13 +1107,23 @@ def main(argv=None) -> int:
   if args.describe:
     print(describe(cfg))
     return 0
-  configs_lib.validate(cfg)
   try:
-    runner = Runner(cfg)   # data, model and masks: the user's mistakes show here
+    # data, model, masks, optimizer, resumed state: user errors show here
+    runner = Runner(cfg)
   except (ValueError, FileNotFoundError) as e:
-    print(f"python -m experiments.train: error: {e}", file=sys.stderr)
+    _error(e)
     return 2
-  summary = runner.run()
+  try:
+    summary = runner.run()
+  except Interrupted as e:
+    _error(f"interrupted by {signal.Signals(e.signum).name} at step {e.step}; "
+           f"checkpoint saved. Resume with: python -m experiments.train "
+           f"--out-dir {e.out_dir} --resume")
+    return 128 + e.signum
+  except OSError as e:   # disk full, out dir removed, permissions
+    _error(f"writing to --out-dir {runner.out_dir} failed ({e.strerror or e}); "
+           "the checkpoints already there are intact.")
+    return 1
   if jax.process_index() == 0:
     brief = {k: summary[k] for k in (
         "final_test_accuracy", "best_test_accuracy", "images_per_sec",

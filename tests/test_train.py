@@ -240,6 +240,7 @@ def test_clear_errors(tmp_path, flags, error, match):
 
 
 def test_missing_tfds_data_says_how_to_get_it(tmp_path):
+  (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="tfds build cifar10"):
     train.Runner(tiny_cfg(tmp_path / "run", "--dataset", "cifar10",
                           "--data-dir", tmp_path / "empty"))

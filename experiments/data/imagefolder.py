@@ -54,6 +54,9 @@ def _list_files(split_dir: Path, classes: list[str]) -> tuple[list[tuple[str, in
              if e.is_file() and not e.name.startswith(".")
              and e.name.lower().endswith(IMAGE_SUFFIXES)),
             key=lambda e: e.name)
+        if not entries:
+            raise ValueError(f"class folder {class_dir} holds no images "
+                             f"({', '.join(IMAGE_SUFFIXES)}); remove it or add its images")
         for e in entries:
             stat = e.stat()
             files.append((f"{name}/{e.name}", stat.st_size, stat.st_mtime_ns))
@@ -77,14 +80,23 @@ def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def _decode_split(split_dir: Path, files, image_size: int | None) -> np.ndarray:
     def decode(item):
-        return host_image.decode_image(split_dir / item[0], image_size)
+        path = split_dir / item[0]
+        try:
+            return host_image.decode_image(path, image_size)
+        except (OSError, SyntaxError, ValueError) as err:  # what Pillow raises
+            raise ValueError(f"cannot decode image {path}: {err}") from None
 
     images = host_image.decode_many(files, decode)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
+        first = {}
+        for (name, _, _), im in zip(files, images):
+            first.setdefault(im.shape, name)
+        examples = ", ".join(f"{n} {s[1]}x{s[0]}" for s, n in list(first.items())[:3])
         raise ValueError(
-            f"images under {split_dir} have different sizes {sorted(shapes)[:4]}; "
-            "pass image_size=N to resize (shorter side) and centre-crop them to N x N")
+            f"images under {split_dir} have different sizes ({examples}); "
+            "resize and centre-crop them to N x N with image_size=N "
+            "(--image-size N in the training command)")
     return np.stack(images)
 
 
