@@ -28,8 +28,12 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
+import re
+import shutil
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -52,6 +56,28 @@ def finished_steps(directory: str) -> List[int]:
     return []
   return sorted(int(n) for n in os.listdir(directory)
                 if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def _as_os_error(err: Exception) -> Exception:
+  """TensorStore reports a failed write (disk full, permissions) as a
+  ``ValueError`` carrying ``os_error_code='N'``; give it back its OSError."""
+  found = re.search(r"os_error_code='(\d+)'", str(err))
+  if found is None:
+    return err
+  code = int(found.group(1))
+  return OSError(code, os.strerror(code))
+
+
+def _check_free_space(directory: str, saveable: Dict[str, Any]) -> None:
+  """Raises ``OSError(ENOSPC)`` before writing when the disk cannot hold
+  another uncompressed copy of the state (plus 512 KiB of metadata): a write
+  that fails half-way in Orbax's threads reports itself many times over."""
+  need = sum(np.asarray(x).nbytes if not hasattr(x, "nbytes") else x.nbytes
+             for x in saveable.values()) + (512 << 10)
+  free = shutil.disk_usage(directory).free
+  if free < need:
+    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free} bytes "
+                  f"free in {directory}, a checkpoint needs up to {need}")
 
 
 def digest(saveable: Dict[str, Any]) -> str:
@@ -105,13 +131,26 @@ class Checkpointer:
   def save(self, step: int, tree, meta: Dict[str, Any]) -> None:
     """Writes checkpoint ``step`` and waits until it is complete on disk."""
     saveable = _to_saveable(tree)
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(saveable),
-            meta=ocp.args.JsonSave(dict(meta, **{_DIGEST: digest(saveable)}))),
-        force=True)
-    self._manager.wait_until_finished()
+    _check_free_space(self.directory, saveable)
+    # A failed write is raised here as one OSError; Orbax's background
+    # threads would also log it, traceback and all, once per thread.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(saveable),
+              meta=ocp.args.JsonSave(dict(meta, **{_DIGEST: digest(saveable)}))),
+          force=True)
+      self._manager.wait_until_finished()
+    except OSError:
+      raise
+    except Exception as err:  # pylint: disable=broad-except
+      raise _as_os_error(err) from err
+    finally:
+      absl_logger.setLevel(level)
 
   def restore(self, template, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
     """Restores ``step`` (default: the latest) into ``template``'s structure.

@@ -49,12 +49,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
@@ -1121,8 +1123,13 @@ def main(argv=None) -> int:
            f"--out-dir {e.out_dir} --resume")
     return 128 + e.signum
   except OSError as e:   # disk full, out dir removed, permissions
+    # Orbax's abandoned writes leave futures and coroutines that report the
+    # same error again at exit: noise after the message below.
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited")
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     _error(f"writing to --out-dir {runner.out_dir} failed ({e.strerror or e}); "
-           "the checkpoints already there are intact.")
+           "the checkpoints already there are intact; free space and resume "
+           "with --resume.")
     return 1
   if jax.process_index() == 0:
     brief = {k: summary[k] for k in (

@@ -204,16 +204,19 @@ def test_a_half_written_checkpoint_is_not_a_checkpoint(tmp_path, capsys):
 
 def test_a_full_disk_is_one_message_and_keeps_older_checkpoints(tmp_path, capsys,
                                                                monkeypatch):
+  import orbax.checkpoint as ocp
   saves = []
-  real_save = Checkpointer.save
+  real_save = ocp.CheckpointManager.save
 
-  def save(self, step, tree, meta):
-    if saves:
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  def save(self, step, *args, **kwargs):
+    if saves:  # what TensorStore raises when the disk is full
+      raise ValueError(
+          f'RESOURCE_EXHAUSTED: Error writing local file "{tmp_path}/x": '
+          "No space left on device [os_error_code='28']")
     saves.append(step)
-    real_save(self, step, tree, meta)
+    return real_save(self, step, *args, **kwargs)
 
-  monkeypatch.setattr(Checkpointer, "save", save)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
   code, err = _main(capsys, *TINY, "--method", "static", "--epochs", "3",
                     "--checkpoint-every", "1", "--out-dir", tmp_path)
   assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
