@@ -646,6 +646,9 @@ class Runner:
                        f"the number of devices ({n_dev}).")
     self.eval_batch_size = _round_up(cfg.eval_batch_size, n_dev)
     self.train_source, self.test_source = load_data(cfg)
+    # opened now, so that a bad name fails before training, not after it
+    self.extra_sources = {name: data_lib.get_dataset(name, "test", data_dir=cfg.data_dir)
+                          for name in cfg.extra_eval}
     self.info = self.train_source.info
     steps = len(self.train_source) // cfg.batch_size
     if steps < 1:
@@ -658,7 +661,12 @@ class Runner:
           f"{self.sched.total_steps} steps of a round (--epochs {cfg.epochs} x "
           f"{steps} steps per epoch): later rounds would train 0 steps.")
     root = jax.random.key(cfg.seed)
-    self.init_key, self.mask_key, self.step_key = jax.random.split(root, 3)
+    self.init_key, self.mask_key, step_key = jax.random.split(root, 3)
+    # A global (replicated) array, as everything the checkpoint holds must be
+    # when several processes write it.
+    self.step_key = jax.random.wrap_key_data(
+        jax.device_put(np.asarray(jax.random.key_data(step_key)), self.replicated),
+        impl=jax.random.key_impl(step_key))
     self.fns, self.init_params, self.init_stats, self.forward_flops = make_model(
         cfg, self.info.num_classes, self.info.input_shape, self.init_key)
     self.prunable = make_prunable(cfg)
@@ -710,9 +718,11 @@ class Runner:
   def init_state(self, tx, params, stats):
     opt_state = tx.init(params)
     params = sparse.apply_masks(params, opt_state)
-    # fresh buffers: the train step donates its inputs
-    return jax.device_put((params, stats, opt_state), self.replicated,
-                          may_alias=False)
+    # Fresh global buffers (the train step donates its inputs), put from host
+    # copies: device_put of a process-local array onto a sharding over
+    # several processes' devices gives arrays Orbax cannot save.
+    host = jax.tree.map(np.asarray, (params, stats, opt_state))
+    return jax.device_put(host, self.replicated)
 
   def _initial_state(self):
     """The transformation and state of step 0 (LT/LRR: the dense round, with
@@ -1005,8 +1015,7 @@ class Runner:
         extra_eval={},
         out_dir=self.out_dir,
     )
-    for name in cfg.extra_eval:
-      source = data_lib.get_dataset(name, "test", data_dir=cfg.data_dir)
+    for name, source in self.extra_sources.items():
       summary["extra_eval"][name] = evaluate(
           self.eval_step, params, state["stats"], opt_state, source,
           self.eval_batch_size, self.sharded)["accuracy"]
@@ -1094,6 +1103,16 @@ def _error(message: str) -> None:
   print(f"python -m experiments.train: error: {message}", file=sys.stderr)
 
 
+def _exit_at_once_on_error(exc_type, exc, tb) -> None:
+  """With several processes, an uncaught error ends this process at once: the
+  normal exit waits in JAX's shutdown barrier for peers that wait in a
+  collective for this one (minutes, then SIGABRT)."""
+  import traceback
+  traceback.print_exception(exc_type, exc, tb)
+  sys.stderr.flush()
+  os._exit(1)
+
+
 def main(argv=None) -> int:
   # Before JAX allocates: reuse freed host memory instead of page-faulting
   # each step's temporaries in again (about 20% of a CPU step; see cpu_conv).
@@ -1103,6 +1122,8 @@ def main(argv=None) -> int:
   except ValueError as e:   # a bad --config name or flag value
     _error(e)
     return 2
+  if cfg.distributed:
+    sys.excepthook = _exit_at_once_on_error
   if args.list_configs:
     print("\n".join(configs_lib.list_configs()))
     return 0

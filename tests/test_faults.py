@@ -72,6 +72,7 @@ def _image_folder(root, sizes_by_class, bad=None):
     (["--data-dir", "/nonexistent/data"], "--data-dir"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "--data-dir"),
     (["--resume"], "--resume"),
+    (["--extra-eval", "mnist2d"], "mnist2d"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, flags, flag):
   code, err = _main(capsys, *TINY, "--out-dir", tmp_path / "run", *flags)
