@@ -7,6 +7,9 @@ A *mask tree* has the structure of the params tree. Each leaf is either
 
 Masks are stored as ``bool`` (one byte per weight) and applied with
 ``jnp.where`` so that masked entries are exactly ``0`` whatever the dtype.
+Masks given by a user may also be numeric arrays of exactly 0 and 1
+(:func:`validate_masks`); anything else (scores, NaN) is refused rather than
+cast to ``bool``, which would make it (almost) dense.
 
 Example:
   >>> import jax.numpy as jnp
@@ -24,6 +27,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 MaskTree = Any
@@ -55,10 +59,94 @@ def mask_tree(tree, masks: Optional[MaskTree]):
   return map_masked(lambda m, x: jnp.where(m, x, jnp.zeros_like(x)), masks, tree)
 
 
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_str(path) -> str:
+  """``'/'``-joined keys of a JAX key path, e.g. ``'layer1/conv1/kernel'``.
+
+  Example:
+    >>> import jax
+    >>> tree = {'layer1': {'conv1': {'kernel': 0}}, 'head': [0, 1]}
+    >>> [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    ['head/0', 'head/1', 'layer1/conv1/kernel']
+  """
+  return "/".join(_key_name(k) for k in path)
+
+
+def leaf_name(path) -> str:
+  """:func:`path_str` quoted for messages; ``<root>`` for a bare leaf."""
+  name = path_str(path)
+  return repr(name) if name else "<root>"
+
+
+def _is_traced(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def check_mask_values(masks: MaskTree, name: str = "masks") -> None:
+  """Raises ``ValueError`` naming ``name`` and the leaf unless every mask leaf
+  is ``None``, a ``bool`` array, or a numeric array of exactly 0 and 1.
+
+  Anything else (scores in ``[0, 1)``, NaN, other values) is not a mask: a
+  plain cast to ``bool`` would turn it into an (almost) dense mask. Numeric
+  values must be concrete to be checked: a traced (``jit``) numeric leaf is
+  refused, with a request for ``bool`` masks (``bool`` is always accepted).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> check_mask_values({'w': jnp.array([0., 1.]), 'b': None})
+    >>> check_mask_values({'w': jnp.array([0.2, 0.9])})
+    Traceback (most recent call last):
+    ...
+    ValueError: `masks` leaf 'w' is not a mask: ...
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)
+  for path, m in flat:
+    if m is None:
+      continue
+    where = f"`{name}` leaf {leaf_name(path)}"
+    try:
+      dtype = jnp.result_type(m) if hasattr(m, "dtype") else np.asarray(m).dtype
+    except Exception:  # pylint: disable=broad-except
+      dtype = None
+    kinds = (jnp.bool_, jnp.integer, jnp.floating)
+    if dtype is None or not any(jnp.issubdtype(dtype, k) for k in kinds):
+      raise ValueError(
+          f"{where} is not a mask: expected a bool array (True = active) or "
+          f"a numeric array of exactly 0 and 1; got {type(m).__name__} of "
+          f"dtype {dtype}.")
+    if jnp.issubdtype(dtype, jnp.bool_):
+      continue
+    if _is_traced(m):
+      raise ValueError(
+          f"{where} is a traced {dtype} array whose values cannot be checked "
+          f"to be exactly 0 or 1 (e.g. under jit): give bool masks.")
+    values = np.asarray(m, np.float64)
+    bad = ~((values == 0) | (values == 1))
+    if np.any(bad):
+      raise ValueError(
+          f"{where} is not a mask: its values must be exactly 0 or 1 (or "
+          f"bool); {int(np.sum(bad))} of {values.size} entries are not, e.g. "
+          f"{float(values[bad].ravel()[0])!r} (scores or densities are not "
+          f"masks: select with a threshold or a top-k first).")
+
+
+def as_bool(masks: MaskTree) -> MaskTree:
+  """Mask tree with ``bool`` leaves (after :func:`check_mask_values`)."""
+  return jax.tree.map(lambda m: jnp.asarray(m, bool), masks)
+
+
 def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
   """Raises ``ValueError`` naming ``name`` unless ``masks`` matches ``params``.
 
-  Each leaf must be ``None`` or an array of the param leaf's shape.
+  Each leaf must be ``None`` or an array of the param leaf's shape whose
+  values are a mask (:func:`check_mask_values`: ``bool``, or numeric of
+  exactly 0 and 1). Leaves are named by their :func:`path_str`.
   """
   mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=_is_none)
   try:
@@ -70,13 +158,14 @@ def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
   for path_leaf, m, p in zip(
       jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)[0],
       mask_leaves, param_subtrees):
-    path = jax.tree_util.keystr(path_leaf[0])
     if m is None:
       continue
     if not hasattr(p, "shape") or tuple(jnp.shape(m)) != tuple(jnp.shape(p)):
       raise ValueError(
-          f"`{name}` leaf at {path} has shape {jnp.shape(m)} but the param "
-          f"there has shape {getattr(p, 'shape', type(p).__name__)}.")
+          f"`{name}` leaf {leaf_name(path_leaf[0])} has shape {jnp.shape(m)} "
+          f"but the param there has shape "
+          f"{getattr(p, 'shape', type(p).__name__)}.")
+  check_mask_values(masks, name)
 
 
 def find_masks(state) -> Optional[MaskTree]:

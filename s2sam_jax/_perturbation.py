@@ -22,15 +22,25 @@ Norms are global L2 norms over every leaf, computed in float32. Under
 sparsity the gradient is first masked (``g ← m ⊙ g``), so ``ε`` and its norm
 cover active weights only and the perturbed network is as sparse as the
 trained one. A zero gradient gives ``ε = 0`` (``eps > 0`` keeps 0/0 away).
+
+Non-finite values: if the (masked) gradient has any NaN or ±inf entry, or
+the result would not be finite (a non-finite norm or weight, an overflow),
+``ε = 0`` on every leaf: the next gradient is taken unperturbed, and one bad
+gradient cannot turn every weight (masked ones included) into NaN through
+the global norm. The zeroing is a ``jnp.where`` per leaf (``NaN · 0`` would
+be NaN). NaN or inf at masked entries is dropped by the masking first and
+does not matter. For finite inputs the result is unchanged, bit for bit.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from s2sam_jax import _masks
@@ -48,25 +58,40 @@ def perturbation(
     eps=1e-12,
     masks: Optional[_masks.MaskTree] = None,
     formula: str = "asam",
+    check: bool = True,
 ) -> optax.Updates:
   """Returns the ascent step ``ε`` (float32 leaves, the structure of ``grads``).
+
+  ``ε = 0`` on every leaf when the masked gradient has a non-finite entry or
+  the result would not be finite (module docstring): the stored perturbation
+  is never NaN or inf.
 
   Args:
     grads: gradient ``g`` at the point the perturbation is taken from.
     params: weights ``w`` (used by the adaptive variants only; for
       ``formula="authors"``, the point ``u`` where ``g`` was taken).
-    rho: radius ``ρ >= 0`` (a scalar; may be traced).
+    rho: radius ``ρ``, finite and ``>= 0`` (a scalar; may be traced).
     adaptive: use an adaptive (weight-scaled) radius.
-    eta: ASAM's ``η``.
-    eps: added to the norm.
+    eta: ASAM's ``η``, finite and ``>= 0``.
+    eps: added to the norm, finite and ``> 0``.
     masks: optional mask tree; masked entries of ``g`` are dropped first.
     formula: the adaptive formula, ``"asam"`` or ``"authors"`` (module doc).
+    check: check ``rho``, ``eta``, ``eps`` (where concrete) and ``formula``
+      (:func:`check_hyperparameters`, ``ValueError``). :func:`s2sam_jax.s2sam`
+      and :func:`s2sam_jax.sam` check theirs at construction and pass
+      ``False``, so that a ``rho`` schedule is treated alike in and out of
+      ``jit`` (unchecked; a non-finite value gives ``ε = 0``).
 
   Example:
     >>> import jax.numpy as jnp
     >>> perturbation({'w': jnp.array([3., 4.])}, None, 0.5)['w']
     Array([0.3, 0.4], dtype=float32)
+    >>> perturbation({'w': jnp.array([3., jnp.nan])}, None, 0.5)['w']
+    Array([0., 0.], dtype=float32)
   """
+  if check:
+    check_hyperparameters(rho, eps, eta)
+    check_adaptive_formula(adaptive, formula, name="formula")
   g = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
                    _masks.mask_tree(grads, masks))
   if adaptive and formula == "authors":
@@ -80,8 +105,28 @@ def perturbation(
     step = jax.tree.map(jnp.multiply, scale, direction)
   else:
     direction = step = g
-  factor = rho / (optax.tree.norm(direction) + eps)
-  return optax.tree.scale(factor, step)
+  norm = optax.tree.norm(direction)
+  factor = rho / (norm + eps)
+  return zero_unless_finite(optax.tree.scale(factor, step), norm)
+
+
+def all_finite(tree) -> jax.Array:
+  """Bool scalar: every entry of every leaf of ``tree`` is finite."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
+
+
+def zero_unless_finite(tree, *scalars):
+  """``tree`` if it and ``scalars`` are all finite, else zeros of its leaves.
+
+  A ``jnp.where`` per leaf, so that no NaN survives (``NaN · 0 = NaN``).
+  """
+  ok = all_finite(tree)
+  for x in scalars:
+    ok = ok & jnp.isfinite(x)
+  return jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), tree)
 
 
 def resolve_rho(rho: ScalarOrSchedule, count: jax.Array):
@@ -89,37 +134,65 @@ def resolve_rho(rho: ScalarOrSchedule, count: jax.Array):
   return rho(count) if callable(rho) else rho
 
 
-def _is_concrete_number(x) -> bool:
-  if isinstance(x, jax.core.Tracer):
-    return False
-  return isinstance(x, (numbers.Number, jax.Array)) or hasattr(x, "__array__")
+def _is_traced(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _concrete_float(x, name: str) -> Optional[float]:
+  """``float(x)`` for a concrete real scalar, ``None`` for a traced one;
+  ``ValueError`` naming ``name`` for anything else."""
+  if _is_traced(x):
+    return None
+  if isinstance(x, bool) or (
+      hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.bool_)):
+    raise ValueError(f"`{name}` must be a real number; got {x!r}.")
+  if isinstance(x, numbers.Real):
+    return float(x)
+  try:
+    array = np.asarray(x)
+  except (TypeError, ValueError):
+    raise ValueError(f"`{name}` must be a real number; got {x!r}.") from None
+  if array.ndim != 0 or not (jnp.issubdtype(array.dtype, jnp.integer)
+                             or jnp.issubdtype(array.dtype, jnp.floating)):
+    raise ValueError(f"`{name}` must be a real scalar; got {x!r}.")
+  return float(array)
 
 
 def check_hyperparameters(rho: Any, eps: Any, eta: Any) -> None:
-  """Raises ``ValueError`` for ``rho < 0``, ``eps <= 0`` or ``eta < 0``.
+  """Raises ``ValueError`` naming the argument unless ``rho`` is finite and
+  ``>= 0``, ``eps`` finite and ``> 0`` and ``eta`` finite and ``>= 0``
+  (NaN and ±inf are refused; non-numbers and non-scalars too).
 
-  Traced values (e.g. from ``optax.inject_hyperparams``) and schedules are
-  not checked: they are only known inside ``jit``.
+  Traced values (e.g. from ``optax.inject_hyperparams`` inside ``jit``) and
+  ``rho`` schedules are not checked: their values are only known inside
+  ``jit``. A schedule or traced value that turns out non-finite gives
+  ``ε = 0`` (module docstring), not NaN weights.
   """
-  if not callable(rho) and _is_concrete_number(rho) and float(rho) < 0:
-    raise ValueError(f"`rho` must be >= 0 (or a schedule); got {rho}.")
-  if _is_concrete_number(eps) and not float(eps) > 0:
-    raise ValueError(f"`eps` must be > 0; got {eps}.")
-  if _is_concrete_number(eta) and float(eta) < 0:
-    raise ValueError(f"`eta` must be >= 0; got {eta}.")
+  if not callable(rho):
+    value = _concrete_float(rho, "rho")
+    if value is not None and not (math.isfinite(value) and value >= 0):
+      raise ValueError(
+          f"`rho` must be finite and >= 0 (or a schedule); got {rho!r}.")
+  value = _concrete_float(eps, "eps")
+  if value is not None and not (math.isfinite(value) and value > 0):
+    raise ValueError(f"`eps` must be finite and > 0; got {eps!r}.")
+  value = _concrete_float(eta, "eta")
+  if value is not None and not (math.isfinite(value) and value >= 0):
+    raise ValueError(f"`eta` must be finite and >= 0; got {eta!r}.")
 
 
 ADAPTIVE_FORMULAS = ("asam", "authors")
 
 
-def check_adaptive_formula(adaptive: bool, formula: str) -> None:
+def check_adaptive_formula(adaptive: bool, formula: str,
+                           name: str = "adaptive_formula") -> None:
   """``formula`` is one of :data:`ADAPTIVE_FORMULAS`; ``"authors"`` needs
   ``adaptive=True`` (it would otherwise be silently ignored)."""
-  if formula not in ADAPTIVE_FORMULAS:
-    raise ValueError(f"`adaptive_formula` must be one of {ADAPTIVE_FORMULAS}; "
+  if not isinstance(formula, str) or formula not in ADAPTIVE_FORMULAS:
+    raise ValueError(f"`{name}` must be one of {ADAPTIVE_FORMULAS}; "
                      f"got {formula!r}.")
   if formula == "authors" and not adaptive:
-    raise ValueError("`adaptive_formula='authors'` needs `adaptive=True`.")
+    raise ValueError(f"`{name}='authors'` needs `adaptive=True`.")
 
 
 def mask_source(masks: Optional[_masks.MaskTree], inner_state,

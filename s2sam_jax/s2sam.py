@@ -31,6 +31,16 @@ Under sparsity the perturbation covers active weights only: the masks of an
 inner sparse wrapper (``s2sam(rigl(...))``) are found in its state, or given
 with ``masks=``. ``perturb_pruned=True`` reproduces the authors' dense
 perturbation.
+
+Non-finite gradients: a gradient with any NaN or ±inf entry (after masking)
+gives ``ε_{t+1} = 0`` (also when ``ε_{t+1}`` would overflow its buffer
+dtype), so the next step is taken unperturbed and the stored perturbation is
+never non-finite (:mod:`s2sam_jax._perturbation`). The weights are then
+whatever ``inner`` makes of that gradient: wrap ``inner`` (or any part of
+it, or the whole ``s2sam``) in ``optax.apply_if_finite`` to skip such steps;
+the run recovers on the next finite gradient. Weights masked by an inner
+sparse wrapper stay exactly 0 whatever the gradient (the clean weights;
+with ``perturb_pruned=True`` the held point carries ``ε`` there).
 """
 
 from __future__ import annotations
@@ -82,21 +92,34 @@ def s2sam(
   Args:
     inner: any optax transformation (the base optimizer, possibly a sparse
       wrapper). Extra args given to ``update`` are forwarded to it.
-    rho: perturbation radius ``ρ >= 0``, or a schedule of the step count
-      (``ε_{t+1}`` uses ``rho(t + 1)``).
+    rho: perturbation radius ``ρ``, finite and ``>= 0``, or a schedule of
+      the step count (``ε_{t+1}`` uses ``rho(t + 1)``).
     adaptive: use an adaptive radius (``adaptive_formula``).
     adaptive_formula: ``"asam"``: ASAM's ``T = |w| + η`` scaling;
       ``"authors"``: the authors' ``ρ g³ / ‖|u| g‖``, ``u = w_t + ε_t`` the
       point where ``g`` was taken (module docstring). Needs ``adaptive``.
-    eta: ASAM's ``η >= 0``.
-    eps: ``> 0``, added to the gradient norm (a zero gradient gives ``ε = 0``).
+    eta: ASAM's ``η``, finite and ``>= 0``.
+    eps: finite and ``> 0``, added to the gradient norm (a zero gradient
+      gives ``ε = 0``).
     mode: ``"transparent"`` or ``"explicit"`` (see the module docstring).
-    buffer_dtype: dtype of the stored perturbation; ``None`` keeps each
-      param's dtype, ``jnp.bfloat16`` halves the extra memory of f32 params.
-      The stored (rounded) value is exactly what is applied.
-    masks: mask tree confining ``ε`` to active weights. ``None`` uses the
-      masks of an inner sparse wrapper if there is one.
+    buffer_dtype: a floating dtype for the stored perturbation (e.g.
+      ``jnp.bfloat16``, which halves the extra memory of f32 params, or its
+      name ``"bfloat16"``); ``None`` keeps each param's dtype. Integer, bool
+      and complex dtypes, and names that are not dtypes, are refused
+      (``ValueError``): an integer buffer would store ``ε = 0``. The stored
+      (rounded) value is exactly what is applied.
+    masks: mask tree confining ``ε`` to active weights: ``bool`` leaves (or
+      numeric ones of exactly 0 and 1; anything else is a ``ValueError``
+      naming the leaf) or ``None`` for dense leaves. ``None`` uses the masks
+      of an inner sparse wrapper if there is one. These masks only confine
+      ``ε``; they do not mask the weights (an inner sparse wrapper does).
     perturb_pruned: perturb masked weights too (the authors' code).
+
+  Checks: ``rho``, ``eta`` and ``eps`` given as numbers (or concrete
+  arrays) must be finite, with ``rho >= 0``, ``eta >= 0`` and ``eps > 0``,
+  else ``ValueError`` naming the argument. A ``rho`` schedule, and traced
+  values (``optax.inject_hyperparams`` inside ``jit``), are not checked; a
+  non-finite value there gives ``ε = 0`` for that step.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -118,6 +141,10 @@ def s2sam(
   authors = adaptive and adaptive_formula == "authors"
   if mode not in MODES:
     raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+  buffer_dtype = _check_buffer_dtype(buffer_dtype)
+  if masks is not None:
+    _masks.check_mask_values(masks)
+    masks = _masks.as_bool(masks)
   inner = optax.with_extra_args_support(inner)
   transparent = mode == "transparent"
 
@@ -154,8 +181,14 @@ def s2sam(
     new_eps = _perturbation.perturbation(
         grads, scale_point, _perturbation.resolve_rho(rho, count),
         adaptive=adaptive, eta=eta, eps=eps, formula=adaptive_formula,
-        masks=_perturbation.mask_source(masks, inner_state, perturb_pruned))
+        masks=_perturbation.mask_source(masks, inner_state, perturb_pruned),
+        check=False)
     new_eps = jax.tree.map(lambda e, old: e.astype(old.dtype), new_eps, old_eps)
+    if any(jnp.issubdtype(e.dtype, jnp.floating)
+           and jnp.finfo(e.dtype).max < jnp.finfo(jnp.float32).max
+           for e in jax.tree.leaves(old_eps)):
+      # float16 buffers: a finite float32 ε may overflow when stored.
+      new_eps = _perturbation.zero_unless_finite(new_eps)
 
     if transparent:
       # Aim at the target point itself: where it is exactly 0 (masked), the
@@ -171,6 +204,22 @@ def s2sam(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _check_buffer_dtype(buffer_dtype):
+  """``None`` or a floating dtype, else ``ValueError`` naming the argument."""
+  if buffer_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(buffer_dtype)
+  except (TypeError, ValueError):
+    raise ValueError(f"`buffer_dtype` must be None or a floating dtype (e.g. "
+                     f"jnp.bfloat16); got {buffer_dtype!r}.") from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"`buffer_dtype` must be None or a floating dtype (e.g. jnp.bfloat16); "
+        f"got {dtype}, which cannot hold ε (S2-SAM would be silently off).")
+  return dtype
+
+
 def _find_state(state) -> Optional[S2SAMState]:
   found = [
       s for s in jax.tree.leaves(
@@ -182,22 +231,40 @@ def _find_state(state) -> Optional[S2SAMState]:
   return found[0] if found else None
 
 
+def _paired_leaves(params, s: S2SAMState):
+  """``(leaves, treedef, eps_leaves)``, checked to pair up one to one.
+
+  Leaves are paired in flattening order, so ``params`` may use other
+  container types than the state (e.g. an ``nnx.State`` of ``Param`` against
+  the ``OptVariable`` leaves of ``nnx.Optimizer.opt_state``); the number of
+  leaves and each leaf's shape must match the stored perturbation (no
+  broadcasting), else ``ValueError`` naming the params' leaf.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  eps_leaves = jax.tree.leaves(s.perturbation)
+  if len(flat) != len(eps_leaves):
+    raise ValueError(
+        f"`params` has {len(flat)} leaves but the S2-SAM state perturbs "
+        f"{len(eps_leaves)}: pass the params this optimizer state was "
+        f"initialised with.")
+  for (path, p), e in zip(flat, eps_leaves):
+    if tuple(jnp.shape(p)) != tuple(jnp.shape(e)):
+      raise ValueError(
+          f"`params` leaf {_masks.leaf_name(path)} has shape "
+          f"{tuple(jnp.shape(p))} but the S2-SAM state's perturbation there "
+          f"has shape {tuple(jnp.shape(e))}.")
+  return [p for _, p in flat], treedef, eps_leaves
+
+
 def _shift(params, state, sign_if_in_params: float, sign_if_explicit: float):
   """``params + sign · ε_t`` with the sign chosen by the state's mode.
 
-  Pairs leaves in flattening order, so ``params`` may use other container
-  types than the state (e.g. an ``nnx.State`` of ``Param`` against the
-  ``OptVariable`` leaves of ``nnx.Optimizer.opt_state``).
+  Pairs leaves as :func:`_paired_leaves` (checked counts and shapes).
   """
   s = _find_state(state)
   if s is None:
     return params
-  leaves, treedef = jax.tree.flatten(params)
-  eps_leaves = jax.tree.leaves(s.perturbation)
-  if len(leaves) != len(eps_leaves):
-    raise ValueError(
-        f"`params` has {len(leaves)} leaves but the S2-SAM state perturbs "
-        f"{len(eps_leaves)}.")
+  leaves, treedef, eps_leaves = _paired_leaves(params, s)
   in_params = jax.tree.leaves(s.in_params)[0]
   sign = jnp.where(in_params, sign_if_in_params, sign_if_explicit)
   return treedef.unflatten([
@@ -212,6 +279,10 @@ def unperturbed(params, state):
   wrapper's masks, so that pruned weights are exactly 0 also when
   ``perturb_pruned=True`` put ``ε ≠ 0`` there); in explicit mode, or with no
   S2-SAM in the state, returns ``params`` unchanged.
+
+  ``params`` may use other container types than the state (leaves are
+  paired in flattening order), but must have as many leaves as the state's
+  perturbation, each of the same shape: else ``ValueError`` naming the leaf.
   """
   s = _find_state(state)
   if s is None:
@@ -232,6 +303,7 @@ def perturbed(params, state):
   """The point ``w_t + ε_t`` at which S2-SAM takes the next gradient.
 
   In explicit mode returns ``params + ε_t``; in transparent mode ``params``
-  already is that point and is returned unchanged.
+  already is that point and is returned unchanged. Leaf counts and shapes
+  are checked as in :func:`unperturbed`.
   """
   return _shift(params, state, 0.0, 1.0)

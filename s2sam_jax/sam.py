@@ -12,6 +12,13 @@ ASAM-adaptive, masked to active weights under sparsity) is the same code as
 ``optax.contrib.sam(inner, optax.chain(normalize(), optax.sgd(rho)),
 opaque_mode=True)`` except that the norm has ``eps`` added (no NaN at a zero
 gradient).
+
+Non-finite gradients: if ``g_t`` has any NaN or ±inf entry (after masking),
+``ε_t = 0`` and the second gradient is taken at ``w_t`` itself
+(:mod:`s2sam_jax._perturbation`): ``ε_t`` is never NaN or inf. What
+``inner`` does with a non-finite ``g̃_t`` is its own business: wrap it (or
+the whole ``sam``) in ``optax.apply_if_finite`` to skip such steps. Weights
+masked by an inner sparse wrapper stay exactly 0 whatever the gradient.
 """
 
 from __future__ import annotations
@@ -53,16 +60,24 @@ def sam(
 
   Args:
     inner: any optax transformation (possibly a sparse wrapper).
-    rho: radius ``ρ >= 0`` or a schedule of the step count.
+    rho: radius ``ρ``, finite and ``>= 0``, or a schedule of the step count.
     adaptive: use an adaptive radius (``adaptive_formula``).
     adaptive_formula: ``"asam"``: ASAM's ``T = |w| + η``; ``"authors"``: the
       two-step adaptive branch of the S2-SAM authors' ``sam.py`` (from
       davda54/sam), ``T = |w|``, i.e. ASAM with ``η = 0``. Needs ``adaptive``.
-    eta: ASAM's ``η >= 0``.
-    eps: ``> 0``, added to the gradient norm.
-    masks: mask tree confining ``ε``; ``None`` uses an inner sparse
-      wrapper's masks if there is one.
+    eta: ASAM's ``η``, finite and ``>= 0``.
+    eps: finite and ``> 0``, added to the gradient norm.
+    masks: mask tree confining ``ε``: ``bool`` leaves (or numeric ones of
+      exactly 0 and 1; anything else is a ``ValueError`` naming the leaf) or
+      ``None`` for dense leaves. ``None`` uses an inner sparse wrapper's
+      masks if there is one. They do not mask the weights.
     perturb_pruned: perturb masked weights too.
+
+  Checks: ``rho``, ``eta`` and ``eps`` given as numbers (or concrete
+  arrays) must be finite, with ``rho >= 0``, ``eta >= 0`` and ``eps > 0``,
+  else ``ValueError`` naming the argument. A ``rho`` schedule, and traced
+  values (``optax.inject_hyperparams`` inside ``jit``), are not checked; a
+  non-finite value there gives ``ε = 0`` for that step.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -79,6 +94,9 @@ def sam(
   _perturbation.check_adaptive_formula(adaptive, adaptive_formula)
   if adaptive and adaptive_formula == "authors":
     eta = 0.0
+  if masks is not None:
+    _masks.check_mask_values(masks)
+    masks = _masks.as_bool(masks)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -98,7 +116,8 @@ def sam(
         grads, params, _perturbation.resolve_rho(rho, state.count),
         adaptive=adaptive, eta=eta, eps=eps,
         masks=_perturbation.mask_source(masks, state.inner_state,
-                                        perturb_pruned))
+                                        perturb_pruned),
+        check=False)
     ascent_point = jax.tree.map(lambda p, e: p + e.astype(p.dtype),
                                 params, eps_t)
     ascent_grads = grad_fn(ascent_point)

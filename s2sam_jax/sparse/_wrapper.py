@@ -126,18 +126,27 @@ def raw_key(key) -> jax.Array:
 # ---------------------------------------------------------------- mask setup
 
 
-def _as_bool_masks(masks: MaskTree) -> MaskTree:
-  return jax.tree.map(lambda m: jnp.asarray(m, bool), masks)
+def check_user_masks(masks: Optional[MasksOrFn]) -> Optional[MasksOrFn]:
+  """Checks the values of a given mask tree at construction (a function
+  ``params -> masks`` is checked when ``init`` calls it)."""
+  if masks is not None and not callable(masks):
+    _masks.check_mask_values(masks, "masks")
+  return masks
 
 
 def initial_masks(params, masks: Optional[MasksOrFn], *, sparsity, distribution,
                   key, power, overrides, prunable) -> MaskTree:
   """Explicit ``masks`` (tree or ``params -> tree``), else random masks with
-  exactly ``count_for_density(n, d_l)`` active weights per layer."""
+  exactly ``count_for_density(n, d_l)`` active weights per layer.
+
+  Explicit masks must match ``params`` and be masks (``bool``, or numeric of
+  exactly 0 and 1; :func:`s2sam_jax._masks.validate_masks`); they are stored
+  as ``bool``.
+  """
   if masks is not None:
     tree = masks(params) if callable(masks) else masks
     _masks.validate_masks(tree, params, "masks")
-    return _as_bool_masks(tree)
+    return _masks.as_bool(tree)
   densities = distributions.layer_densities(
       params, sparsity, distribution, power=power, overrides=overrides,
       prunable=prunable)
@@ -152,6 +161,14 @@ def check_mask_source(sparsity, masks, name: str = "sparsity") -> None:
                      f"{name}={sparsity!r}, masks={'given' if masks is not None else None}.")
   if sparsity is not None:
     check_sparsity(sparsity, name)
+  check_user_masks(masks)
+
+
+def check_density_args(power, overrides) -> None:
+  """At construction: ``power`` and ``overrides`` as :func:`layer_densities`
+  checks them at ``init`` (a bad regex fails here, naming `overrides`)."""
+  distributions.check_power(power)
+  distributions.check_overrides(overrides)
 
 
 def layer_keys(key: jax.Array, n: int):

@@ -68,23 +68,7 @@ def _is_none(x) -> bool:
   return x is None
 
 
-def _key_name(key) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def path_str(path) -> str:
-  """``'/'``-joined keys of a JAX key path, e.g. ``'layer1/conv1/kernel'``.
-
-  Example:
-    >>> import jax
-    >>> tree = {'layer1': {'conv1': {'kernel': 0}}, 'head': [0, 1]}
-    >>> [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    ['head/0', 'head/1', 'layer1/conv1/kernel']
-  """
-  return "/".join(_key_name(k) for k in path)
+path_str = _masks.path_str
 
 
 def default_prunable(path, leaf) -> bool:
@@ -118,9 +102,51 @@ def _check_sparsity(sparsity, name="sparsity") -> float:
   return sparsity
 
 
+def compile_pattern(pattern, name: str) -> "re.Pattern":
+  """``re.compile(pattern)``, or ``ValueError`` naming ``name`` and the pattern."""
+  if not isinstance(pattern, str):
+    raise ValueError(f"`{name}` keys must be regex strings; got "
+                     f"{pattern!r} ({type(pattern).__name__}).")
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise ValueError(
+        f"`{name}` has an invalid regex {pattern!r}: {e}.") from None
+
+
+def check_overrides(overrides, name: str = "overrides") -> dict:
+  """``overrides`` as ``{compiled regex: sparsity}``, checked.
+
+  Raises ``ValueError`` naming ``name`` for a mapping that is not one, a key
+  that is not a valid regex, or a sparsity outside ``[0, 1)``. ``None`` is
+  ``{}``.
+  """
+  if overrides is None:
+    return {}
+  try:
+    items = list(dict(overrides).items())
+  except (TypeError, ValueError):
+    raise ValueError(f"`{name}` must be a mapping {{regex: sparsity}}; got "
+                     f"{overrides!r}.") from None
+  return {compile_pattern(pattern, name):
+          _check_sparsity(value, f"{name}[{pattern!r}]")
+          for pattern, value in items}
+
+
+def check_power(power) -> float:
+  """``power`` as a finite float ``>= 0``, else ``ValueError``."""
+  try:
+    value = float(power)
+  except (TypeError, ValueError):
+    value = math.nan
+  if not (value >= 0.0 and math.isfinite(value)):
+    raise ValueError(f"`power` must be a finite float >= 0; got {power!r}.")
+  return value
+
+
 def _override_for(path: str, overrides) -> Optional[float]:
   for pattern, value in overrides.items():
-    if re.search(pattern, path):
+    if pattern.search(path):
       return value
   return None
 
@@ -170,7 +196,8 @@ def layer_densities(params, sparsity: float, distribution: str = "erk", *,
     overrides: ``{regex: sparsity}``; a prunable leaf whose :func:`path_str`
       matches a regex (``re.search``, first match in mapping order wins) gets
       that fixed sparsity and is excluded from the budget. ``0.0`` leaves it
-      unmasked (density ``None``).
+      unmasked (density ``None``). An invalid regex (or a key that is not a
+      string) is a ``ValueError`` naming ``overrides`` and the pattern.
     prunable: predicate ``prunable(path, leaf)``; default: rank >= 2 leaves.
 
   Returns:
@@ -187,13 +214,8 @@ def layer_densities(params, sparsity: float, distribution: str = "erk", *,
   if distribution not in DISTRIBUTIONS:
     raise ValueError(
         f"`distribution` must be one of {DISTRIBUTIONS}; got {distribution!r}.")
-  power = float(power)
-  if not (power >= 0.0 and math.isfinite(power)):
-    raise ValueError(f"`power` must be a finite float >= 0; got {power}.")
-  overrides = dict(overrides or {})
-  for pattern, value in overrides.items():
-    re.compile(pattern)
-    _check_sparsity(value, f"overrides[{pattern!r}]")
+  power = check_power(power)
+  overrides = check_overrides(overrides)
 
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   densities = [None] * len(leaves_with_path)

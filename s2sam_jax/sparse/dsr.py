@@ -35,6 +35,7 @@ last start ``<= t``, as DSR's ``(i + current_iteration) % rewire_period``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Mapping, NamedTuple, Optional, Union
 
 import jax
@@ -221,6 +222,7 @@ def dsr(
     26
   """
   _wrapper.check_mask_source(sparsity, masks)
+  _wrapper.check_density_args(power, overrides)
   _wrapper.check_distribution(distribution)
   periods = _check_period_schedule(update_every)
   if end_step is not None:
@@ -229,7 +231,8 @@ def dsr(
     _wrapper.check_open_fraction(target_fraction, "target_fraction")
   else:
     _wrapper.check_int(target_count, "target_count", 1)
-  if not (isinstance(init_threshold, (int, float)) and init_threshold > 0
+  if not (isinstance(init_threshold, numbers.Real)
+          and not isinstance(init_threshold, bool) and init_threshold > 0
           and np.isfinite(init_threshold)):
     raise ValueError(f"`init_threshold` must be a finite float > 0; "
                      f"got {init_threshold!r}.")

@@ -32,13 +32,27 @@ from s2sam_jax.sparse import distributions
 def gmp_sparsity(t, final_sparsity, initial_sparsity, begin_step, end_step):
   """``s_f + (s_i − s_f)(1 − p)³`` with ``p = clip((t − t0)/(end − t0), 0, 1)``.
 
+  ``final_sparsity`` and ``initial_sparsity`` must be in ``[0, 1)`` and
+  ``end_step > begin_step >= 0`` (integers), else ``ValueError`` (``end_step
+  == begin_step`` would divide by zero); ``t`` may be traced.
+
   Example:
     >>> round(float(gmp_sparsity(50, 0.9, 0.0, 0, 100)), 4)
     0.7875
   """
+  _check_schedule(final_sparsity, initial_sparsity, begin_step, end_step)
   p = jnp.clip((jnp.asarray(t, jnp.float32) - begin_step)
                / float(end_step - begin_step), 0.0, 1.0)
   return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
+
+
+def _check_schedule(final_sparsity, initial_sparsity, begin_step, end_step):
+  _wrapper.check_sparsity(final_sparsity, "final_sparsity")
+  _wrapper.check_sparsity(initial_sparsity, "initial_sparsity")
+  _wrapper.check_int(begin_step, "begin_step", 0)
+  if _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
+    raise ValueError(f"`end_step` must be > begin_step={begin_step}; "
+                     f"got {end_step}.")
 
 
 def gmp_sparsity_np(t, final_sparsity, initial_sparsity, begin_step, end_step):
@@ -95,6 +109,7 @@ def gmp(
     raise ValueError(f"`initial_sparsity` must be <= sparsity={sparsity}; "
                      f"got {initial_sparsity}.")
   _wrapper.check_distribution(distribution)
+  _wrapper.check_density_args(power, overrides)
   _wrapper.check_int(update_every, "update_every", 1)
   _wrapper.check_int(begin_step, "begin_step", 0)
   if _wrapper.check_int(end_step, "end_step", 0) <= begin_step:

@@ -263,6 +263,7 @@ def mest(
     15
   """
   _wrapper.check_mask_source(sparsity, masks)
+  _wrapper.check_density_args(power, overrides)
   _wrapper.check_choice(variant, "variant", VARIANTS)
   _wrapper.check_distribution(distribution)
   _wrapper.check_int(update_every, "update_every", 1)

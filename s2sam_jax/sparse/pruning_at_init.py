@@ -48,12 +48,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from s2sam_jax import _masks
 from s2sam_jax.sparse.distributions import (Prunable, _check_sparsity,
                                             _keep_top_k_host, count_for_density,
                                             default_prunable)
@@ -63,6 +65,38 @@ SCOPES = ("layer", "global")
 
 def _is_none(x) -> bool:
   return x is None
+
+
+def _is_traced(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _check_finite_loss(loss, what: str) -> None:
+  """``ValueError`` if a concrete ``loss`` is NaN or ±inf: every score would
+  be NaN, and NaN scores rank last, so whole layers would be cut."""
+  if _is_traced(loss):
+    return
+  value = float(np.asarray(loss))
+  if not math.isfinite(value):
+    raise ValueError(
+        f"{what}: the loss is not finite ({value}) at the given params/batch; "
+        f"the scores would be NaN and the masks meaningless (whole layers "
+        f"cut). Check the params, the batch and `loss_fn`.")
+
+
+def _check_finite_scores(scores, what: str, cause: str) -> None:
+  """``ValueError`` naming the first leaf of concrete ``scores`` with a NaN or
+  ±inf entry."""
+  for path, s in jax.tree_util.tree_flatten_with_path(scores)[0]:
+    if _is_traced(s):
+      continue
+    values = np.asarray(s, np.float32)
+    bad = int(np.sum(~np.isfinite(values)))
+    if bad:
+      raise ValueError(
+          f"{what}: {bad} of {values.size} scores of leaf "
+          f"{_masks.leaf_name(path)} are not finite: {cause} is not finite "
+          f"at the given params/batch.")
 
 
 def _prunable_flags(params, prunable: Prunable):
@@ -148,6 +182,9 @@ def magnitude_masks(params, densities=None, *, sparsity: Optional[float] = None,
     scope: ``'layer'`` or ``'global'``.
     prunable: which leaves are masked (global scope and uniform layer scope).
 
+  A NaN or ±inf weight is a ``ValueError`` naming its leaf (NaN would rank
+  last and inf first, silently).
+
   Example:
     >>> import jax.numpy as jnp
     >>> p = {'w': jnp.array([[3., -1.], [0.5, -4.]]), 'b': jnp.ones(2)}
@@ -158,6 +195,7 @@ def magnitude_masks(params, densities=None, *, sparsity: Optional[float] = None,
   if scope not in SCOPES:
     raise ValueError(f"`scope` must be one of {SCOPES}; got {scope!r}.")
   scores = jax.tree.map(lambda w: np.abs(np.asarray(w, np.float32)), params)
+  _check_finite_scores(scores, "magnitude_masks", "`params` (|w|)")
   if scope == "global":
     if densities is not None:
       raise ValueError("`densities` is for scope='layer'; use `sparsity` for scope='global'.")
@@ -173,9 +211,16 @@ def magnitude_masks(params, densities=None, *, sparsity: Optional[float] = None,
 
 
 def snip_scores(loss_fn, params, batch):
-  """SNIP connection sensitivity ``|∂L/∂w ⊙ w|`` on one batch (a tree)."""
-  grads = jax.grad(loss_fn)(params, batch)
-  return jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params)
+  """SNIP connection sensitivity ``|∂L/∂w ⊙ w|`` on one batch (a tree).
+
+  Raises ``ValueError`` if the loss or a score is not finite (when concrete,
+  i.e. outside ``jit``).
+  """
+  loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+  _check_finite_loss(loss, "SNIP")
+  scores = jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params)
+  _check_finite_scores(scores, "SNIP", "the loss gradient (or a weight)")
+  return scores
 
 
 def snip_masks(loss_fn, params, batch, sparsity: Optional[float] = None, *,
@@ -193,6 +238,9 @@ def snip_masks(loss_fn, params, batch, sparsity: Optional[float] = None, *,
 
   The official SNIP scores with BN in eval mode (initial moving statistics)
   and ranks biases too; pass a ``prunable`` that selects them to match.
+
+  A loss or score that is not finite is a ``ValueError`` (NaN scores would
+  rank last and silently cut whole layers).
   """
   scores = snip_scores(loss_fn, params, batch)
   return _layer_or_global(scores, params, sparsity, densities, prunable, "snip_masks")
@@ -202,15 +250,23 @@ def grasp_scores(loss_fn, params, batch, temperature: float = 200.0):
   """GraSP scores ``-w ⊙ (H g)``, signed, with ``g = ∇L`` held fixed.
 
   ``loss_fn(params, batch, temperature)`` must divide its logits by
-  ``temperature``. ``H g`` is ``jax.jvp`` of ``jax.grad`` (forward-over-reverse).
+  ``temperature`` (finite, ``> 0``). ``H g`` is ``jax.jvp`` of ``jax.grad``
+  (forward-over-reverse). Raises ``ValueError`` if the loss or a score is
+  not finite (when concrete, i.e. outside ``jit``).
   """
   temperature = float(temperature)
-  if not temperature > 0.0:
-    raise ValueError(f"`temperature` must be > 0; got {temperature}.")
-  grad_fn = jax.grad(lambda p: loss_fn(p, batch, temperature))
-  g = jax.lax.stop_gradient(grad_fn(params))
+  if not (temperature > 0.0 and math.isfinite(temperature)):
+    raise ValueError(f"`temperature` must be finite and > 0; got {temperature}.")
+  loss_at = lambda p: loss_fn(p, batch, temperature)
+  grad_fn = jax.grad(loss_at)
+  loss, g = jax.value_and_grad(loss_at)(params)
+  _check_finite_loss(loss, "GraSP")
+  g = jax.lax.stop_gradient(g)
   _, hg = jax.jvp(grad_fn, (params,), (g,))
-  return jax.tree.map(lambda w, h: -w * h, params, hg)
+  scores = jax.tree.map(lambda w, h: -w * h, params, hg)
+  _check_finite_scores(scores, "GraSP",
+                       "the Hessian-gradient product (or a weight)")
+  return scores
 
 
 def grasp_masks(loss_fn, params, batch, sparsity: float, *,
@@ -227,6 +283,9 @@ def grasp_masks(loss_fn, params, batch, sparsity: float, *,
   statistics) inside ``loss_fn``; scores taken on a copy of the params whose
   dense layers are re-initialised (Xavier normal), the masks then applied to
   the original params.
+
+  A loss or score that is not finite is a ``ValueError`` (NaN scores would
+  rank last and silently cut whole layers).
   """
   sparsity = _check_sparsity(sparsity)
   scores = grasp_scores(loss_fn, params, batch, temperature)

@@ -51,15 +51,23 @@ def drop_fraction_schedule(drop_fraction: float, begin_step: int,
                            schedule: str = "cosine") -> Callable:
   """``t -> f_t``: ``α`` (constant) or ``α/2 (1 + cos(π min(t−b, T)/T))``.
 
+  ``α`` must be in ``(0, 1)`` and, for the cosine, ``end_step > begin_step
+  >= 0`` (integers), else ``ValueError`` (a NaN ``α`` or ``T = 0`` would give
+  a NaN fraction, hence a meaningless swap count).
+
   Example:
     >>> f = drop_fraction_schedule(0.3, 0, 100)
     >>> round(float(f(50)), 4)
     0.15
   """
   _wrapper.check_choice(schedule, "drop_schedule", DROP_SCHEDULES)
-  alpha = float(drop_fraction)
+  alpha = _wrapper.check_open_fraction(drop_fraction, "drop_fraction")
   if schedule == "constant":
     return lambda t: jnp.full([], alpha, jnp.float32)
+  _wrapper.check_int(begin_step, "begin_step", 0)
+  if end_step is None or _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
+    raise ValueError(f"`end_step` must be an integer > begin_step={begin_step} "
+                     f"for the cosine schedule; got {end_step!r}.")
   span = float(end_step - begin_step)
 
   def cosine(t):
@@ -133,6 +141,7 @@ def prune_regrow_wrapper(inner, sparsity, *, grow_score_fn, distribution,
                          prunable, mask_gradients, skip_update_step):
   """Shared constructor of :func:`rigl` and :func:`set_`."""
   _wrapper.check_mask_source(sparsity, masks)
+  _wrapper.check_density_args(power, overrides)
   _wrapper.check_distribution(distribution)
   check_schedule_args(update_every, drop_fraction, begin_step, end_step,
                       drop_schedule)
@@ -197,7 +206,8 @@ def rigl(
     drop_fraction: ``α`` in ``(0, 1)``.
     drop_schedule: ``'cosine'`` or ``'constant'``.
     begin_step: first update step (RigL updates at ``t = begin_step``).
-    masks: explicit initial mask tree, or ``params -> masks``.
+    masks: explicit initial mask tree, or ``params -> masks`` (bool, or
+      numeric of exactly 0 and 1, as :func:`static_masks` checks them).
     key: int seed or JAX PRNG key (initial masks).
     power, overrides, prunable: see :func:`layer_densities`.
     mask_gradients: mask the gradient given to ``inner`` (reference §1.2b);

@@ -33,6 +33,9 @@ def static_masks(
     masks: mask tree (bool array of the param's shape per masked leaf, None
       for dense leaves), or a function ``params -> mask tree`` called by
       ``init`` (e.g. a magnitude pruner). Checked against params at ``init``.
+      Numeric leaves must be exactly 0 or 1 (stored as bool); anything else
+      (scores, NaN) is a ``ValueError`` naming the leaf, and so is a numeric
+      leaf that is traced (``init`` under ``jit``): give bool masks there.
     mask_gradients: mask the gradient given to ``inner`` (reference §1.2b).
 
   Returns:
@@ -55,6 +58,7 @@ def static_masks(
   if masks is None:
     raise ValueError("`masks` must be a mask tree or a function params -> "
                      "masks; got None.")
+  _wrapper.check_user_masks(masks)
 
   def init(params):
     return _wrapper.initial_masks(
@@ -100,6 +104,7 @@ def static_random(
   """
   sparsity = _wrapper.check_sparsity(sparsity)
   _wrapper.check_distribution(distribution)
+  _wrapper.check_density_args(power, overrides)
   key = _wrapper.raw_key(key)
 
   def masks_fn(params):

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Optional, Tuple
 
 import jax
@@ -207,9 +208,11 @@ def mask_overlap(masks_a, masks_b) -> MaskOverlap:
   """How much two mask trees agree, per layer and globally.
 
   Both trees must have the same structure with ``None`` (dense) at the same
-  leaves; dense leaves are skipped. Reports ``|a|``, ``|b|``, ``|a ∧ b|``,
-  ``|a ∨ b|``, IoU ``|a ∧ b| / |a ∨ b|`` and the shared fraction
-  ``|a ∧ b| / |a|``; the global row pools all masked layers.
+  leaves; dense leaves are skipped. Leaves must be masks (``bool``, or
+  numeric of exactly 0 and 1), else ``ValueError`` naming the leaf.
+  Reports ``|a|``, ``|b|``, ``|a ∧ b|``, ``|a ∨ b|``, IoU
+  ``|a ∧ b| / |a ∨ b|`` and the shared fraction ``|a ∧ b| / |a|``; the
+  global row pools all masked layers.
 
   Example:
     >>> import jax.numpy as jnp
@@ -219,6 +222,8 @@ def mask_overlap(masks_a, masks_b) -> MaskOverlap:
     >>> o.iou, o.shared_fraction
     (0.3333333333333333, 0.5)
   """
+  _masks.check_mask_values(masks_a, "masks_a")
+  _masks.check_mask_values(masks_b, "masks_b")
   flat_a, flat_b = _flat_with_paths(masks_a), _flat_with_paths(masks_b)
   def_a = jax.tree.structure(masks_a, is_leaf=_is_none)
   def_b = jax.tree.structure(masks_b, is_leaf=_is_none)
@@ -277,7 +282,11 @@ def _density_by_path(densities) -> dict:
   for path, d in items:
     if d is None:
       continue
-    d = float(np.mean(np.asarray(d, np.float64))) if np.ndim(d) else float(d)
+    if np.ndim(d):  # a mask leaf: its active fraction
+      _masks.check_mask_values({path: d}, "densities")
+      d = float(np.mean(np.asarray(d, np.float64)))
+    else:
+      d = float(d)
     if not 0.0 <= d <= 1.0:
       raise ValueError(f"`densities` entry {path!r} must be in [0, 1]; got {d}.")
     out[path] = d
@@ -318,11 +327,13 @@ def training_flops(forward_flops: Mapping[str, float], densities: Any = None, *,
   step is doubled.
 
   Args:
-    forward_flops: ``{path: dense forward FLOPs}``, paths as
-      :func:`path_str` writes them; add e.g. ``'other'`` for non-layer FLOPs.
+    forward_flops: ``{path: dense forward FLOPs}`` (finite, ``>= 0``), paths
+      as :func:`path_str` writes them; add e.g. ``'other'`` for non-layer
+      FLOPs.
     densities: ``{path: density}``, a ``layer_densities`` tree or a mask tree
-      (the active fraction per leaf); ``None`` entries and missing paths are
-      dense. Every density must name a path in ``forward_flops``.
+      (the active fraction per leaf; array leaves must be masks: ``bool`` or
+      exactly 0 and 1); ``None`` entries and missing paths are dense. Every
+      density must name a path in ``forward_flops``.
     method: one of :data:`METHODS`.
     optimizer: one of ``'base'``, ``'s2sam'``, ``'sam'``.
     steps: number of training steps ``>= 1``.
@@ -346,8 +357,9 @@ def training_flops(forward_flops: Mapping[str, float], densities: Any = None, *,
     if not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f"`{name}` must be an integer >= {low}; got {value!r}.")
   flops = {k: float(v) for k, v in forward_flops.items()}
-  if not flops or any(v < 0 for v in flops.values()):
-    raise ValueError("`forward_flops` must map layer paths to FLOPs >= 0.")
+  if not flops or not all(math.isfinite(v) and v >= 0 for v in flops.values()):
+    raise ValueError("`forward_flops` must map layer paths to finite FLOPs "
+                     f">= 0; got {forward_flops!r}.")
   dens = {} if densities is None or method == "dense" else _density_by_path(densities)
   unknown = sorted(set(dens) - set(flops))
   if unknown:
@@ -359,6 +371,11 @@ def training_flops(forward_flops: Mapping[str, float], densities: Any = None, *,
     per_step = 3.0 * (f_dense if method == "dense" else f_sparse)
     total = per_step * steps
   elif method == "rigl":
+    if end_step is not None and (
+        not isinstance(end_step, (int, np.integer)) or isinstance(end_step, bool)
+        or end_step <= begin_step):
+      raise ValueError(f"method='rigl' needs `end_step` None or an integer > "
+                       f"begin_step={begin_step}; got {end_step!r}.")
     t = np.arange(steps)
     stop = steps if end_step is None else end_step
     n_updates = int(np.sum((t >= begin_step) & (t < stop)
