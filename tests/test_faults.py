@@ -258,6 +258,8 @@ def test_a_signal_checkpoints_and_resume_is_bit_exact(tmp_path, signum):
   assert err.strip().count("\n") == 0
   steps = finished_steps(str(tmp_path / "cut" / "checkpoints"))
   assert steps and steps[-1] < 300 * 8            # stopped early, checkpointed
+  if signum != signal.SIGINT:   # the same code path; compare once
+    return
   resumed, _ = run(tmp_path / "cut", *flags, "--resume")
   full, _ = run(tmp_path / "full", *flags)
   for a, b in zip(leaves(full.final_state), leaves(resumed.final_state)):

@@ -1,0 +1,236 @@
+"""Tables and figures from the studies' ``runs.jsonl`` files.
+
+``python -m experiments.report`` reads every
+``experiments/results/<study>/runs.jsonl`` (one row per finished run, written
+by :mod:`experiments.study`) and writes, next to it:
+
+* ``table.md`` / ``table.csv``: the paper's Table 1 layout, one row per
+  method (and distribution), one column per sparsity, each cell
+  ``original → S2-SAM (gain)`` of the mean final test accuracy over seeds
+  (``± std``); SAM's column where the study has it.
+* ``paired.md`` / ``paired.csv``: per cell, the paired difference
+  (S2-SAM − original, and SAM − original) over the seeds both arms ran:
+  mean, 95 % Student-t interval, wins out of pairs. Seeds pair the arms: the
+  same seed gives the same init, data order and initial masks.
+* ``gain_vs_sparsity.png`` when a method was run at several sparsities.
+
+The headline is the **final** test accuracy; the best accuracy over epochs
+selects on the test set and appears only in ``paired.csv``, labelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+import math
+import os
+import sys
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+METHOD_LABELS = {
+    "dense": "Dense", "static": "Static random", "magnitude": "Magnitude at init",
+    "snip": "SNIP", "grasp": "GraSP", "set": "SET", "dsr": "DSR", "rigl": "RigL",
+    "mest-em": "MEST (EM)", "mest-ems": "MEST (EM&S)", "gmp": "GMP", "lt": "LT",
+    "lrr": "LRR"}
+CellKey = Tuple[str, str, str, str, float]   # dataset, model, method, distribution, sparsity
+
+
+class Paired(NamedTuple):
+  """Paired differences ``arm − original`` of one cell over seeds."""
+  n: int
+  mean: float
+  low: float        # 95% t-interval
+  high: float
+  wins: int         # seeds where the arm beat original
+
+
+def read_runs(path: str) -> List[Dict[str, Any]]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def row_label(method: str, distribution: str, methods_with_two: Iterable[str] = ("rigl",)) -> str:
+  label = METHOD_LABELS.get(method, method)
+  if method in methods_with_two:
+    label += f" ({distribution.upper() if distribution != 'uniform' else 'uniform'})"
+  return label
+
+
+def cell_key(r: Dict[str, Any]) -> CellKey:
+  return (r["dataset"], r["model"], r["method"], r["distribution"], float(r["sparsity"]))
+
+
+def by_cell(rows: Iterable[Dict[str, Any]], metric: str = "final_test_accuracy"):
+  """``{cell: {mode: {seed: value}}}``."""
+  out: Dict[CellKey, Dict[str, Dict[int, float]]] = collections.defaultdict(
+      lambda: collections.defaultdict(dict))
+  for r in rows:
+    out[cell_key(r)][r["mode"]][int(r["seed"])] = float(r[metric])
+  return out
+
+
+def paired(base: Dict[int, float], arm: Dict[int, float]) -> Optional[Paired]:
+  """Paired statistics over the seeds both arms ran (None if fewer than 2)."""
+  seeds = sorted(set(base) & set(arm))
+  if len(seeds) < 2:
+    return None
+  d = np.asarray([arm[s] - base[s] for s in seeds])
+  mean, sem = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+  half = float(scipy_stats.t.ppf(0.975, len(d) - 1)) * sem
+  return Paired(len(d), mean, mean - half, mean + half, int(np.sum(d > 0)))
+
+
+def _mean_std(values: Dict[int, float]) -> str:
+  v = np.asarray(list(values.values())) * 100
+  if not len(v):
+    return "–"
+  return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+
+def table1(rows: List[Dict[str, Any]]) -> Tuple[str, List[List[str]]]:
+  """Markdown and CSV rows of Table 1 (mean final accuracy, %, over seeds)."""
+  cells = by_cell(rows)
+  groups = sorted({k[:2] for k in cells})
+  md, table = [], [["dataset", "model", "method", "sparsity", "original", "s2sam",
+                    "gain", "sam", "seeds"]]
+  for dataset, model in groups:
+    keys = [k for k in cells if k[:2] == (dataset, model)]
+    levels = sorted({k[4] for k in keys})
+    methods = sorted({k[2:4] for k in keys},
+                     key=lambda m: (list(METHOD_LABELS).index(m[0])
+                                    if m[0] in METHOD_LABELS else 99, m[1]))
+    md += [f"### {dataset}, {model}", "",
+           "| method | " + " | ".join(f"{s:g}" for s in levels) + " |",
+           "|---|" + "---|" * len(levels)]
+    for method, dist in methods:
+      entries = []
+      for s in levels:
+        arms = cells.get((dataset, model, method, dist, s))
+        if not arms:
+          entries.append("")
+          continue
+        orig, s2 = arms.get("original", {}), arms.get("s2sam", {})
+        gain = ""
+        if orig and s2:
+          gain = f" ({100 * (np.mean(list(s2.values())) - np.mean(list(orig.values()))):+.2f})"
+        text = f"{_mean_std(orig)} → {_mean_std(s2)}{gain}"
+        if arms.get("sam"):
+          text += f"; SAM {_mean_std(arms['sam'])}"
+        entries.append(text)
+        table.append([dataset, model, row_label(method, dist), f"{s:g}", _mean_std(orig),
+                      _mean_std(s2), gain.strip(" ()"), _mean_std(arms.get("sam", {})),
+                      str(len(set(orig) | set(s2)))])
+      md.append(f"| {row_label(method, dist)} | " + " | ".join(entries) + " |")
+    md.append("")
+  return "\n".join(md), table
+
+
+def paired_table(rows: List[Dict[str, Any]]) -> Tuple[str, List[List[str]]]:
+  """Paired differences per cell, for S2-SAM and SAM against original."""
+  final, best = by_cell(rows), by_cell(rows, "best_test_accuracy")
+  header = ["dataset", "model", "method", "sparsity", "arm", "pairs",
+            "mean_diff", "ci95_low", "ci95_high", "wins",
+            "best_epoch_mean_diff (test-set selection)"]
+  md = ["| dataset | model | method | sparsity | arm − original | pairs | mean (pp) | 95% CI (pp) | wins |",
+        "|---|---|---|---|---|---|---|---|---|"]
+  table = [header]
+  for key in sorted(final):
+    arms = final[key]
+    for arm in ("s2sam", "sam"):
+      if arm not in arms or "original" not in arms:
+        continue
+      p = paired(arms["original"], arms[arm])
+      if p is None:
+        continue
+      pb = paired(best[key]["original"], best[key][arm])
+      label = row_label(key[2], key[3])
+      md.append(f"| {key[0]} | {key[1]} | {label} | {key[4]:g} | {arm} | {p.n} | "
+                f"{100 * p.mean:+.2f} | [{100 * p.low:+.2f}, {100 * p.high:+.2f}] | "
+                f"{p.wins}/{p.n} |")
+      table.append([key[0], key[1], label, f"{key[4]:g}", arm, str(p.n),
+                    f"{p.mean:.6f}", f"{p.low:.6f}", f"{p.high:.6f}", str(p.wins),
+                    f"{pb.mean:.6f}" if pb else ""])
+  return "\n".join(md), table
+
+
+def plot_gain_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> bool:
+  """S2-SAM's paired gain (mean and 95% CI) against sparsity, a line per
+  method; returns False when no method has two or more sparsities."""
+  final = by_cell(rows)
+  series = collections.defaultdict(list)
+  for key, arms in final.items():
+    if "original" in arms and "s2sam" in arms:
+      p = paired(arms["original"], arms["s2sam"])
+      if p is not None:
+        series[key[:4]].append((key[4], p))
+  series = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
+  if not series:
+    return False
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for (dataset, model, method, dist), points in sorted(series.items()):
+    s = np.asarray([100 * x for x, _ in points])
+    mean = np.asarray([100 * p.mean for _, p in points])
+    low = np.asarray([100 * p.low for _, p in points])
+    high = np.asarray([100 * p.high for _, p in points])
+    line, = ax.plot(s, mean, marker="o", label=f"{row_label(method, dist)} ({model})")
+    ax.fill_between(s, low, high, color=line.get_color(), alpha=0.2)
+  ax.axhline(0.0, color="black", lw=0.8)
+  ax.set_xlabel("sparsity (%)")
+  ax.set_ylabel("S2-SAM − original, final test acc. (pp)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def _write_csv(path: str, table: List[List[str]]) -> None:
+  with open(path, "w", newline="") as f:
+    csv.writer(f).writerows(table)
+
+
+def report_study(study_dir: str) -> List[str]:
+  """Writes the tables and figures of one study; returns the files written."""
+  rows = read_runs(os.path.join(study_dir, "runs.jsonl"))
+  written = []
+  md, table = table1(rows)
+  pmd, ptable = paired_table(rows)
+  for name, text in (("table.md", md), ("paired.md", pmd)):
+    with open(os.path.join(study_dir, name), "w") as f:
+      f.write(text + "\n")
+    written.append(name)
+  _write_csv(os.path.join(study_dir, "table.csv"), table)
+  _write_csv(os.path.join(study_dir, "paired.csv"), ptable)
+  written += ["table.csv", "paired.csv"]
+  if plot_gain_vs_sparsity(rows, os.path.join(study_dir, "gain_vs_sparsity.png")):
+    written.append("gain_vs_sparsity.png")
+  return written
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m experiments.report",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--results", default=RESULTS,
+                      help="folder holding <study>/runs.jsonl (default: experiments/results)")
+  args = parser.parse_args(argv)
+  studies = sorted(d for d in os.listdir(args.results)
+                   if os.path.isfile(os.path.join(args.results, d, "runs.jsonl")))
+  for d in studies:
+    files = report_study(os.path.join(args.results, d))
+    print(f"{d}: {', '.join(files)}")
+  if not studies:
+    print(f"no <study>/runs.jsonl under {args.results}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
