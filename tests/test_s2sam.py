@@ -13,8 +13,9 @@ import s2sam_jax as ss
 from mlp_reference import LR, MOMENTUM, RHO, STEPS, WD
 
 
-def run_s2sam(tx, x, y, steps=STEPS, mode="transparent"):
-  params = ref.to_jax(ref.make_problem()[0])
+def run_s2sam(tx, x, y, steps=STEPS, mode="transparent", params=None):
+  if params is None:
+    params = ref.to_jax(ref.make_problem()[0])
   state = tx.init(params)
 
   @jax.jit
@@ -63,18 +64,9 @@ def test_authors_formula_matches_numpy_rederivation_of_their_sam_py(mode, sparse
   params0 = ref.to_jax(ref.make_problem()[0])
   if masks is not None:
     params0 = ss.sparse.apply_masks(params0, tx.init(params0))
-  state = tx.init(params0)
-
-  @jax.jit
-  def step(params, state):
-    grads = jax.grad(ref.jax_loss)(ss.perturbed(params, state), x, y)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  params = params0
-  for t, e in enumerate(expected):
-    params, state = step(params, state)
-    got = ss.unperturbed(params, state)
+  trajectory, _, state = run_s2sam(tx, x, y, steps=len(expected), mode=mode,
+                                   params=params0)
+  for t, (e, got) in enumerate(zip(expected, trajectory)):
     for k in e:
       np.testing.assert_allclose(got[k], e[k], rtol=2e-4, atol=2e-5,
                                  err_msg=f"step {t}, leaf {k}")
