@@ -34,6 +34,7 @@ PUBLISHED_PARAMS = {
     "resnet50": 25.50e6,         # the figure (torchvision: 25.56M)
     "efficientnet_b0": 5.30e6,   # torchvision: 5.29M
     "mnist1d_cnn": 5210,         # mnist1d ConvBase: 150 + 1900 + 1900 + 1260
+    "mnist1d_cnn64": 28298,      # 384 + 12352 + 12352 + 3210
     "mnist1d_mlp": 15210,        # 4100 + 10100 + 1010
 }
 
@@ -84,7 +85,7 @@ def test_model_names_complete():
   assert set(models.MODEL_NAMES) == {
       "resnet20", "resnet32", "resnet56", "resnet20_classic", "resnet32_classic",
       "resnet56_classic", "vgg19", "mobilenetv2", "resnet18", "resnet34", "resnet50",
-      "efficientnet_b0", "mnist1d_cnn", "mnist1d_mlp"}
+      "efficientnet_b0", "mnist1d_cnn", "mnist1d_cnn64", "mnist1d_mlp"}
   assert set(models.PAPER_DENSE_LAYERS) == set(models.MODEL_NAMES)
 
 

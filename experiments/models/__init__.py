@@ -79,6 +79,7 @@ _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "resnet50": resnet_imagenet.resnet50,
     "efficientnet_b0": efficientnet.efficientnet_b0,
     "mnist1d_cnn": mnist1d.mnist1d_cnn,
+    "mnist1d_cnn64": mnist1d.mnist1d_cnn64,
     "mnist1d_mlp": mnist1d.mnist1d_mlp,
 }
 
@@ -96,6 +97,7 @@ PAPER_DENSE_LAYERS: dict[str, tuple[str, ...]] = {
     "resnet50": resnet_imagenet.DENSE_LAYERS,
     "efficientnet_b0": efficientnet.DENSE_LAYERS,
     "mnist1d_cnn": mnist1d.DENSE_LAYERS,
+    "mnist1d_cnn64": mnist1d.DENSE_LAYERS,
     "mnist1d_mlp": mnist1d.DENSE_LAYERS,
 }
 
