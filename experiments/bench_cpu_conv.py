@@ -45,17 +45,17 @@ from experiments.models import cpu_conv, native_kernels
 
 @contextlib.contextmanager
 def switch_env(name: str, enabled: bool):
-    """Sets the switch ``name`` to 1/0 for the duration (the conv reads its switches at trace
-    time: ``cpu_conv.ENV_VAR``, ``native_kernels.ENV_VAR``)."""
-    old = os.environ.get(name)
-    os.environ[name] = "1" if enabled else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
+  """Sets the switch ``name`` to 1/0 for the duration (the conv reads its switches at trace
+  time: ``cpu_conv.ENV_VAR``, ``native_kernels.ENV_VAR``)."""
+  old = os.environ.get(name)
+  os.environ[name] = "1" if enabled else "0"
+  try:
+    yield
+  finally:
+    if old is None:
+      del os.environ[name]
+    else:
+      os.environ[name] = old
 
 
 # ----------------------------------------------------------------------------- JAX models
@@ -63,373 +63,405 @@ def switch_env(name: str, enabled: bool):
 # Benchmark name -> model-zoo name. "classic": widths 16/32/64, option-A shortcuts; the plain
 # names are the GraSP variant (widths 32/64/128, 1x1 projection shortcuts).
 MODELS = {
-    "resnet20_classic": "resnet20_classic",
-    "resnet32_classic": "resnet32_classic",
-    "resnet20": "resnet20",
-    "resnet32": "resnet32",
-    "vgg19": "vgg19",
-    "mobilenetv2": "mobilenetv2",
+  "resnet20_classic": "resnet20_classic",
+  "resnet32_classic": "resnet32_classic",
+  "resnet20": "resnet20",
+  "resnet32": "resnet32",
+  "vgg19": "vgg19",
+  "mobilenetv2": "mobilenetv2",
 }
 
 
 def jax_model(name, num_classes=10, seed=0):
-    """The zoo model, every conv built with cpu_conv (plain or fast chosen at trace time)."""
-    from experiments.models import create_model, layers
+  """The zoo model, every conv built with cpu_conv (plain or fast chosen at trace time)."""
+  from experiments.models import create_model, layers
 
-    original = layers.conv_general_dilated_impl
-    layers.conv_general_dilated_impl = lambda: cpu_conv.conv_general_dilated
-    try:
-        return create_model(MODELS[name], num_classes=num_classes, rngs=nnx.Rngs(seed))
-    finally:
-        layers.conv_general_dilated_impl = original
+  original = layers.conv_general_dilated_impl
+  layers.conv_general_dilated_impl = lambda: cpu_conv.conv_general_dilated
+  try:
+    return create_model(MODELS[name], num_classes=num_classes, rngs=nnx.Rngs(seed))
+  finally:
+    layers.conv_general_dilated_impl = original
 
 
 @contextlib.contextmanager
 def skip_conv_grads(kernel: bool, inputs: bool):
-    """Diagnostic: the custom conv's kernel and/or input gradients become zeros (timing only).
+  """Diagnostic: the custom conv's kernel and/or input gradients become zeros (timing only).
 
-    The step time saved is what that gradient costs inside a real training step.
-    """
-    saved = cpu_conv._kernel_grad, cpu_conv._input_grad
-    if kernel:
-        cpu_conv._kernel_grad = lambda x, w, g, *a: jnp.zeros_like(w) + 0 * g.sum()
-    if inputs:
-        cpu_conv._input_grad = lambda x, w, g, *a: jnp.zeros_like(x) + 0 * g.sum()
-    try:
-        yield
-    finally:
-        cpu_conv._kernel_grad, cpu_conv._input_grad = saved
+  The step time saved is what that gradient costs inside a real training step.
+  """
+  saved = cpu_conv._kernel_grad, cpu_conv._input_grad
+  if kernel:
+    cpu_conv._kernel_grad = lambda x, w, g, *a: jnp.zeros_like(w) + 0 * g.sum()
+  if inputs:
+    cpu_conv._input_grad = lambda x, w, g, *a: jnp.zeros_like(x) + 0 * g.sum()
+  try:
+    yield
+  finally:
+    cpu_conv._kernel_grad, cpu_conv._input_grad = saved
 
 
-def jax_step(name, batch_size, fast: bool, seed=0, skip_kernel_grad=False,
-             skip_input_grad=False, native=True):
-    """A zero-argument closure running one compiled training step (donated carry)."""
-    model = jax_model(name, seed=seed)
-    model.train()
-    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    rng = np.random.default_rng(seed)
-    images = jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 10, size=(batch_size,)), jnp.int32)
-    tx = optax.sgd(0.1, momentum=0.9)
+def jax_step(
+  name, batch_size, fast: bool, seed=0, skip_kernel_grad=False, skip_input_grad=False, native=True
+):
+  """A zero-argument closure running one compiled training step (donated carry)."""
+  model = jax_model(name, seed=seed)
+  model.train()
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, size=(batch_size,)), jnp.int32)
+  tx = optax.sgd(0.1, momentum=0.9)
 
-    def loss_fn(params, stats):
-        stats = jax.tree.map(lambda a: a, stats)  # fresh Variables at this trace level
-        m = nnx.merge(graphdef, params, stats)
-        logits = m(images)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, nnx.state(m, nnx.BatchStat)
+  def loss_fn(params, stats):
+    stats = jax.tree.map(lambda a: a, stats)  # fresh Variables at this trace level
+    m = nnx.merge(graphdef, params, stats)
+    logits = m(images)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, nnx.state(m, nnx.BatchStat)
 
-    def step(params, stats, opt_state):
-        grads, stats = jax.grad(loss_fn, has_aux=True)(params, stats)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state
+  def step(params, stats, opt_state):
+    grads, stats = jax.grad(loss_fn, has_aux=True)(params, stats)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state
 
-    carry = [params, stats, tx.init(params)]
-    with switch_env(cpu_conv.ENV_VAR, fast), switch_env(native_kernels.ENV_VAR, native), \
-            skip_conv_grads(skip_kernel_grad, skip_input_grad):
-        compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry).compile()
+  carry = [params, stats, tx.init(params)]
+  with (
+    switch_env(cpu_conv.ENV_VAR, fast),
+    switch_env(native_kernels.ENV_VAR, native),
+    skip_conv_grads(skip_kernel_grad, skip_input_grad),
+  ):
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry).compile()
 
-    def run():
-        carry[:] = compiled(*carry)
-        jax.block_until_ready(carry)
+  def run():
+    carry[:] = compiled(*carry)
+    jax.block_until_ready(carry)
 
-    return run
+  return run
 
 
 # --------------------------------------------------------------------------- torch models
 
 
 def torch_model(name, num_classes=10):
-    """The same architectures as the zoo, in PyTorch (NCHW)."""
-    from torch import nn
-    from torch.nn import functional as F
+  """The same architectures as the zoo, in PyTorch (NCHW)."""
+  from torch import nn
+  from torch.nn import functional as F
 
-    def conv_bn(cin, cout, k, stride=1, groups=1):
-        return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                nn.BatchNorm2d(cout)]
+  def conv_bn(cin, cout, k, stride=1, groups=1):
+    return [
+      nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+      nn.BatchNorm2d(cout),
+    ]
 
-    class BasicBlock(nn.Module):
-        def __init__(self, cin, cout, stride, shortcut):
-            super().__init__()
-            self.conv1, self.bn1 = conv_bn(cin, cout, 3, stride)
-            self.conv2, self.bn2 = conv_bn(cout, cout, 3)
-            self.proj = None
-            self.pad = 0
-            self.stride = stride
-            if stride != 1 or cin != cout:
-                if shortcut == "projection":
-                    self.proj = nn.Sequential(*conv_bn(cin, cout, 1, stride))
-                else:
-                    self.pad = cout - cin
+  class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride, shortcut):
+      super().__init__()
+      self.conv1, self.bn1 = conv_bn(cin, cout, 3, stride)
+      self.conv2, self.bn2 = conv_bn(cout, cout, 3)
+      self.proj = None
+      self.pad = 0
+      self.stride = stride
+      if stride != 1 or cin != cout:
+        if shortcut == "projection":
+          self.proj = nn.Sequential(*conv_bn(cin, cout, 1, stride))
+        else:
+          self.pad = cout - cin
 
-        def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            if self.proj is not None:
-                sc = self.proj(x)
-            elif self.stride != 1 or self.pad:
-                half = self.pad // 2
-                sc = F.pad(x[:, :, ::self.stride, ::self.stride],
-                           (0, 0, 0, 0, half, self.pad - half))
-            else:
-                sc = x
-            return F.relu(out + sc)
+    def forward(self, x):
+      out = F.relu(self.bn1(self.conv1(x)))
+      out = self.bn2(self.conv2(out))
+      if self.proj is not None:
+        sc = self.proj(x)
+      elif self.stride != 1 or self.pad:
+        half = self.pad // 2
+        sc = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, half, self.pad - half))
+      else:
+        sc = x
+      return F.relu(out + sc)
 
-    class ResNet(nn.Module):
-        def __init__(self, depth, widths, shortcut):
-            super().__init__()
-            n = (depth - 2) // 6
-            self.conv1, self.bn1 = conv_bn(3, widths[0], 3)
-            blocks, cin = [], widths[0]
-            for stage, w in enumerate(widths):
-                for i in range(n):
-                    blocks.append(BasicBlock(cin, w, 2 if (stage > 0 and i == 0) else 1,
-                                             shortcut))
-                    cin = w
-            self.blocks = nn.Sequential(*blocks)
-            self.linear = nn.Linear(cin, num_classes)
+  class ResNet(nn.Module):
+    def __init__(self, depth, widths, shortcut):
+      super().__init__()
+      n = (depth - 2) // 6
+      self.conv1, self.bn1 = conv_bn(3, widths[0], 3)
+      blocks, cin = [], widths[0]
+      for stage, w in enumerate(widths):
+        for i in range(n):
+          blocks.append(BasicBlock(cin, w, 2 if (stage > 0 and i == 0) else 1, shortcut))
+          cin = w
+      self.blocks = nn.Sequential(*blocks)
+      self.linear = nn.Linear(cin, num_classes)
 
-        def forward(self, x):
-            x = self.blocks(F.relu(self.bn1(self.conv1(x))))
-            return self.linear(x.mean((2, 3)))
+    def forward(self, x):
+      x = self.blocks(F.relu(self.bn1(self.conv1(x))))
+      return self.linear(x.mean((2, 3)))
 
-    class VGG(nn.Module):
-        def __init__(self, config):
-            super().__init__()
-            mods, cin = [], 3
-            for item in config:
-                if item == "M":
-                    mods.append(nn.MaxPool2d(2, 2))
-                else:
-                    mods += conv_bn(cin, item, 3) + [nn.ReLU()]
-                    cin = item
-            self.features = nn.Sequential(*mods)
-            self.classifier = nn.Linear(cin, num_classes)
+  class VGG(nn.Module):
+    def __init__(self, config):
+      super().__init__()
+      mods, cin = [], 3
+      for item in config:
+        if item == "M":
+          mods.append(nn.MaxPool2d(2, 2))
+        else:
+          mods += conv_bn(cin, item, 3) + [nn.ReLU()]
+          cin = item
+      self.features = nn.Sequential(*mods)
+      self.classifier = nn.Linear(cin, num_classes)
 
-        def forward(self, x):
-            return self.classifier(self.features(x).mean((2, 3)))
+    def forward(self, x):
+      return self.classifier(self.features(x).mean((2, 3)))
 
-    class InvertedResidual(nn.Module):
-        def __init__(self, cin, cout, expansion, stride):
-            super().__init__()
-            planes = expansion * cin
-            self.stride = stride
-            self.conv1, self.bn1 = conv_bn(cin, planes, 1)
-            self.conv2, self.bn2 = conv_bn(planes, planes, 3, stride, groups=planes)
-            self.conv3, self.bn3 = conv_bn(planes, cout, 1)
-            self.proj = None
-            if stride == 1 and cin != cout:
-                self.proj = nn.Sequential(*conv_bn(cin, cout, 1))
+  class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, expansion, stride):
+      super().__init__()
+      planes = expansion * cin
+      self.stride = stride
+      self.conv1, self.bn1 = conv_bn(cin, planes, 1)
+      self.conv2, self.bn2 = conv_bn(planes, planes, 3, stride, groups=planes)
+      self.conv3, self.bn3 = conv_bn(planes, cout, 1)
+      self.proj = None
+      if stride == 1 and cin != cout:
+        self.proj = nn.Sequential(*conv_bn(cin, cout, 1))
 
-        def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = F.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
-            if self.stride != 1:
-                return out
-            return out + (x if self.proj is None else self.proj(x))
+    def forward(self, x):
+      out = F.relu(self.bn1(self.conv1(x)))
+      out = F.relu(self.bn2(self.conv2(out)))
+      out = self.bn3(self.conv3(out))
+      if self.stride != 1:
+        return out
+      return out + (x if self.proj is None else self.proj(x))
 
-    class MobileNetV2(nn.Module):
-        def __init__(self, config):
-            super().__init__()
-            self.conv1, self.bn1 = conv_bn(3, 32, 3)
-            blocks, cin = [], 32
-            for expansion, cout, repeats, first_stride in config:
-                for i in range(repeats):
-                    blocks.append(InvertedResidual(cin, cout, expansion,
-                                                   first_stride if i == 0 else 1))
-                    cin = cout
-            self.blocks = nn.Sequential(*blocks)
-            self.conv2, self.bn2 = conv_bn(cin, 1280, 1)
-            self.linear = nn.Linear(1280, num_classes)
+  class MobileNetV2(nn.Module):
+    def __init__(self, config):
+      super().__init__()
+      self.conv1, self.bn1 = conv_bn(3, 32, 3)
+      blocks, cin = [], 32
+      for expansion, cout, repeats, first_stride in config:
+        for i in range(repeats):
+          blocks.append(InvertedResidual(cin, cout, expansion, first_stride if i == 0 else 1))
+          cin = cout
+      self.blocks = nn.Sequential(*blocks)
+      self.conv2, self.bn2 = conv_bn(cin, 1280, 1)
+      self.linear = nn.Linear(1280, num_classes)
 
-        def forward(self, x):
-            x = self.blocks(F.relu(self.bn1(self.conv1(x))))
-            x = F.relu(self.bn2(self.conv2(x)))
-            return self.linear(x.mean((2, 3)))
+    def forward(self, x):
+      x = self.blocks(F.relu(self.bn1(self.conv1(x))))
+      x = F.relu(self.bn2(self.conv2(x)))
+      return self.linear(x.mean((2, 3)))
 
-    from experiments.models import mobilenetv2, resnet_cifar, vgg
+  from experiments.models import mobilenetv2, resnet_cifar, vgg
 
-    zoo = MODELS[name]
-    if zoo.startswith("resnet"):
-        depth = int(zoo[len("resnet"):].split("_")[0])
-        if zoo.endswith("_classic"):
-            return ResNet(depth, resnet_cifar.CLASSIC_WIDTHS, "pad")
-        return ResNet(depth, resnet_cifar.GRASP_WIDTHS, "projection")
-    if zoo == "vgg19":
-        return VGG(vgg.VGG19_CONFIG)
-    if zoo == "mobilenetv2":
-        return MobileNetV2(mobilenetv2.CIFAR_CONFIG)
-    raise ValueError(f"no torch model for {name!r}")
+  zoo = MODELS[name]
+  if zoo.startswith("resnet"):
+    depth = int(zoo[len("resnet") :].split("_")[0])
+    if zoo.endswith("_classic"):
+      return ResNet(depth, resnet_cifar.CLASSIC_WIDTHS, "pad")
+    return ResNet(depth, resnet_cifar.GRASP_WIDTHS, "projection")
+  if zoo == "vgg19":
+    return VGG(vgg.VGG19_CONFIG)
+  if zoo == "mobilenetv2":
+    return MobileNetV2(mobilenetv2.CIFAR_CONFIG)
+  raise ValueError(f"no torch model for {name!r}")
 
 
 def torch_step(name, batch_size, seed=0, threads=None):
-    import torch
-    from torch import nn
+  import torch
+  from torch import nn
 
-    torch.manual_seed(seed)
-    model = torch_model(name).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch_size, 3, 32, 32, generator=gen)
-    labels = torch.randint(0, 10, (batch_size,), generator=gen)
+  torch.manual_seed(seed)
+  model = torch_model(name).train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+  gen = torch.Generator().manual_seed(seed)
+  images = torch.randn(batch_size, 3, 32, 32, generator=gen)
+  labels = torch.randint(0, 10, (batch_size,), generator=gen)
 
-    def run():
-        if threads is not None:
-            torch.set_num_threads(threads)
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(images), labels)
-        loss.backward()
-        opt.step()
+  def run():
+    if threads is not None:
+      torch.set_num_threads(threads)
+    opt.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    opt.step()
 
-    return run
+  return run
 
 
 # ------------------------------------------------------------------------------ harness
 
 
 def _minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def interleaved(fns: dict, steps: int, warmup: int, settle_s: float = 0.05) -> dict:
-    """Runs the variants round-robin; per variant: wall-clock and process CPU-time statistics.
+  """Runs the variants round-robin; per variant: wall-clock and process CPU-time statistics.
 
-    CPU time (all threads of this process) is much less sensitive than wall time to other
-    processes sharing the cores; it counts work, not waiting (and counts spin-waiting as work).
-    Between two timed steps the harness sleeps ``settle_s`` (untimed), so that PyTorch's OpenMP
-    workers, which spin for a while after each parallel region, are asleep again before the
-    next variant starts instead of competing with it for the two cores.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    faults = {k: [] for k in fns}
-    for _ in range(steps):
-        for k, fn in fns.items():
-            f, c, t = _minor_faults(), time.process_time(), time.perf_counter()
-            fn()
-            wall[k].append(time.perf_counter() - t)
-            cpu[k].append(time.process_time() - c)
-            faults[k].append(_minor_faults() - f)
-            time.sleep(settle_s)
-    return {
-        k: {"median_s": statistics.median(wall[k]), "min_s": min(wall[k]),
-            "max_s": max(wall[k]), "cpu_median_s": statistics.median(cpu[k]),
-            "page_faults_median": statistics.median(faults[k]),
-            "samples": len(wall[k])}
-        for k in fns
+  CPU time (all threads of this process) is much less sensitive than wall time to other
+  processes sharing the cores; it counts work, not waiting (and counts spin-waiting as work).
+  Between two timed steps the harness sleeps ``settle_s`` (untimed), so that PyTorch's OpenMP
+  workers, which spin for a while after each parallel region, are asleep again before the
+  next variant starts instead of competing with it for the two cores.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  wall = {k: [] for k in fns}
+  cpu = {k: [] for k in fns}
+  faults = {k: [] for k in fns}
+  for _ in range(steps):
+    for k, fn in fns.items():
+      f, c, t = _minor_faults(), time.process_time(), time.perf_counter()
+      fn()
+      wall[k].append(time.perf_counter() - t)
+      cpu[k].append(time.process_time() - c)
+      faults[k].append(_minor_faults() - f)
+      time.sleep(settle_s)
+  return {
+    k: {
+      "median_s": statistics.median(wall[k]),
+      "min_s": min(wall[k]),
+      "max_s": max(wall[k]),
+      "cpu_median_s": statistics.median(cpu[k]),
+      "page_faults_median": statistics.median(faults[k]),
+      "samples": len(wall[k]),
     }
+    for k in fns
+  }
 
 
 def parameter_counts(name) -> dict:
-    """Parameter counts of the JAX and PyTorch models (equal when the architectures match)."""
-    params = nnx.state(jax_model(name), nnx.Param)
-    n_jax = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    n_torch = sum(p.numel() for p in torch_model(name).parameters())
-    if n_jax != n_torch:
-        raise AssertionError(f"{name}: JAX has {n_jax} parameters, PyTorch {n_torch}")
-    return {"jax": n_jax, "torch": n_torch}
+  """Parameter counts of the JAX and PyTorch models (equal when the architectures match)."""
+  params = nnx.state(jax_model(name), nnx.Param)
+  n_jax = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  n_torch = sum(p.numel() for p in torch_model(name).parameters())
+  if n_jax != n_torch:
+    raise AssertionError(f"{name}: JAX has {n_jax} parameters, PyTorch {n_torch}")
+  return {"jax": n_jax, "torch": n_torch}
 
 
 def markdown(result) -> str:
-    """A table of median step times (wall; CPU time in brackets) and ratios."""
-    variants = list(dict.fromkeys(v for row in result["configs"] for v in row["times"]))
-    lines = [
-        f"Command: `{result['command']}`",
-        "",
-        "Median step time in seconds, wall clock (process CPU time in brackets). "
-        "`torch*` = the faster of the two PyTorch variants (by median wall time). "
-        f"Machine: {result['machine']}.",
-        "",
-        "| model | batch | " + " | ".join(variants) + " | fast/plain | plain/torch* | fast/torch* |",
-        "|---|---|" + "---|" * (len(variants) + 3),
+  """A table of median step times (wall; CPU time in brackets) and ratios."""
+  variants = list(dict.fromkeys(v for row in result["configs"] for v in row["times"]))
+  lines = [
+    f"Command: `{result['command']}`",
+    "",
+    "Median step time in seconds, wall clock (process CPU time in brackets). "
+    "`torch*` = the faster of the two PyTorch variants (by median wall time). "
+    f"Machine: {result['machine']}.",
+    "",
+    "| model | batch | " + " | ".join(variants) + " | fast/plain | plain/torch* | fast/torch* |",
+    "|---|---|" + "---|" * (len(variants) + 3),
+  ]
+  for row in result["configs"]:
+    t = row["times"]
+    cells = [
+      f"{t[v]['median_s']:.3f} ({t[v]['cpu_median_s']:.3f})" if v in t else "-" for v in variants
     ]
-    for row in result["configs"]:
-        t = row["times"]
-        cells = [f"{t[v]['median_s']:.3f} ({t[v]['cpu_median_s']:.3f})" if v in t else "-"
-                 for v in variants]
-        ratio = lambda key: f"{row[key]:.2f}" if key in row else "-"
-        fast_plain = (f"{t['jax_fast']['median_s'] / t['jax_plain']['median_s']:.2f}"
-                      if "jax_fast" in t and "jax_plain" in t else "-")
-        lines.append(f"| {row['model']} | {row['batch_size']} | " + " | ".join(cells) +
-                     f" | {fast_plain} | {ratio('ratio_jax_plain_to_best_torch')} | "
-                     f"{ratio('ratio_jax_fast_to_best_torch')} |")
-    return "\n".join(lines) + "\n"
+    ratio = lambda key: f"{row[key]:.2f}" if key in row else "-"
+    fast_plain = (
+      f"{t['jax_fast']['median_s'] / t['jax_plain']['median_s']:.2f}"
+      if "jax_fast" in t and "jax_plain" in t
+      else "-"
+    )
+    lines.append(
+      f"| {row['model']} | {row['batch_size']} | "
+      + " | ".join(cells)
+      + f" | {fast_plain} | {ratio('ratio_jax_plain_to_best_torch')} | "
+      f"{ratio('ratio_jax_fast_to_best_torch')} |"
+    )
+  return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 128])
-    parser.add_argument("--variants", nargs="+",
-                        default=["jax_plain", "jax_fast", "torch", "torch_1thread"],
-                        help="also: jax_fast_xla_kernel_grad (no native kernel), "
-                             "jax_fast_zero_kernel_grad, jax_fast_zero_conv_grads "
-                             "(diagnostics: the conv gradients replaced by zeros)")
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--omp-passive", action=argparse.BooleanOptionalAction, default=False,
-                        help="OMP_WAIT_POLICY=PASSIVE: PyTorch's idle OpenMP threads sleep "
-                             "instead of spinning while the JAX variants run (which otherwise "
-                             "steals a core from JAX and inflates its process CPU time)")
-    parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
-                        help="glibc malloc: one arena, no mmap, no trim (cpu_conv.tune_glibc_malloc)")
-    args = parser.parse_args(argv)
-    command = "python -m experiments.bench_cpu_conv " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+  parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 128])
+  parser.add_argument(
+    "--variants",
+    nargs="+",
+    default=["jax_plain", "jax_fast", "torch", "torch_1thread"],
+    help="also: jax_fast_xla_kernel_grad (no native kernel), "
+    "jax_fast_zero_kernel_grad, jax_fast_zero_conv_grads "
+    "(diagnostics: the conv gradients replaced by zeros)",
+  )
+  parser.add_argument("--steps", type=int, default=15)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--out", default=None)
+  parser.add_argument(
+    "--omp-passive",
+    action=argparse.BooleanOptionalAction,
+    default=False,
+    help="OMP_WAIT_POLICY=PASSIVE: PyTorch's idle OpenMP threads sleep "
+    "instead of spinning while the JAX variants run (which otherwise "
+    "steals a core from JAX and inflates its process CPU time)",
+  )
+  parser.add_argument(
+    "--tune-malloc",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="glibc malloc: one arena, no mmap, no trim (cpu_conv.tune_glibc_malloc)",
+  )
+  args = parser.parse_args(argv)
+  command = "python -m experiments.bench_cpu_conv " + " ".join(
+    sys.argv[1:] if argv is None else argv
+  )
 
-    if args.tune_malloc:
-        cpu_conv.tune_glibc_malloc()
-    if args.omp_passive:  # must precede the first torch import
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
+  if args.tune_malloc:
+    cpu_conv.tune_glibc_malloc()
+  if args.omp_passive:  # must precede the first torch import
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  import torch
 
-    default_threads = torch.get_num_threads()
-    result = {"command": command, "configs": [],
-              "machine": {"jax": jax.__version__, "torch": torch.__version__,
-                          "backend": jax.default_backend(), "cpus": os.cpu_count(),
-                          "torch_threads": default_threads,
-                          "tune_malloc": args.tune_malloc,
-                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
-    for name in args.models:
-        for bs in args.batch_sizes:
-            makers = {
-                "jax_plain": lambda: jax_step(name, bs, fast=False),
-                "jax_fast": lambda: jax_step(name, bs, fast=True),
-                # cpu_conv without the native kernel gradient (XLA's instead)
-                "jax_fast_xla_kernel_grad": lambda: jax_step(name, bs, fast=True, native=False),
-                "torch": lambda: torch_step(name, bs, threads=default_threads),
-                "torch_1thread": lambda: torch_step(name, bs, threads=1),
-                # diagnostics (wrong gradients, timing only): what the conv gradients cost
-                "jax_fast_zero_kernel_grad": lambda: jax_step(name, bs, fast=True,
-                                                              skip_kernel_grad=True),
-                "jax_fast_zero_conv_grads": lambda: jax_step(name, bs, fast=True,
-                                                             skip_kernel_grad=True,
-                                                             skip_input_grad=True),
-            }
-            fns = {v: makers[v]() for v in args.variants}
-            times = interleaved(fns, args.steps, args.warmup)
-            row = {"model": name, "batch_size": bs, "parameters": parameter_counts(name),
-                   "times": times}
-            torch_best = min((t["median_s"] for v, t in times.items() if v.startswith("torch")),
-                             default=None)
-            if torch_best is not None:
-                for v in times:
-                    if v.startswith("jax"):
-                        row[f"ratio_{v}_to_best_torch"] = times[v]["median_s"] / torch_best
-            result["configs"].append(row)
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with open(args.out, "w") as f:
-                    json.dump(result, f, indent=2)
-                    f.write("\n")
-                with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-                    f.write(markdown(result))
+  default_threads = torch.get_num_threads()
+  result = {
+    "command": command,
+    "configs": [],
+    "machine": {
+      "jax": jax.__version__,
+      "torch": torch.__version__,
+      "backend": jax.default_backend(),
+      "cpus": os.cpu_count(),
+      "torch_threads": default_threads,
+      "tune_malloc": args.tune_malloc,
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    },
+  }
+  for name in args.models:
+    for bs in args.batch_sizes:
+      makers = {
+        "jax_plain": lambda: jax_step(name, bs, fast=False),
+        "jax_fast": lambda: jax_step(name, bs, fast=True),
+        # cpu_conv without the native kernel gradient (XLA's instead)
+        "jax_fast_xla_kernel_grad": lambda: jax_step(name, bs, fast=True, native=False),
+        "torch": lambda: torch_step(name, bs, threads=default_threads),
+        "torch_1thread": lambda: torch_step(name, bs, threads=1),
+        # diagnostics (wrong gradients, timing only): what the conv gradients cost
+        "jax_fast_zero_kernel_grad": lambda: jax_step(name, bs, fast=True, skip_kernel_grad=True),
+        "jax_fast_zero_conv_grads": lambda: jax_step(
+          name, bs, fast=True, skip_kernel_grad=True, skip_input_grad=True
+        ),
+      }
+      fns = {v: makers[v]() for v in args.variants}
+      times = interleaved(fns, args.steps, args.warmup)
+      row = {"model": name, "batch_size": bs, "parameters": parameter_counts(name), "times": times}
+      torch_best = min(
+        (t["median_s"] for v, t in times.items() if v.startswith("torch")), default=None
+      )
+      if torch_best is not None:
+        for v in times:
+          if v.startswith("jax"):
+            row[f"ratio_{v}_to_best_torch"] = times[v]["median_s"] / torch_best
+      result["configs"].append(row)
+      print(json.dumps(row), flush=True)
+      if args.out:
+        with open(args.out, "w") as f:
+          json.dump(result, f, indent=2)
+          f.write("\n")
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+          f.write(markdown(result))
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -42,10 +42,10 @@ from s2sam_jax import sparse
 
 def mlp_params(key, sizes):
   keys = jax.random.split(key, len(sizes) - 1)
-  return {f"dense{i}": {
-      "kernel": jax.random.normal(k, (m, n)) / jnp.sqrt(m),
-      "bias": jnp.zeros(n)} for i, (k, m, n) in enumerate(
-          zip(keys, sizes[:-1], sizes[1:]))}
+  return {
+    f"dense{i}": {"kernel": jax.random.normal(k, (m, n)) / jnp.sqrt(m), "bias": jnp.zeros(n)}
+    for i, (k, m, n) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
+  }
 
 
 def make_loss(n_layers, images, labels):
@@ -57,6 +57,7 @@ def make_loss(n_layers, images, labels):
       if i < n_layers - 1:
         x = jax.nn.relu(x)
     return optax.softmax_cross_entropy_with_integer_labels(x, labels).mean()
+
   return loss
 
 
@@ -64,12 +65,10 @@ def make_variants(sparsity: float, update_every: int):
   inner = lambda: optax.sgd(0.01, momentum=0.9)
   never = 10**9
   return {
-      "dense": inner(),
-      "static": sparse.static_random(inner(), sparsity),
-      "rigl": sparse.rigl(inner(), sparsity, update_every=update_every,
-                          end_step=never),
-      "rigl_update_only": sparse.rigl(inner(), sparsity, update_every=1,
-                                      end_step=never),
+    "dense": inner(),
+    "static": sparse.static_random(inner(), sparsity),
+    "rigl": sparse.rigl(inner(), sparsity, update_every=update_every, end_step=never),
+    "rigl_update_only": sparse.rigl(inner(), sparsity, update_every=1, end_step=never),
   }
 
 
@@ -102,8 +101,9 @@ def main(argv=None):
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--sparsity", type=float, default=0.9)
   parser.add_argument("--update-every", type=int, default=100)
-  parser.add_argument("--update-only-block", type=int, default=10,
-                      help="steps per sample of rigl_update_only")
+  parser.add_argument(
+    "--update-only-block", type=int, default=10, help="steps per sample of rigl_update_only"
+  )
   parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--out", default="experiments/results/sparse_overhead.json")
   args = parser.parse_args(argv)
@@ -114,12 +114,14 @@ def main(argv=None):
   images = jax.random.normal(key_x, (args.batch_size, sizes[0]))
   labels = jax.random.randint(key_y, (args.batch_size,), 0, sizes[-1])
   loss = make_loss(len(sizes) - 1, images, labels)
-  blocks = {name: (args.update_only_block if name == "rigl_update_only"
-                   else args.update_every)
-            for name in make_variants(args.sparsity, args.update_every)}
-  runners = {name: make_runner(tx, loss, params, blocks[name])
-             for name, tx in make_variants(args.sparsity,
-                                           args.update_every).items()}
+  blocks = {
+    name: (args.update_only_block if name == "rigl_update_only" else args.update_every)
+    for name in make_variants(args.sparsity, args.update_every)
+  }
+  runners = {
+    name: make_runner(tx, loss, params, blocks[name])
+    for name, tx in make_variants(args.sparsity, args.update_every).items()
+  }
 
   for run in runners.values():  # compile, warm up
     run()
@@ -134,25 +136,23 @@ def main(argv=None):
   mean = {name: statistics.median(s) for name, s in block_means.items()}
   median = {name: statistics.median(s) for name, s in step_times.items()}
   result = {
-      "command": "python -m experiments.bench_sparse_overhead "
-                 + " ".join(sys.argv[1:] if argv is None else argv),
-      "what": "seconds per training step. block_mean_step_s: median over "
-              "rounds of the mean step time of a block (for rigl a block of "
-              "update_every steps holds exactly one topology update, so this "
-              "includes its cost); median_step_s: median single step (for "
-              "rigl an ordinary step). Ratios are to dense.",
-      "config": vars(args),
-      "machine": benchmarking.machine_info(),
-      "block_mean_step_s": mean,
-      "median_step_s": median,
-      "ratio_to_dense_block_mean": {n: m / mean["dense"] for n, m in mean.items()},
-      "ratio_to_dense_median_step": {n: m / median["dense"]
-                                     for n, m in median.items()},
+    "command": "python -m experiments.bench_sparse_overhead "
+    + " ".join(sys.argv[1:] if argv is None else argv),
+    "what": "seconds per training step. block_mean_step_s: median over "
+    "rounds of the mean step time of a block (for rigl a block of "
+    "update_every steps holds exactly one topology update, so this "
+    "includes its cost); median_step_s: median single step (for "
+    "rigl an ordinary step). Ratios are to dense.",
+    "config": vars(args),
+    "machine": benchmarking.machine_info(),
+    "block_mean_step_s": mean,
+    "median_step_s": median,
+    "ratio_to_dense_block_mean": {n: m / mean["dense"] for n, m in mean.items()},
+    "ratio_to_dense_median_step": {n: m / median["dense"] for n, m in median.items()},
   }
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
-  print(json.dumps({k: v for k, v in result.items() if k.startswith("ratio")},
-                   indent=2))
+  print(json.dumps({k: v for k, v in result.items() if k.startswith("ratio")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -40,13 +40,8 @@ def make_steps(model_name: str, batch_size: int, seed: int = 0):
     return loss, nnx.state(model, nnx.BatchStat)
 
   grad_and_stats = jax.grad(loss_and_stats, has_aux=True)
-  base = lambda: optax.chain(optax.add_decayed_weights(5e-4),
-                             optax.sgd(0.1, momentum=0.9))
-  variants = {
-      "base": base(),
-      "s2sam": ss.s2sam(base(), rho=0.05),
-      "sam": ss.sam(base(), rho=0.05),
-  }
+  base = lambda: optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
+  variants = {"base": base(), "s2sam": ss.s2sam(base(), rho=0.05), "sam": ss.sam(base(), rho=0.05)}
 
   def build(name, tx):
     def step(params, batch_stats, opt_state):
@@ -58,8 +53,7 @@ def make_steps(model_name: str, batch_size: int, seed: int = 0):
       return optax.apply_updates(params, updates), new_stats, opt_state
 
     step = jax.jit(step, donate_argnums=(0, 1, 2))
-    carry = [jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, batch_stats),
-             tx.init(params)]
+    carry = [jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, batch_stats), tx.init(params)]
 
     def run():
       carry[:] = step(*carry)
@@ -81,18 +75,18 @@ def main(argv=None):
   cpu_conv.maybe_tune_glibc_malloc()  # as the training command does
 
   times = benchmarking.interleaved_medians(
-      make_steps(args.model, args.batch_size), steps=args.steps,
-      warmup=args.warmup)
+    make_steps(args.model, args.batch_size), steps=args.steps, warmup=args.warmup
+  )
   base = times["base"]["median_s"]
   result = {
-      "command": "python -m experiments.bench_step " + " ".join(
-          sys.argv[1:] if argv is None else argv),
-      "model": args.model,
-      "batch_size": args.batch_size,
-      "step_times": times,
-      "ratio_s2sam_to_base": times["s2sam"]["median_s"] / base,
-      "ratio_sam_to_base": times["sam"]["median_s"] / base,
-      "machine": benchmarking.machine_info(),
+    "command": "python -m experiments.bench_step "
+    + " ".join(sys.argv[1:] if argv is None else argv),
+    "model": args.model,
+    "batch_size": args.batch_size,
+    "step_times": times,
+    "ratio_s2sam_to_base": times["s2sam"]["median_s"] / base,
+    "ratio_sam_to_base": times["sam"]["median_s"] / base,
+    "machine": benchmarking.machine_info(),
   }
   text = json.dumps(result, indent=2)
   print(text)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import jax
 
 
-def interleaved_medians(step_fns: Dict[str, Callable[[], object]], *,
-                        steps: int, warmup: int = 3) -> Dict[str, dict]:
+def interleaved_medians(
+  step_fns: dict[str, Callable[[], object]], *, steps: int, warmup: int = 3
+) -> dict[str, dict]:
   """Times each zero-argument ``step_fn`` ``steps`` times, interleaved.
 
   Each call must run one complete step and return its outputs; they are
@@ -37,19 +38,24 @@ def interleaved_medians(step_fns: Dict[str, Callable[[], object]], *,
 def _stats(samples):
   ordered = sorted(samples)
   pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-  return {"median_s": statistics.median(ordered), "p10_s": pick(0.1),
-          "p90_s": pick(0.9), "samples": len(ordered)}
+  return {
+    "median_s": statistics.median(ordered),
+    "p10_s": pick(0.1),
+    "p90_s": pick(0.9),
+    "samples": len(ordered),
+  }
 
 
 def machine_info() -> dict:
   """Where a benchmark ran: backend, devices, CPU, library versions."""
   import optax  # pylint: disable=g-import-not-at-top
+
   return {
-      "backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-      "processor": platform.processor() or platform.machine(),
-      "cpu_count": __import__("os").cpu_count(),
-      "jax": jax.__version__,
-      "optax": optax.__version__,
-      "python": platform.python_version(),
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "processor": platform.processor() or platform.machine(),
+    "cpu_count": __import__("os").cpu_count(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "python": platform.python_version(),
   }

@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,14 +48,17 @@ class CorruptCheckpoint(ValueError):
   """No intact checkpoint could be read back."""
 
 
-def finished_steps(directory: str) -> List[int]:
+def finished_steps(directory: str) -> list[int]:
   """Steps of the complete checkpoints under ``directory`` (Orbax writes a
   step to ``<step>.orbax-checkpoint-tmp-*`` and renames it to ``<step>`` when
   done, so a half-written one is not listed)."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+  return sorted(
+    int(n)
+    for n in os.listdir(directory)
+    if n.isdigit() and os.path.isdir(os.path.join(directory, n))
+  )
 
 
 def _as_os_error(err: Exception) -> Exception:
@@ -68,19 +71,23 @@ def _as_os_error(err: Exception) -> Exception:
   return OSError(code, os.strerror(code))
 
 
-def _check_free_space(directory: str, saveable: Dict[str, Any]) -> None:
+def _check_free_space(directory: str, saveable: dict[str, Any]) -> None:
   """Raises ``OSError(ENOSPC)`` before writing when the disk cannot hold
   another uncompressed copy of the state (plus 512 KiB of metadata): a write
   that fails half-way in Orbax's threads reports itself many times over."""
-  need = sum(np.asarray(x).nbytes if not hasattr(x, "nbytes") else x.nbytes
-             for x in saveable.values()) + (512 << 10)
+  need = sum(
+    np.asarray(x).nbytes if not hasattr(x, "nbytes") else x.nbytes for x in saveable.values()
+  ) + (512 << 10)
   free = shutil.disk_usage(directory).free
   if free < need:
-    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free} bytes "
-                  f"free in {directory}, a checkpoint needs up to {need}")
+    raise OSError(
+      errno.ENOSPC,
+      f"{os.strerror(errno.ENOSPC)}: {free} bytes "
+      f"free in {directory}, a checkpoint needs up to {need}",
+    )
 
 
-def digest(saveable: Dict[str, Any]) -> str:
+def digest(saveable: dict[str, Any]) -> str:
   """SHA-256 over every leaf's dtype, shape and bytes, in name order."""
   h = hashlib.sha256()
   for name in sorted(saveable):
@@ -94,10 +101,11 @@ def _is_key(x) -> bool:
   return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _to_saveable(tree) -> Dict[str, Any]:
+def _to_saveable(tree) -> dict[str, Any]:
   leaves = jax.tree.leaves(tree)
-  return {f"leaf_{i:05d}": jax.random.key_data(x) if _is_key(x) else x
-          for i, x in enumerate(leaves)}
+  return {
+    f"leaf_{i:05d}": jax.random.key_data(x) if _is_key(x) else x for i, x in enumerate(leaves)
+  }
 
 
 def _abstract(x):
@@ -118,17 +126,19 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 2):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+      ),
+    )
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def all_steps(self):
     return list(self._manager.all_steps())
 
-  def save(self, step: int, tree, meta: Dict[str, Any]) -> None:
+  def save(self, step: int, tree, meta: dict[str, Any]) -> None:
     """Writes checkpoint ``step`` and waits until it is complete on disk."""
     saveable = _to_saveable(tree)
     _check_free_space(self.directory, saveable)
@@ -139,11 +149,13 @@ class Checkpointer:
     absl_logger.setLevel(logging.CRITICAL)
     try:
       self._manager.save(
-          step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardSave(saveable),
-              meta=ocp.args.JsonSave(dict(meta, **{_DIGEST: digest(saveable)}))),
-          force=True)
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(saveable),
+          meta=ocp.args.JsonSave(dict(meta, **{_DIGEST: digest(saveable)})),
+        ),
+        force=True,
+      )
       self._manager.wait_until_finished()
     except OSError:
       raise
@@ -152,7 +164,7 @@ class Checkpointer:
     finally:
       absl_logger.setLevel(level)
 
-  def restore(self, template, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
+  def restore(self, template, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` (default: the latest) into ``template``'s structure.
 
     ``template`` is a state of the same structure, shapes and dtypes (e.g.
@@ -165,14 +177,15 @@ class Checkpointer:
     leaves, treedef = jax.tree.flatten(template)
     target = {f"leaf_{i:05d}": _abstract(x) for i, x in enumerate(leaves)}
     restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                meta=ocp.args.JsonRestore()))
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+    )
     state, meta = restored["state"], dict(restored["meta"])
     if meta.pop(_DIGEST, None) != digest(state):
       raise CorruptCheckpoint(
-          f"checkpoint {step} in {self.directory}: its arrays do not match the "
-          "digest written with them")
+        f"checkpoint {step} in {self.directory}: its arrays do not match the "
+        "digest written with them"
+      )
     new_leaves = []
     for i, x in enumerate(leaves):
       value = state[f"leaf_{i:05d}"]
@@ -181,7 +194,7 @@ class Checkpointer:
       new_leaves.append(value)
     return jax.tree.unflatten(treedef, new_leaves), meta
 
-  def restore_latest_intact(self, template) -> Tuple[int, Any, Dict[str, Any]]:
+  def restore_latest_intact(self, template) -> tuple[int, Any, dict[str, Any]]:
     """``(step, tree, meta)`` of the newest checkpoint that reads back whole.
 
     A checkpoint that fails (truncated or missing files, flipped bytes, bad
@@ -202,11 +215,14 @@ class Checkpointer:
         # Orbax/TensorStore raise many types for damaged files; each one only
         # means "this step is unusable".
         first_line = (str(err).strip().splitlines() or [""])[0][:200]
-        warnings.warn(f"checkpoint {step} in {self.directory} cannot be read "
-                      f"({type(err).__name__}: {first_line}); trying an older one")
+        warnings.warn(
+          f"checkpoint {step} in {self.directory} cannot be read "
+          f"({type(err).__name__}: {first_line}); trying an older one"
+        )
     raise CorruptCheckpoint(
-        f"none of the checkpoints in {self.directory} (steps {steps}) can be "
-        "read back intact; start afresh in another --out-dir")
+      f"none of the checkpoints in {self.directory} (steps {steps}) can be "
+      "read back intact; start afresh in another --out-dir"
+    )
 
   def close(self) -> None:
     self._manager.close()

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -52,9 +52,14 @@ class MetricsWriter:
   an interrupted run logged past that step, so every row appears once.
   """
 
-  def __init__(self, out_dir: str, *, tensorboard: bool = True,
-               history: Optional[List[Dict[str, Any]]] = None,
-               resume_step: Optional[int] = None):
+  def __init__(
+    self,
+    out_dir: str,
+    *,
+    tensorboard: bool = True,
+    history: list[dict[str, Any]] | None = None,
+    resume_step: int | None = None,
+  ):
     self.enabled = jax.process_index() == 0
     self._tb = None
     if not self.enabled:
@@ -67,12 +72,13 @@ class MetricsWriter:
     self._file = open(path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter
+
       tb_dir = os.path.join(out_dir, "tb")
       if history is None:
         shutil.rmtree(tb_dir, ignore_errors=True)
       self._tb = SummaryWriter(tb_dir, purge_step=resume_step)
 
-  def write(self, *, step: int, **values: Any) -> Dict[str, Any]:
+  def write(self, *, step: int, **values: Any) -> dict[str, Any]:
     """Writes one row; returns it as written (``step``, ``time``, values)."""
     record = to_python(dict(step=step, time=time.time(), **values))
     if not self.enabled:
@@ -81,8 +87,11 @@ class MetricsWriter:
     self._file.flush()
     if self._tb is not None:
       for name, value in record.items():
-        if name not in ("step", "time") and isinstance(value, (int, float)) \
-            and not isinstance(value, bool):
+        if (
+          name not in ("step", "time")
+          and isinstance(value, (int, float))
+          and not isinstance(value, bool)
+        ):
           self._tb.add_scalar(name, value, step)
       self._tb.flush()
     return record
@@ -101,7 +110,7 @@ class MetricsWriter:
     self.close()
 
 
-def write_json(path: str, value: Dict[str, Any]) -> None:
+def write_json(path: str, value: dict[str, Any]) -> None:
   """Writes ``value`` as indented JSON atomically (temp file + rename)."""
   if jax.process_index() != 0:
     return
@@ -118,7 +127,7 @@ class Throughput:
   def __init__(self):
     self.images = 0
     self.seconds = 0.0
-    self._start: Optional[float] = None
+    self._start: float | None = None
 
   def start(self) -> None:
     self._start = time.perf_counter()

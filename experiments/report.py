@@ -27,30 +27,42 @@ import json
 import math
 import os
 import sys
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats as scipy_stats
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 METHOD_LABELS = {
-    "dense": "Dense", "static": "Static random", "magnitude": "Magnitude at init",
-    "snip": "SNIP", "grasp": "GraSP", "set": "SET", "dsr": "DSR", "rigl": "RigL",
-    "mest-em": "MEST (EM)", "mest-ems": "MEST (EM&S)", "gmp": "GMP", "lt": "LT",
-    "lrr": "LRR"}
-CellKey = Tuple[str, str, str, str, float]   # dataset, model, method, distribution, sparsity
+  "dense": "Dense",
+  "static": "Static random",
+  "magnitude": "Magnitude at init",
+  "snip": "SNIP",
+  "grasp": "GraSP",
+  "set": "SET",
+  "dsr": "DSR",
+  "rigl": "RigL",
+  "mest-em": "MEST (EM)",
+  "mest-ems": "MEST (EM&S)",
+  "gmp": "GMP",
+  "lt": "LT",
+  "lrr": "LRR",
+}
+CellKey = tuple[str, str, str, str, float]  # dataset, model, method, distribution, sparsity
 
 
 class Paired(NamedTuple):
   """Paired differences ``arm − original`` of one cell over seeds."""
+
   n: int
   mean: float
-  low: float        # 95% t-interval
+  low: float  # 95% t-interval
   high: float
-  wins: int         # seeds where the arm beat original
+  wins: int  # seeds where the arm beat original
 
 
-def read_runs(path: str) -> List[Dict[str, Any]]:
+def read_runs(path: str) -> list[dict[str, Any]]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
@@ -62,20 +74,21 @@ def row_label(method: str, distribution: str, methods_with_two: Iterable[str] = 
   return label
 
 
-def cell_key(r: Dict[str, Any]) -> CellKey:
+def cell_key(r: dict[str, Any]) -> CellKey:
   return (r["dataset"], r["model"], r["method"], r["distribution"], float(r["sparsity"]))
 
 
-def by_cell(rows: Iterable[Dict[str, Any]], metric: str = "final_test_accuracy"):
+def by_cell(rows: Iterable[dict[str, Any]], metric: str = "final_test_accuracy"):
   """``{cell: {mode: {seed: value}}}``."""
-  out: Dict[CellKey, Dict[str, Dict[int, float]]] = collections.defaultdict(
-      lambda: collections.defaultdict(dict))
+  out: dict[CellKey, dict[str, dict[int, float]]] = collections.defaultdict(
+    lambda: collections.defaultdict(dict)
+  )
   for r in rows:
     out[cell_key(r)][r["mode"]][int(r["seed"])] = float(r[metric])
   return out
 
 
-def paired(base: Dict[int, float], arm: Dict[int, float]) -> Optional[Paired]:
+def paired(base: dict[int, float], arm: dict[int, float]) -> Paired | None:
   """Paired statistics over the seeds both arms ran (None if fewer than 2)."""
   seeds = sorted(set(base) & set(arm))
   if len(seeds) < 2:
@@ -86,28 +99,34 @@ def paired(base: Dict[int, float], arm: Dict[int, float]) -> Optional[Paired]:
   return Paired(len(d), mean, mean - half, mean + half, int(np.sum(d > 0)))
 
 
-def _mean_std(values: Dict[int, float]) -> str:
+def _mean_std(values: dict[int, float]) -> str:
   v = np.asarray(list(values.values())) * 100
   if not len(v):
     return "–"
   return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
 
-def table1(rows: List[Dict[str, Any]]) -> Tuple[str, List[List[str]]]:
+def table1(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]]:
   """Markdown and CSV rows of Table 1 (mean final accuracy, %, over seeds)."""
   cells = by_cell(rows)
   groups = sorted({k[:2] for k in cells})
-  md, table = [], [["dataset", "model", "method", "sparsity", "original", "s2sam",
-                    "gain", "sam", "seeds"]]
+  md, table = (
+    [],
+    [["dataset", "model", "method", "sparsity", "original", "s2sam", "gain", "sam", "seeds"]],
+  )
   for dataset, model in groups:
     keys = [k for k in cells if k[:2] == (dataset, model)]
     levels = sorted({k[4] for k in keys})
-    methods = sorted({k[2:4] for k in keys},
-                     key=lambda m: (list(METHOD_LABELS).index(m[0])
-                                    if m[0] in METHOD_LABELS else 99, m[1]))
-    md += [f"### {dataset}, {model}", "",
-           "| method | " + " | ".join(f"{s:g}" for s in levels) + " |",
-           "|---|" + "---|" * len(levels)]
+    methods = sorted(
+      {k[2:4] for k in keys},
+      key=lambda m: (list(METHOD_LABELS).index(m[0]) if m[0] in METHOD_LABELS else 99, m[1]),
+    )
+    md += [
+      f"### {dataset}, {model}",
+      "",
+      "| method | " + " | ".join(f"{s:g}" for s in levels) + " |",
+      "|---|" + "---|" * len(levels),
+    ]
     for method, dist in methods:
       entries = []
       for s in levels:
@@ -123,22 +142,44 @@ def table1(rows: List[Dict[str, Any]]) -> Tuple[str, List[List[str]]]:
         if arms.get("sam"):
           text += f"; SAM {_mean_std(arms['sam'])}"
         entries.append(text)
-        table.append([dataset, model, row_label(method, dist), f"{s:g}", _mean_std(orig),
-                      _mean_std(s2), gain.strip(" ()"), _mean_std(arms.get("sam", {})),
-                      str(len(set(orig) | set(s2)))])
+        table.append(
+          [
+            dataset,
+            model,
+            row_label(method, dist),
+            f"{s:g}",
+            _mean_std(orig),
+            _mean_std(s2),
+            gain.strip(" ()"),
+            _mean_std(arms.get("sam", {})),
+            str(len(set(orig) | set(s2))),
+          ]
+        )
       md.append(f"| {row_label(method, dist)} | " + " | ".join(entries) + " |")
     md.append("")
   return "\n".join(md), table
 
 
-def paired_table(rows: List[Dict[str, Any]]) -> Tuple[str, List[List[str]]]:
+def paired_table(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]]:
   """Paired differences per cell, for S2-SAM and SAM against original."""
   final, best = by_cell(rows), by_cell(rows, "best_test_accuracy")
-  header = ["dataset", "model", "method", "sparsity", "arm", "pairs",
-            "mean_diff", "ci95_low", "ci95_high", "wins",
-            "best_epoch_mean_diff (test-set selection)"]
-  md = ["| dataset | model | method | sparsity | arm − original | pairs | mean (pp) | 95% CI (pp) | wins |",
-        "|---|---|---|---|---|---|---|---|---|"]
+  header = [
+    "dataset",
+    "model",
+    "method",
+    "sparsity",
+    "arm",
+    "pairs",
+    "mean_diff",
+    "ci95_low",
+    "ci95_high",
+    "wins",
+    "best_epoch_mean_diff (test-set selection)",
+  ]
+  md = [
+    "| dataset | model | method | sparsity | arm − original | pairs | mean (pp) | 95% CI (pp) | wins |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   table = [header]
   for key in sorted(final):
     arms = final[key]
@@ -150,16 +191,30 @@ def paired_table(rows: List[Dict[str, Any]]) -> Tuple[str, List[List[str]]]:
         continue
       pb = paired(best[key]["original"], best[key][arm])
       label = row_label(key[2], key[3])
-      md.append(f"| {key[0]} | {key[1]} | {label} | {key[4]:g} | {arm} | {p.n} | "
-                f"{100 * p.mean:+.2f} | [{100 * p.low:+.2f}, {100 * p.high:+.2f}] | "
-                f"{p.wins}/{p.n} |")
-      table.append([key[0], key[1], label, f"{key[4]:g}", arm, str(p.n),
-                    f"{p.mean:.6f}", f"{p.low:.6f}", f"{p.high:.6f}", str(p.wins),
-                    f"{pb.mean:.6f}" if pb else ""])
+      md.append(
+        f"| {key[0]} | {key[1]} | {label} | {key[4]:g} | {arm} | {p.n} | "
+        f"{100 * p.mean:+.2f} | [{100 * p.low:+.2f}, {100 * p.high:+.2f}] | "
+        f"{p.wins}/{p.n} |"
+      )
+      table.append(
+        [
+          key[0],
+          key[1],
+          label,
+          f"{key[4]:g}",
+          arm,
+          str(p.n),
+          f"{p.mean:.6f}",
+          f"{p.low:.6f}",
+          f"{p.high:.6f}",
+          str(p.wins),
+          f"{pb.mean:.6f}" if pb else "",
+        ]
+      )
   return "\n".join(md), table
 
 
-def plot_gain_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> bool:
+def plot_gain_vs_sparsity(rows: list[dict[str, Any]], path: str) -> bool:
   """S2-SAM's paired gain (mean and 95% CI) against sparsity, a line per
   method; returns False when no method has two or more sparsities."""
   final = by_cell(rows)
@@ -173,15 +228,17 @@ def plot_gain_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> bool:
   if not series:
     return False
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig, ax = plt.subplots(figsize=(6, 4))
   for (dataset, model, method, dist), points in sorted(series.items()):
     s = np.asarray([100 * x for x, _ in points])
     mean = np.asarray([100 * p.mean for _, p in points])
     low = np.asarray([100 * p.low for _, p in points])
     high = np.asarray([100 * p.high for _, p in points])
-    line, = ax.plot(s, mean, marker="o", label=f"{row_label(method, dist)} ({model})")
+    (line,) = ax.plot(s, mean, marker="o", label=f"{row_label(method, dist)} ({model})")
     ax.fill_between(s, low, high, color=line.get_color(), alpha=0.2)
   ax.axhline(0.0, color="black", lw=0.8)
   ax.set_xlabel("sparsity (%)")
@@ -193,12 +250,12 @@ def plot_gain_vs_sparsity(rows: List[Dict[str, Any]], path: str) -> bool:
   return True
 
 
-def _write_csv(path: str, table: List[List[str]]) -> None:
+def _write_csv(path: str, table: list[list[str]]) -> None:
   with open(path, "w", newline="") as f:
     csv.writer(f).writerows(table)
 
 
-def report_study(study_dir: str) -> List[str]:
+def report_study(study_dir: str) -> list[str]:
   """Writes the tables and figures of one study; returns the files written."""
   rows = read_runs(os.path.join(study_dir, "runs.jsonl"))
   written = []
@@ -217,13 +274,20 @@ def report_study(study_dir: str) -> List[str]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m experiments.report",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--results", default=RESULTS,
-                      help="folder holding <study>/runs.jsonl (default: experiments/results)")
+  parser = argparse.ArgumentParser(
+    prog="python -m experiments.report", description=__doc__.split("\n\n")[0]
+  )
+  parser.add_argument(
+    "--results",
+    default=RESULTS,
+    help="folder holding <study>/runs.jsonl (default: experiments/results)",
+  )
   args = parser.parse_args(argv)
-  studies = sorted(d for d in os.listdir(args.results)
-                   if os.path.isfile(os.path.join(args.results, d, "runs.jsonl")))
+  studies = sorted(
+    d
+    for d in os.listdir(args.results)
+    if os.path.isfile(os.path.join(args.results, d, "runs.jsonl"))
+  )
   for d in studies:
     files = report_study(os.path.join(args.results, d))
     print(f"{d}: {', '.join(files)}")

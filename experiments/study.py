@@ -36,24 +36,32 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a training run's numbers depend on (documentation, reports and the
 # study registry do not count).
-TRAINING_PATH = ("s2sam_jax", "experiments/train.py", "experiments/configs.py",
-                 "experiments/checkpoint.py", "experiments/metrics.py",
-                 "experiments/models", "experiments/data")
+TRAINING_PATH = (
+  "s2sam_jax",
+  "experiments/train.py",
+  "experiments/configs.py",
+  "experiments/checkpoint.py",
+  "experiments/metrics.py",
+  "experiments/models",
+  "experiments/data",
+)
 
 
 class Cell(NamedTuple):
   """One run of a study: its id and the flags of ``experiments.train``."""
+
   name: str
-  flags: Dict[str, Any]
+  flags: dict[str, Any]
 
 
-def flags_to_argv(flags: Dict[str, Any]) -> List[str]:
+def flags_to_argv(flags: dict[str, Any]) -> list[str]:
   """``{'sparsity': 0.9, 'bf16': True}`` -> ``['--sparsity', '0.9', '--bf16']``."""
   argv = []
   for key, value in flags.items():
@@ -67,7 +75,7 @@ def flags_to_argv(flags: Dict[str, Any]) -> List[str]:
   return argv
 
 
-def grid(prefix: str, base: Dict[str, Any], **axes: Sequence[Any]) -> List[Cell]:
+def grid(prefix: str, base: dict[str, Any], **axes: Sequence[Any]) -> list[Cell]:
   """Every combination of ``axes`` over ``base``, named
   ``prefix/key=value/...`` (e.g. ``rigl/sparsity=0.9/optimizer_mode=s2sam/seed=0``).
 
@@ -77,24 +85,25 @@ def grid(prefix: str, base: Dict[str, Any], **axes: Sequence[Any]) -> List[Cell]
   """
   cells = [Cell(prefix, dict(base))]
   for key, values in axes.items():
-    cells = [Cell(f"{c.name}/{key}={v}", dict(c.flags, **{key: v}))
-             for c in cells for v in values]
+    cells = [Cell(f"{c.name}/{key}={v}", dict(c.flags, **{key: v})) for c in cells for v in values]
   return cells
 
 
-STUDIES: Dict[str, Callable[[], List[Cell]]] = {}
+STUDIES: dict[str, Callable[[], list[Cell]]] = {}
 
 
 def study(name: str):
   def register(fn):
     STUDIES[name] = fn
     return fn
+
   return register
 
 
 def _git(*args: str) -> str:
-  return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                        check=True).stdout.strip()
+  return subprocess.run(
+    ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+  ).stdout.strip()
 
 
 def training_path_hash() -> str:
@@ -102,9 +111,13 @@ def training_path_hash() -> str:
   h = hashlib.sha256()
   for root in TRAINING_PATH:
     path = os.path.join(REPO, root)
-    files = ([path] if os.path.isfile(path) else
-             sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-                    if f.endswith((".py", ".cc"))))
+    files = (
+      [path]
+      if os.path.isfile(path)
+      else sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith((".py", ".cc"))
+      )
+    )
     for f in files:
       h.update(os.path.relpath(f, REPO).encode())
       with open(f, "rb") as fh:
@@ -112,39 +125,63 @@ def training_path_hash() -> str:
   return h.hexdigest()[:16]
 
 
-def provenance() -> Dict[str, Any]:
-  import jax, jaxlib, numpy, optax, flax  # pylint: disable=import-outside-toplevel,multiple-imports
+def provenance() -> dict[str, Any]:
+  import flax  # pylint: disable=import-outside-toplevel,multiple-imports
+  import jax
+  import jaxlib
+  import numpy
+  import optax
+
   dirty = bool(_git("status", "--porcelain", "--", *TRAINING_PATH))
-  return dict(commit=_git("rev-parse", "HEAD"), training_path_hash=training_path_hash(),
-              training_path_dirty=dirty, python=platform.python_version(),
-              jax=jax.__version__, jaxlib=jaxlib.__version__, optax=optax.__version__,
-              flax=flax.__version__, numpy=numpy.__version__,
-              machine=f"{platform.machine()} x{os.cpu_count()}")
+  return dict(
+    commit=_git("rev-parse", "HEAD"),
+    training_path_hash=training_path_hash(),
+    training_path_dirty=dirty,
+    python=platform.python_version(),
+    jax=jax.__version__,
+    jaxlib=jaxlib.__version__,
+    optax=optax.__version__,
+    flax=flax.__version__,
+    numpy=numpy.__version__,
+    machine=f"{platform.machine()} x{os.cpu_count()}",
+  )
 
 
-def row(study_name: str, cell: Cell, summary: Dict[str, Any], commit: str) -> Dict[str, Any]:
+def row(study_name: str, cell: Cell, summary: dict[str, Any], commit: str) -> dict[str, Any]:
   cfg = summary["config"]
   command = "python -m experiments.train " + " ".join(
-      shlex.quote(a) for a in flags_to_argv(cell.flags))
+    shlex.quote(a) for a in flags_to_argv(cell.flags)
+  )
   return dict(
-      study=study_name, cell=cell.name, dataset=cfg["dataset"], model=cfg["model"],
-      method=cfg["method"], sparsity=cfg["sparsity"], distribution=cfg["distribution"],
-      mode=cfg["optimizer_mode"], seed=cfg["seed"], epochs=cfg["epochs"], rho=cfg["rho"],
-      command=command, commit=commit, finished=summary["finished"],
-      final_test_accuracy=summary["final_test_accuracy"],
-      best_test_accuracy=summary["best_test_accuracy"],
-      measured_sparsity=summary["sparsity"]["sparsity"],
-      wall_seconds=summary["wall_seconds"])
+    study=study_name,
+    cell=cell.name,
+    dataset=cfg["dataset"],
+    model=cfg["model"],
+    method=cfg["method"],
+    sparsity=cfg["sparsity"],
+    distribution=cfg["distribution"],
+    mode=cfg["optimizer_mode"],
+    seed=cfg["seed"],
+    epochs=cfg["epochs"],
+    rho=cfg["rho"],
+    command=command,
+    commit=commit,
+    finished=summary["finished"],
+    final_test_accuracy=summary["final_test_accuracy"],
+    best_test_accuracy=summary["best_test_accuracy"],
+    measured_sparsity=summary["sparsity"]["sparsity"],
+    wall_seconds=summary["wall_seconds"],
+  )
 
 
-def read_rows(path: str) -> List[Dict[str, Any]]:
+def read_rows(path: str) -> list[dict[str, Any]]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def append_row(path: str, record: Dict[str, Any]) -> None:
+def append_row(path: str, record: dict[str, Any]) -> None:
   """Appends one JSON line, flushed and fsynced (a finished run is never lost)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "a") as f:
@@ -153,11 +190,19 @@ def append_row(path: str, record: Dict[str, Any]) -> None:
     os.fsync(f.fileno())
 
 
-def run_study(name: str, cells: Iterable[Cell], *, results_dir: str = RESULTS,
-              work_dir: str = os.path.join("runs", "studies"), restart: bool = False,
-              max_runs: int = 0, require_clean: bool = True) -> int:
+def run_study(
+  name: str,
+  cells: Iterable[Cell],
+  *,
+  results_dir: str = RESULTS,
+  work_dir: str = os.path.join("runs", "studies"),
+  restart: bool = False,
+  max_runs: int = 0,
+  require_clean: bool = True,
+) -> int:
   """Runs (or resumes) every cell not yet recorded; returns how many finished."""
   from experiments import train  # pylint: disable=import-outside-toplevel
+
   out = os.path.join(results_dir, name)
   runs_path, meta_path = os.path.join(out, "runs.jsonl"), os.path.join(out, "study.json")
   now = provenance()
@@ -166,19 +211,26 @@ def run_study(name: str, cells: Iterable[Cell], *, results_dir: str = RESULTS,
       recorded = json.load(f)
     if recorded["training_path_hash"] != now["training_path_hash"]:
       raise SystemExit(
-          f"study {name}: the training path changed since its runs began at commit "
-          f"{recorded['commit'][:10]}; its runs must come from one commit. Run it "
-          "under a new name, or pass --restart to start it over.")
+        f"study {name}: the training path changed since its runs began at commit "
+        f"{recorded['commit'][:10]}; its runs must come from one commit. Run it "
+        "under a new name, or pass --restart to start it over."
+      )
   else:
     if now["training_path_dirty"] and require_clean:
-      raise SystemExit(f"study {name}: commit the training path first (a study's "
-                       "runs must come from a recorded commit).")
+      raise SystemExit(
+        f"study {name}: commit the training path first (a study's "
+        "runs must come from a recorded commit)."
+      )
     os.makedirs(out, exist_ok=True)
     if restart and os.path.exists(runs_path):
       os.replace(runs_path, runs_path + f".before-{int(time.time())}")
     with open(meta_path, "w") as f:
-      json.dump(dict(now, study=name, started=time.strftime("%Y-%m-%d %H:%M:%S")), f,
-                indent=2, sort_keys=True)
+      json.dump(
+        dict(now, study=name, started=time.strftime("%Y-%m-%d %H:%M:%S")),
+        f,
+        indent=2,
+        sort_keys=True,
+      )
     recorded = now
   done = {r["cell"] for r in read_rows(runs_path)}
   finished = 0
@@ -195,20 +247,26 @@ def run_study(name: str, cells: Iterable[Cell], *, results_dir: str = RESULTS,
     if summary["finished"]:
       append_row(runs_path, row(name, cell, summary, recorded["commit"]))
       finished += 1
-      print(f"[{name}] {cell.name}: final {summary['final_test_accuracy']:.4f} "
-            f"({summary['wall_seconds']:.0f} s)", flush=True)
+      print(
+        f"[{name}] {cell.name}: final {summary['final_test_accuracy']:.4f} "
+        f"({summary['wall_seconds']:.0f} s)",
+        flush=True,
+      )
   return finished
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m experiments.study",
-                                   description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m experiments.study", description=__doc__.split("\n\n")[0]
+  )
   parser.add_argument("study", choices=sorted(STUDIES), help="the study to run")
   parser.add_argument("--list", action="store_true", help="print its cells and exit")
-  parser.add_argument("--max-runs", type=int, default=0,
-                      help="stop after this many finished runs (0: all)")
-  parser.add_argument("--restart", action="store_true",
-                      help="start the study over at the current commit")
+  parser.add_argument(
+    "--max-runs", type=int, default=0, help="stop after this many finished runs (0: all)"
+  )
+  parser.add_argument(
+    "--restart", action="store_true", help="start the study over at the current commit"
+  )
   args = parser.parse_args(argv)
   cells = STUDIES[args.study]()
   if args.list:
@@ -216,6 +274,7 @@ def main(argv=None) -> int:
       print(c.name, " ".join(flags_to_argv(c.flags)))
     return 0
   from experiments.models import cpu_conv  # pylint: disable=import-outside-toplevel
+
   cpu_conv.maybe_tune_glibc_malloc()
   run_study(args.study, cells, restart=args.restart, max_runs=args.max_runs)
   return 0

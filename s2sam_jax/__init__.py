@@ -16,6 +16,12 @@ from s2sam_jax.sam import SAMState, sam
 __version__ = "0.1.0"
 
 __all__ = [
-    "S2SAMState", "SAMState", "perturbation", "perturbed", "s2sam", "sam",
-    "sparse", "unperturbed",
+  "S2SAMState",
+  "SAMState",
+  "perturbation",
+  "perturbed",
+  "s2sam",
+  "sam",
+  "sparse",
+  "unperturbed",
 ]

@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,7 @@ def map_masked(fn, masks: MaskTree, tree, *rest, dense_fn=None):
   return jax.tree.map(per_leaf, masks, tree, *rest, is_leaf=_is_none)
 
 
-def mask_tree(tree, masks: Optional[MaskTree]):
+def mask_tree(tree, masks: MaskTree | None):
   """Returns ``m ⊙ x`` leaf-wise; dense leaves and ``masks=None`` pass through."""
   if masks is None:
     return tree
@@ -117,23 +117,26 @@ def check_mask_values(masks: MaskTree, name: str = "masks") -> None:
     kinds = (jnp.bool_, jnp.integer, jnp.floating)
     if dtype is None or not any(jnp.issubdtype(dtype, k) for k in kinds):
       raise ValueError(
-          f"{where} is not a mask: expected a bool array (True = active) or "
-          f"a numeric array of exactly 0 and 1; got {type(m).__name__} of "
-          f"dtype {dtype}.")
+        f"{where} is not a mask: expected a bool array (True = active) or "
+        f"a numeric array of exactly 0 and 1; got {type(m).__name__} of "
+        f"dtype {dtype}."
+      )
     if jnp.issubdtype(dtype, jnp.bool_):
       continue
     if _is_traced(m):
       raise ValueError(
-          f"{where} is a traced {dtype} array whose values cannot be checked "
-          f"to be exactly 0 or 1 (e.g. under jit): give bool masks.")
+        f"{where} is a traced {dtype} array whose values cannot be checked "
+        f"to be exactly 0 or 1 (e.g. under jit): give bool masks."
+      )
     values = np.asarray(m, np.float64)
     bad = ~((values == 0) | (values == 1))
     if np.any(bad):
       raise ValueError(
-          f"{where} is not a mask: its values must be exactly 0 or 1 (or "
-          f"bool); {int(np.sum(bad))} of {values.size} entries are not, e.g. "
-          f"{float(values[bad].ravel()[0])!r} (scores or densities are not "
-          f"masks: select with a threshold or a top-k first).")
+        f"{where} is not a mask: its values must be exactly 0 or 1 (or "
+        f"bool); {int(np.sum(bad))} of {values.size} entries are not, e.g. "
+        f"{float(values[bad].ravel()[0])!r} (scores or densities are not "
+        f"masks: select with a threshold or a top-k first)."
+      )
 
 
 def as_bool(masks: MaskTree) -> MaskTree:
@@ -153,22 +156,24 @@ def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
     param_subtrees = mask_def.flatten_up_to(params)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        f"`{name}` must have the structure of the params tree (a bool array "
-        f"or None per leaf); got a mismatch: {e}") from None
+      f"`{name}` must have the structure of the params tree (a bool array "
+      f"or None per leaf); got a mismatch: {e}"
+    ) from None
   for path_leaf, m, p in zip(
-      jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)[0],
-      mask_leaves, param_subtrees):
+    jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)[0], mask_leaves, param_subtrees
+  ):
     if m is None:
       continue
     if not hasattr(p, "shape") or tuple(jnp.shape(m)) != tuple(jnp.shape(p)):
       raise ValueError(
-          f"`{name}` leaf {leaf_name(path_leaf[0])} has shape {jnp.shape(m)} "
-          f"but the param there has shape "
-          f"{getattr(p, 'shape', type(p).__name__)}.")
+        f"`{name}` leaf {leaf_name(path_leaf[0])} has shape {jnp.shape(m)} "
+        f"but the param there has shape "
+        f"{getattr(p, 'shape', type(p).__name__)}."
+      )
   check_mask_values(masks, name)
 
 
-def find_masks(state) -> Optional[MaskTree]:
+def find_masks(state) -> MaskTree | None:
   """Returns the mask tree held by a sparse wrapper anywhere in ``state``.
 
   Sparse wrappers keep their masks in a ``NamedTuple`` field named ``masks``;
@@ -176,14 +181,15 @@ def find_masks(state) -> Optional[MaskTree]:
   ``None`` when no sparse wrapper is present.
   """
   found = optax.tree.get_all_with_path(
-      state, "masks",
-      filtering=lambda path, _: isinstance(path[-1], optax.tree_utils.NamedTupleKey))
+    state, "masks", filtering=lambda path, _: isinstance(path[-1], optax.tree_utils.NamedTupleKey)
+  )
   if not found:
     return None
   if len(found) > 1:
     raise ValueError(
-        "Several sparse wrappers hold masks in this optimizer state; nest at "
-        "most one sparse wrapper per chain.")
+      "Several sparse wrappers hold masks in this optimizer state; nest at "
+      "most one sparse wrapper per chain."
+    )
   return found[0][1]
 
 
@@ -223,8 +229,7 @@ def keep_top_k(scores: jax.Array, k) -> jax.Array:
     enough = jnp.sum(codes >= mid, dtype=jnp.int32) >= k
     return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
 
-  kth, _ = jax.lax.fori_loop(
-      0, 32, bisect, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
+  kth, _ = jax.lax.fori_loop(0, 32, bisect, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
   greater = codes > kth
   ties = codes == kth
   need = k - jnp.sum(greater, dtype=jnp.int32)
@@ -234,5 +239,4 @@ def keep_top_k(scores: jax.Array, k) -> jax.Array:
 
 def count_active(masks: MaskTree):
   """Number of active entries per masked leaf (``None`` for dense leaves)."""
-  return map_masked(lambda m, x: jnp.sum(m, dtype=jnp.int32), masks, masks,
-                    dense_fn=lambda x: None)
+  return map_masked(lambda m, x: jnp.sum(m, dtype=jnp.int32), masks, masks, dense_fn=lambda x: None)

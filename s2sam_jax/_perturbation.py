@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,20 +46,20 @@ import optax
 
 from s2sam_jax import _masks
 
-ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
 def perturbation(
-    grads: optax.Updates,
-    params: optax.Params,
-    rho,
-    *,
-    adaptive: bool = False,
-    eta=0.01,
-    eps=1e-12,
-    masks: Optional[_masks.MaskTree] = None,
-    formula: str = "asam",
-    check: bool = True,
+  grads: optax.Updates,
+  params: optax.Params,
+  rho,
+  *,
+  adaptive: bool = False,
+  eta=0.01,
+  eps=1e-12,
+  masks: _masks.MaskTree | None = None,
+  formula: str = "asam",
+  check: bool = True,
 ) -> optax.Updates:
   """Returns the ascent step ``ε`` (float32 leaves, the structure of ``grads``).
 
@@ -92,15 +93,13 @@ def perturbation(
   if check:
     check_hyperparameters(rho, eps, eta)
     check_adaptive_formula(adaptive, formula, name="formula")
-  g = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
-                   _masks.mask_tree(grads, masks))
+  g = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _masks.mask_tree(grads, masks))
   if adaptive and formula == "authors":
     scale = jax.tree.map(lambda w: jnp.abs(jnp.asarray(w, jnp.float32)), params)
     direction = jax.tree.map(jnp.multiply, scale, g)
     step = jax.tree.map(lambda x: x * x * x, g)
   elif adaptive:
-    scale = jax.tree.map(lambda w: jnp.abs(jnp.asarray(w, jnp.float32)) + eta,
-                         params)
+    scale = jax.tree.map(lambda w: jnp.abs(jnp.asarray(w, jnp.float32)) + eta, params)
     direction = jax.tree.map(jnp.multiply, scale, g)
     step = jax.tree.map(jnp.multiply, scale, direction)
   else:
@@ -110,8 +109,7 @@ def perturbation(
   # Plain SAM: a finite norm bounds every |g_i|, and |factor g_i| < ρ, so two
   # scalar checks suffice (no extra pass over the leaves on the hot path).
   # Adaptive: T² g or g³ may overflow although the norm is finite.
-  return zero_unless_finite(optax.tree.scale(factor, step), norm, factor,
-                            check_leaves=adaptive)
+  return zero_unless_finite(optax.tree.scale(factor, step), norm, factor, check_leaves=adaptive)
 
 
 def all_finite(tree) -> jax.Array:
@@ -143,13 +141,12 @@ def _is_traced(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-def _concrete_float(x, name: str) -> Optional[float]:
+def _concrete_float(x, name: str) -> float | None:
   """``float(x)`` for a concrete real scalar, ``None`` for a traced one;
   ``ValueError`` naming ``name`` for anything else."""
   if _is_traced(x):
     return None
-  if isinstance(x, bool) or (
-      hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.bool_)):
+  if isinstance(x, bool) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.bool_)):
     raise ValueError(f"`{name}` must be a real number; got {x!r}.")
   if isinstance(x, numbers.Real):
     return float(x)
@@ -157,8 +154,9 @@ def _concrete_float(x, name: str) -> Optional[float]:
     array = np.asarray(x)
   except (TypeError, ValueError):
     raise ValueError(f"`{name}` must be a real number; got {x!r}.") from None
-  if array.ndim != 0 or not (jnp.issubdtype(array.dtype, jnp.integer)
-                             or jnp.issubdtype(array.dtype, jnp.floating)):
+  if array.ndim != 0 or not (
+    jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)
+  ):
     raise ValueError(f"`{name}` must be a real scalar; got {x!r}.")
   return float(array)
 
@@ -176,8 +174,7 @@ def check_hyperparameters(rho: Any, eps: Any, eta: Any) -> None:
   if not callable(rho):
     value = _concrete_float(rho, "rho")
     if value is not None and not (math.isfinite(value) and value >= 0):
-      raise ValueError(
-          f"`rho` must be finite and >= 0 (or a schedule); got {rho!r}.")
+      raise ValueError(f"`rho` must be finite and >= 0 (or a schedule); got {rho!r}.")
   value = _concrete_float(eps, "eps")
   if value is not None and not (math.isfinite(value) and value > 0):
     raise ValueError(f"`eps` must be finite and > 0; got {eps!r}.")
@@ -189,19 +186,18 @@ def check_hyperparameters(rho: Any, eps: Any, eta: Any) -> None:
 ADAPTIVE_FORMULAS = ("asam", "authors")
 
 
-def check_adaptive_formula(adaptive: bool, formula: str,
-                           name: str = "adaptive_formula") -> None:
+def check_adaptive_formula(adaptive: bool, formula: str, name: str = "adaptive_formula") -> None:
   """``formula`` is one of :data:`ADAPTIVE_FORMULAS`; ``"authors"`` needs
   ``adaptive=True`` (it would otherwise be silently ignored)."""
   if not isinstance(formula, str) or formula not in ADAPTIVE_FORMULAS:
-    raise ValueError(f"`{name}` must be one of {ADAPTIVE_FORMULAS}; "
-                     f"got {formula!r}.")
+    raise ValueError(f"`{name}` must be one of {ADAPTIVE_FORMULAS}; got {formula!r}.")
   if formula == "authors" and not adaptive:
     raise ValueError(f"`{name}='authors'` needs `adaptive=True`.")
 
 
-def mask_source(masks: Optional[_masks.MaskTree], inner_state,
-                perturb_pruned: bool) -> Optional[_masks.MaskTree]:
+def mask_source(
+  masks: _masks.MaskTree | None, inner_state, perturb_pruned: bool
+) -> _masks.MaskTree | None:
   """The masks that confine ``ε``: given ones, else an inner sparse wrapper's.
 
   ``perturb_pruned=True`` reproduces the authors' dense perturbation.

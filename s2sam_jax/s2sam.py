@@ -45,14 +45,13 @@ with ``perturb_pruned=True`` the held point carries ``ε`` there).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from s2sam_jax import _masks
-from s2sam_jax import _perturbation
+from s2sam_jax import _masks, _perturbation
 
 MODES = ("transparent", "explicit")
 
@@ -68,6 +67,7 @@ class S2SAMState(NamedTuple):
       loop holds (transparent mode).
     inner_state: state of the wrapped optimizer.
   """
+
   count: jax.Array
   perturbation: optax.Updates
   in_params: jax.Array
@@ -75,17 +75,17 @@ class S2SAMState(NamedTuple):
 
 
 def s2sam(
-    inner: optax.GradientTransformation,
-    rho: _perturbation.ScalarOrSchedule = 0.05,
-    *,
-    adaptive: bool = False,
-    adaptive_formula: str = "asam",
-    eta: float = 0.01,
-    eps: float = 1e-12,
-    mode: str = "transparent",
-    buffer_dtype=None,
-    masks: Optional[_masks.MaskTree] = None,
-    perturb_pruned: bool = False,
+  inner: optax.GradientTransformation,
+  rho: _perturbation.ScalarOrSchedule = 0.05,
+  *,
+  adaptive: bool = False,
+  adaptive_formula: str = "asam",
+  eta: float = 0.01,
+  eps: float = 1e-12,
+  mode: str = "transparent",
+  buffer_dtype=None,
+  masks: _masks.MaskTree | None = None,
+  perturb_pruned: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with single-step sharpness-aware minimization.
 
@@ -152,41 +152,49 @@ def s2sam(
     if masks is not None:
       _masks.validate_masks(masks, params)
     buffer = jax.tree.map(
-        lambda p: jnp.zeros(jnp.shape(p), buffer_dtype or jnp.asarray(p).dtype),
-        params)
+      lambda p: jnp.zeros(jnp.shape(p), buffer_dtype or jnp.asarray(p).dtype), params
+    )
     return S2SAMState(
-        count=jnp.zeros([], jnp.int32),
-        perturbation=buffer,
-        in_params=jnp.asarray(transparent),
-        inner_state=inner.init(params))
+      count=jnp.zeros([], jnp.int32),
+      perturbation=buffer,
+      in_params=jnp.asarray(transparent),
+      inner_state=inner.init(params),
+    )
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
       raise ValueError("s2sam needs `params` in update(grads, state, params).")
     old_eps = state.perturbation
-    clean = (jax.tree.map(lambda p, e: p - e.astype(p.dtype), params, old_eps)
-             if transparent else params)
-    inner_updates, inner_state = inner.update(
-        grads, state.inner_state, clean, **extra_args)
-    next_clean = jax.tree.map(lambda w, u: w + u.astype(w.dtype),
-                              clean, inner_updates)
+    clean = (
+      jax.tree.map(lambda p, e: p - e.astype(p.dtype), params, old_eps) if transparent else params
+    )
+    inner_updates, inner_state = inner.update(grads, state.inner_state, clean, **extra_args)
+    next_clean = jax.tree.map(lambda w, u: w + u.astype(w.dtype), clean, inner_updates)
 
     count = optax.safe_increment(state.count)
     # ASAM scales by the weights the next gradient is taken around; the
     # authors' formula by the point where ``grads`` was taken.
     scale_point = next_clean
     if authors:
-      scale_point = params if transparent else jax.tree.map(
-          lambda p, e: p + e.astype(p.dtype), params, old_eps)
+      scale_point = (
+        params if transparent else jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, old_eps)
+      )
     new_eps = _perturbation.perturbation(
-        grads, scale_point, _perturbation.resolve_rho(rho, count),
-        adaptive=adaptive, eta=eta, eps=eps, formula=adaptive_formula,
-        masks=_perturbation.mask_source(masks, inner_state, perturb_pruned),
-        check=False)
+      grads,
+      scale_point,
+      _perturbation.resolve_rho(rho, count),
+      adaptive=adaptive,
+      eta=eta,
+      eps=eps,
+      formula=adaptive_formula,
+      masks=_perturbation.mask_source(masks, inner_state, perturb_pruned),
+      check=False,
+    )
     new_eps = jax.tree.map(lambda e, old: e.astype(old.dtype), new_eps, old_eps)
-    if any(jnp.issubdtype(e.dtype, jnp.floating)
-           and jnp.finfo(e.dtype).max < jnp.finfo(jnp.float32).max
-           for e in jax.tree.leaves(old_eps)):
+    if any(
+      jnp.issubdtype(e.dtype, jnp.floating) and jnp.finfo(e.dtype).max < jnp.finfo(jnp.float32).max
+      for e in jax.tree.leaves(old_eps)
+    ):
       # float16 buffers: a finite float32 ε may overflow when stored.
       new_eps = _perturbation.zero_unless_finite(new_eps)
 
@@ -194,11 +202,10 @@ def s2sam(
       # Aim at the target point itself: where it is exactly 0 (masked), the
       # update is exactly -params and apply_updates yields an exact 0.
       updates = jax.tree.map(
-          lambda w, e, p: (w + e.astype(w.dtype)) - p, next_clean, new_eps,
-          params)
+        lambda w, e, p: (w + e.astype(w.dtype)) - p, next_clean, new_eps, params
+      )
     else:
-      updates = jax.tree.map(lambda u, p: u.astype(p.dtype), inner_updates,
-                             params)
+      updates = jax.tree.map(lambda u, p: u.astype(p.dtype), inner_updates, params)
     return updates, S2SAMState(count, new_eps, state.in_params, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -211,20 +218,22 @@ def _check_buffer_dtype(buffer_dtype):
   try:
     dtype = jnp.dtype(buffer_dtype)
   except (TypeError, ValueError):
-    raise ValueError(f"`buffer_dtype` must be None or a floating dtype (e.g. "
-                     f"jnp.bfloat16); got {buffer_dtype!r}.") from None
+    raise ValueError(
+      f"`buffer_dtype` must be None or a floating dtype (e.g. jnp.bfloat16); got {buffer_dtype!r}."
+    ) from None
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(
-        f"`buffer_dtype` must be None or a floating dtype (e.g. jnp.bfloat16); "
-        f"got {dtype}, which cannot hold ε (S2-SAM would be silently off).")
+      f"`buffer_dtype` must be None or a floating dtype (e.g. jnp.bfloat16); "
+      f"got {dtype}, which cannot hold ε (S2-SAM would be silently off)."
+    )
   return dtype
 
 
-def _find_state(state) -> Optional[S2SAMState]:
+def _find_state(state) -> S2SAMState | None:
   found = [
-      s for s in jax.tree.leaves(
-          state, is_leaf=lambda x: isinstance(x, S2SAMState))
-      if isinstance(s, S2SAMState)
+    s
+    for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, S2SAMState))
+    if isinstance(s, S2SAMState)
   ]
   if len(found) > 1:
     raise ValueError("The optimizer state holds more than one S2SAMState.")
@@ -244,15 +253,17 @@ def _paired_leaves(params, s: S2SAMState):
   eps_leaves = jax.tree.leaves(s.perturbation)
   if len(flat) != len(eps_leaves):
     raise ValueError(
-        f"`params` has {len(flat)} leaves but the S2-SAM state perturbs "
-        f"{len(eps_leaves)}: pass the params this optimizer state was "
-        f"initialised with.")
+      f"`params` has {len(flat)} leaves but the S2-SAM state perturbs "
+      f"{len(eps_leaves)}: pass the params this optimizer state was "
+      f"initialised with."
+    )
   for (path, p), e in zip(flat, eps_leaves):
     if tuple(jnp.shape(p)) != tuple(jnp.shape(e)):
       raise ValueError(
-          f"`params` leaf {_masks.leaf_name(path)} has shape "
-          f"{tuple(jnp.shape(p))} but the S2-SAM state's perturbation there "
-          f"has shape {tuple(jnp.shape(e))}.")
+        f"`params` leaf {_masks.leaf_name(path)} has shape "
+        f"{tuple(jnp.shape(p))} but the S2-SAM state's perturbation there "
+        f"has shape {tuple(jnp.shape(e))}."
+      )
   return [p for _, p in flat], treedef, eps_leaves
 
 
@@ -267,8 +278,7 @@ def _shift(params, state, sign_if_in_params: float, sign_if_explicit: float):
   leaves, treedef, eps_leaves = _paired_leaves(params, s)
   in_params = jax.tree.leaves(s.in_params)[0]
   sign = jnp.where(in_params, sign_if_in_params, sign_if_explicit)
-  return treedef.unflatten([
-      p + (sign * e).astype(p.dtype) for p, e in zip(leaves, eps_leaves)])
+  return treedef.unflatten([p + (sign * e).astype(p.dtype) for p, e in zip(leaves, eps_leaves)])
 
 
 def unperturbed(params, state):
@@ -294,9 +304,9 @@ def unperturbed(params, state):
   # Paired by flattening order, as in _shift (params may be an nnx.State).
   leaves, treedef = jax.tree.flatten(clean)
   mask_leaves = jax.tree.leaves(masks, is_leaf=lambda m: m is None)
-  return treedef.unflatten([
-      x if m is None else jnp.where(m, x, jnp.zeros_like(x))
-      for x, m in zip(leaves, mask_leaves)])
+  return treedef.unflatten(
+    [x if m is None else jnp.where(m, x, jnp.zeros_like(x)) for x, m in zip(leaves, mask_leaves)]
+  )
 
 
 def perturbed(params, state):

@@ -23,33 +23,34 @@ masked by an inner sparse wrapper stay exactly 0 whatever the gradient.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from s2sam_jax import _masks
-from s2sam_jax import _perturbation
+from s2sam_jax import _masks, _perturbation
 
 
 class SAMState(NamedTuple):
   """State of :func:`sam`: the step count (for a ``rho`` schedule) and the
   wrapped optimizer's state."""
+
   count: jax.Array
   inner_state: optax.OptState
 
 
 def sam(
-    inner: optax.GradientTransformation,
-    rho: _perturbation.ScalarOrSchedule = 0.05,
-    *,
-    adaptive: bool = False,
-    adaptive_formula: str = "asam",
-    eta: float = 0.01,
-    eps: float = 1e-12,
-    masks: Optional[_masks.MaskTree] = None,
-    perturb_pruned: bool = False,
+  inner: optax.GradientTransformation,
+  rho: _perturbation.ScalarOrSchedule = 0.05,
+  *,
+  adaptive: bool = False,
+  adaptive_formula: str = "asam",
+  eta: float = 0.01,
+  eps: float = 1e-12,
+  masks: _masks.MaskTree | None = None,
+  perturb_pruned: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with two-step sharpness-aware minimization.
 
@@ -102,27 +103,28 @@ def sam(
   def init_fn(params):
     if masks is not None:
       _masks.validate_masks(masks, params)
-    return SAMState(count=jnp.zeros([], jnp.int32),
-                    inner_state=inner.init(params))
+    return SAMState(count=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
 
-  def update_fn(grads, state, params=None, *,
-                grad_fn: Optional[Callable] = None, **extra_args):
+  def update_fn(grads, state, params=None, *, grad_fn: Callable | None = None, **extra_args):
     if grad_fn is None:
-      raise ValueError("sam needs the extra argument `grad_fn` "
-                       "(perturbed params -> grads) in update().")
+      raise ValueError(
+        "sam needs the extra argument `grad_fn` (perturbed params -> grads) in update()."
+      )
     if params is None:
       raise ValueError("sam needs `params` in update(grads, state, params).")
     eps_t = _perturbation.perturbation(
-        grads, params, _perturbation.resolve_rho(rho, state.count),
-        adaptive=adaptive, eta=eta, eps=eps,
-        masks=_perturbation.mask_source(masks, state.inner_state,
-                                        perturb_pruned),
-        check=False)
-    ascent_point = jax.tree.map(lambda p, e: p + e.astype(p.dtype),
-                                params, eps_t)
+      grads,
+      params,
+      _perturbation.resolve_rho(rho, state.count),
+      adaptive=adaptive,
+      eta=eta,
+      eps=eps,
+      masks=_perturbation.mask_source(masks, state.inner_state, perturb_pruned),
+      check=False,
+    )
+    ascent_point = jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, eps_t)
     ascent_grads = grad_fn(ascent_point)
-    updates, inner_state = inner.update(
-        ascent_grads, state.inner_state, params, **extra_args)
+    updates, inner_state = inner.update(ascent_grads, state.inner_state, params, **extra_args)
     return updates, SAMState(optax.safe_increment(state.count), inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

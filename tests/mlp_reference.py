@@ -15,10 +15,10 @@ LR, MOMENTUM, WD, RHO, STEPS = 0.3, 0.9, 5e-3, 0.2, 12
 def make_problem(seed=0):
   rng = np.random.default_rng(seed)
   params = {
-      "w1": rng.normal(0, 0.7, (N_IN, N_HIDDEN)),
-      "b1": rng.normal(0, 0.1, (N_HIDDEN,)),
-      "w2": rng.normal(0, 0.7, (N_HIDDEN, N_OUT)),
-      "b2": rng.normal(0, 0.1, (N_OUT,)),
+    "w1": rng.normal(0, 0.7, (N_IN, N_HIDDEN)),
+    "b1": rng.normal(0, 0.1, (N_HIDDEN,)),
+    "w2": rng.normal(0, 0.7, (N_HIDDEN, N_OUT)),
+    "b2": rng.normal(0, 0.1, (N_OUT,)),
   }
   x = rng.normal(size=(N_BATCH, N_IN))
   y = rng.integers(0, N_OUT, N_BATCH)
@@ -43,11 +43,8 @@ def numpy_grad(params, x, y):
   d_logits[np.arange(len(y)), y] -= 1.0
   d_logits /= len(y)
   d_h = d_logits @ params["w2"].T
-  d_a1 = d_h * (1.0 - h ** 2)
-  return {
-      "w1": x.T @ d_a1, "b1": d_a1.sum(0),
-      "w2": h.T @ d_logits, "b2": d_logits.sum(0),
-  }
+  d_a1 = d_h * (1.0 - h**2)
+  return {"w1": x.T @ d_a1, "b1": d_a1.sum(0), "w2": h.T @ d_logits, "b2": d_logits.sum(0)}
 
 
 def to_jax(tree, dtype=jnp.float32):
@@ -58,12 +55,10 @@ def global_norm(tree):
   return np.sqrt(sum(np.sum(np.square(v)) for v in tree.values()))
 
 
-def numpy_perturbation(g, w, rho, adaptive=False, eta=0.01, eps=1e-12,
-                       masks=None):
+def numpy_perturbation(g, w, rho, adaptive=False, eta=0.01, eps=1e-12, masks=None):
   """ε = ρ g/‖g‖ or ASAM ε = ρ T²g/‖Tg‖, T = |w| + η (masked first)."""
   if masks is not None:
-    g = {k: v * masks[k] if masks.get(k) is not None else v
-         for k, v in g.items()}
+    g = {k: v * masks[k] if masks.get(k) is not None else v for k, v in g.items()}
   if adaptive:
     t = {k: np.abs(w[k]) + eta for k in g}
     tg = {k: t[k] * g[k] for k in g}
@@ -82,7 +77,7 @@ def numpy_s2sam_trajectory(adaptive, eta=0.01, steps=STEPS):
   for _ in range(steps):
     g = numpy_grad({k: w[k] + eps[k] for k in w}, x, y)
     for k in w:
-      d = g[k] + WD * w[k]           # decay sees the clean weights
+      d = g[k] + WD * w[k]  # decay sees the clean weights
       buf[k] = MOMENTUM * buf[k] + d
       w[k] = w[k] - LR * buf[k]
     eps = numpy_perturbation(g, w, RHO, adaptive=adaptive, eta=eta)
@@ -92,8 +87,7 @@ def numpy_s2sam_trajectory(adaptive, eta=0.01, steps=STEPS):
 
 def sgd_momentum_wd():
   """PyTorch-style SGD: coupled weight decay, momentum without dampening."""
-  return optax.chain(optax.add_decayed_weights(WD),
-                     optax.sgd(LR, momentum=MOMENTUM))
+  return optax.chain(optax.add_decayed_weights(WD), optax.sgd(LR, momentum=MOMENTUM))
 
 
 def numpy_authors_trajectory(steps=STEPS, masks=None, rho=RHO):
@@ -103,7 +97,7 @@ def numpy_authors_trajectory(steps=STEPS, masks=None, rho=RHO):
   applied to the weights after every step (gradients and perturbation
   unmasked). Returns the clean weights after each step."""
   w, x, y = make_problem()
-  if masks is not None:   # --sp-prune-before-retrain: start sparse
+  if masks is not None:  # --sp-prune-before-retrain: start sparse
     w = {k: v * masks[k] if masks.get(k) is not None else v for k, v in w.items()}
   buf = {k: np.zeros_like(v) for k, v in w.items()}
   prev_grad = prev_u = None
@@ -123,6 +117,6 @@ def numpy_authors_trajectory(steps=STEPS, masks=None, rho=RHO):
       buf[k] = MOMENTUM * buf[k] + g[k] + WD * w[k]
       w[k] = w[k] - LR * buf[k]
       if masks is not None and masks.get(k) is not None:
-        w[k] = w[k] * masks[k]      # prune_apply_masks
+        w[k] = w[k] * masks[k]  # prune_apply_masks
     trajectory.append({k: v.copy() for k, v in w.items()})
   return trajectory, x, y

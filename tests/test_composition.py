@@ -9,12 +9,12 @@ import chex
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
+import mlp_reference as ref
 import numpy as np
 import optax
 import pytest
 from flax.training import train_state
 
-import mlp_reference as ref
 import s2sam_jax as ss
 
 RHO, STEPS = 0.1, 8
@@ -31,8 +31,7 @@ def reference_run(opt, steps=STEPS, rho=RHO):
     g = jax.grad(ref.jax_loss)(jax.tree.map(lambda a, e: a + e, w, eps), x, y)
     updates, state = opt.update(g, state, w)
     w = optax.apply_updates(w, updates)
-    eps = ref.numpy_perturbation({k: np.asarray(v, np.float64) for k, v in g.items()},
-                                 None, rho)
+    eps = ref.numpy_perturbation({k: np.asarray(v, np.float64) for k, v in g.items()}, None, rho)
     eps = {k: np.asarray(v, np.float32) for k, v in eps.items()}
     out.append(w)
   return out, x, y
@@ -56,12 +55,11 @@ def _step(tx, params, state, x, y):
 
 
 OPTIMIZERS = {
-    "sgd_momentum": lambda: optax.sgd(0.2, momentum=0.9),
-    "sgd_nesterov": lambda: optax.sgd(0.2, momentum=0.9, nesterov=True),
-    "adam": lambda: optax.adam(0.05),
-    "adamw": lambda: optax.adamw(0.05, weight_decay=0.3),
-    "chain_clip": lambda: optax.chain(optax.clip_by_global_norm(0.05),
-                                      optax.sgd(0.5, momentum=0.9)),
+  "sgd_momentum": lambda: optax.sgd(0.2, momentum=0.9),
+  "sgd_nesterov": lambda: optax.sgd(0.2, momentum=0.9, nesterov=True),
+  "adam": lambda: optax.adam(0.05),
+  "adamw": lambda: optax.adamw(0.05, weight_decay=0.3),
+  "chain_clip": lambda: optax.chain(optax.clip_by_global_norm(0.05), optax.sgd(0.5, momentum=0.9)),
 }
 
 
@@ -71,14 +69,14 @@ def test_wraps_any_optimizer(name, mode):
   expected, x, y = reference_run(OPTIMIZERS[name]())
   got = s2sam_run(ss.s2sam(OPTIMIZERS[name](), rho=RHO, mode=mode), x, y)
   for t, (e, g) in enumerate(zip(expected, got)):
-    chex.assert_trees_all_close(g, e, rtol=1e-4, atol=1e-5,
-                                custom_message=f"step {t}")
+    chex.assert_trees_all_close(g, e, rtol=1e-4, atol=1e-5, custom_message=f"step {t}")
 
 
 def test_inject_hyperparams_changes_rho_and_lr_without_recompiling():
   _, x, y = ref.make_problem()
   tx = optax.inject_hyperparams(ss.s2sam)(
-      inner=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), rho=0.05)
+    inner=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), rho=0.05
+  )
   params = ref.to_jax(ref.make_problem()[0])
   state = tx.init(params)
   traces = []
@@ -89,15 +87,13 @@ def test_inject_hyperparams_changes_rho_and_lr_without_recompiling():
     return _step(tx, params, state, x, y)
 
   params, state = step(params, state)
-  state = optax.tree.set(state, rho=jnp.float32(0.3),
-                         learning_rate=jnp.float32(0.0))
+  state = optax.tree.set(state, rho=jnp.float32(0.3), learning_rate=jnp.float32(0.0))
   clean_before = ss.unperturbed(params, state)
   params, state = step(params, state)
   assert len(traces) == 1
   # lr 0: the clean weights stay; the new ε has the new radius 0.3.
   chex.assert_trees_all_close(ss.unperturbed(params, state), clean_before, atol=1e-6)
-  np.testing.assert_allclose(optax.tree.norm(state.inner_state.perturbation), 0.3,
-                             rtol=1e-5)
+  np.testing.assert_allclose(optax.tree.norm(state.inner_state.perturbation), 0.3, rtol=1e-5)
 
 
 def test_multisteps_accumulates_at_the_perturbed_point():
@@ -117,15 +113,18 @@ def test_multisteps_accumulates_at_the_perturbed_point():
     u, ss_state = single.update(mean, ss_state, p_single)
     p_single = optax.apply_updates(p_single, u)
     chex.assert_trees_all_close(p_multi, p_single, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(ss.unperturbed(p_multi, ms),
-                              ss.unperturbed(p_single, ss_state), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    ss.unperturbed(p_multi, ms), ss.unperturbed(p_single, ss_state), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_flax_train_state_unchanged_loop():
   expected, x, y = ref.numpy_s2sam_trajectory(adaptive=False)
   state = train_state.TrainState.create(
-      apply_fn=None, params=ref.to_jax(ref.make_problem()[0]),
-      tx=ss.s2sam(ref.sgd_momentum_wd(), rho=ref.RHO))
+    apply_fn=None,
+    params=ref.to_jax(ref.make_problem()[0]),
+    tx=ss.s2sam(ref.sgd_momentum_wd(), rho=ref.RHO),
+  )
 
   @jax.jit
   def train_step(state):
@@ -140,7 +139,6 @@ def test_flax_train_state_unchanged_loop():
 
 
 class NnxMLP(nnx.Module):
-
   def __init__(self, params):
     self.w1 = nnx.Param(jnp.asarray(params["w1"], jnp.float32))
     self.b1 = nnx.Param(jnp.asarray(params["b1"], jnp.float32))
@@ -155,8 +153,7 @@ class NnxMLP(nnx.Module):
 def test_flax_nnx_optimizer_unchanged_loop():
   expected, x, y = ref.numpy_s2sam_trajectory(adaptive=False)
   model = NnxMLP(ref.make_problem()[0])
-  optimizer = nnx.Optimizer(model, ss.s2sam(ref.sgd_momentum_wd(), rho=ref.RHO),
-                            wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, ss.s2sam(ref.sgd_momentum_wd(), rho=ref.RHO), wrt=nnx.Param)
 
   def loss_fn(model):
     logp = jax.nn.log_softmax(model(x))

@@ -61,11 +61,14 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_one_vs_eight_devices(adaptive):
-  env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", SCRIPT.replace("ADAPTIVE", str(adaptive))],
-                       env=env, capture_output=True, text=True, timeout=300)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+    [sys.executable, "-c", SCRIPT.replace("ADAPTIVE", str(adaptive))],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["scale"] > 0.1

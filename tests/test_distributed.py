@@ -15,12 +15,11 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
+from test_train import REPO, TINY, leaves, run
 
 from experiments.checkpoint import Checkpointer
-from test_train import REPO, TINY, leaves, run
 
 pytestmark = pytest.mark.slow
 FLAGS = ["--method", "rigl", "--optimizer-mode", "s2sam", "--epochs", "2"]
@@ -34,14 +33,34 @@ def _free_port() -> int:
 
 def _two_processes(out_dir, *flags, timeout=300):
   port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", *TINY, *FLAGS, *flags,
-       "--distributed", "--coordinator-address", f"127.0.0.1:{port}",
-       "--num-processes", "2", "--process-id", str(i), "--out-dir", str(out_dir)],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        *TINY,
+        *FLAGS,
+        *flags,
+        "--distributed",
+        "--coordinator-address",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(i),
+        "--out-dir",
+        str(out_dir),
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     outs = [p.communicate(timeout=timeout) for p in procs]
   finally:

@@ -8,7 +8,6 @@ bit); the metric rows it writes; hand-written expectations of each error.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import signal
@@ -16,14 +15,13 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
+from test_train import REPO, TINY, leaves, run, tiny_cfg
 
 from experiments import train
 from experiments.checkpoint import Checkpointer, finished_steps
 from experiments.metrics import write_json
-from test_train import REPO, TINY, leaves, run, tiny_cfg
 
 
 def _main(capsys, *flags):
@@ -34,18 +32,22 @@ def _main(capsys, *flags):
 
 def _image_folder(root, sizes_by_class, bad=None):
   from PIL import Image
+
   rng = np.random.default_rng(0)
   for split in ("train", "test"):
     for c, sizes in sizes_by_class.items():
       os.makedirs(root / split / c, exist_ok=True)
       for i, size in enumerate(sizes):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / split / c / f"{i}.png")
+          root / split / c / f"{i}.png"
+        )
   if bad:
     (root / "train" / bad).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
 
-@pytest.mark.parametrize("flags,flag", [
+@pytest.mark.parametrize(
+  "flags,flag",
+  [
     (["--config", "table9/cifar10/resnet32/rigl-erk"], "--config"),
     (["--config", "table1/cifar10/resnet32/rigl-erk/abc/s2sam"], "--config"),
     (["--config", "table1/cifar10/resnet32/rigl-erk/0.9/fast"], "--optimizer-mode"),
@@ -73,39 +75,50 @@ def _image_folder(root, sizes_by_class, bad=None):
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/data"], "--data-dir"),
     (["--resume"], "--resume"),
     (["--extra-eval", "mnist2d"], "mnist2d"),
-])
+  ],
+)
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, flags, flag):
   code, err = _main(capsys, *TINY, "--out-dir", tmp_path / "run", *flags)
   assert code == 2, err
   assert err.count("\n") == 1 and flag in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("layout,match", [
+@pytest.mark.parametrize(
+  "layout,match",
+  [
     (dict(sizes_by_class={"a": [8, 8], "b": []}), r"class folder .*b holds no images"),
-    (dict(sizes_by_class={"a": [8, 8], "b": [8, 8]}, bad="a/9.png"),
-     r"cannot decode image .*a/9\.png"),
+    (
+      dict(sizes_by_class={"a": [8, 8], "b": [8, 8]}, bad="a/9.png"),
+      r"cannot decode image .*a/9\.png",
+    ),
     (dict(sizes_by_class={"a": [8, 8], "b": [8, 10]}), "--image-size N"),
-])
+  ],
+)
 def test_bad_image_folders_name_the_problem(tmp_path, capsys, monkeypatch, layout, match):
   monkeypatch.setenv("S2SAM_JAX_CACHE", str(tmp_path / "cache"))
   _image_folder(tmp_path / "folder", **layout)
-  code, err = _main(capsys, *TINY, "--out-dir", tmp_path / "run", "--dataset",
-                    f"imagefolder:{tmp_path / 'folder'}")
+  code, err = _main(
+    capsys, *TINY, "--out-dir", tmp_path / "run", "--dataset", f"imagefolder:{tmp_path / 'folder'}"
+  )
   assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
   import re
+
   assert re.search(match, err), err
-  if "image-size" in match:   # the flag it names exists and fixes it
+  if "image-size" in match:  # the flag it names exists and fixes it
     assert "--image-size" in train.build_parser().format_help()
-    source, _ = train.load_data(train.config_from_args(
-        TINY + ["--dataset", f"imagefolder:{tmp_path / 'folder'}",
-                "--image-size", "8"])[0])
+    source, _ = train.load_data(
+      train.config_from_args(
+        TINY + ["--dataset", f"imagefolder:{tmp_path / 'folder'}", "--image-size", "8"]
+      )[0]
+    )
     assert source.info.image_shape == (8, 8, 3)
 
 
 def test_resume_with_other_settings_is_a_one_line_error(tmp_path, capsys):
   run(tmp_path, "--method", "static", "--max-steps", "2")
-  code, err = _main(capsys, *TINY, "--method", "static", "--out-dir", tmp_path,
-                    "--resume", "--lr", "0.1")
+  code, err = _main(
+    capsys, *TINY, "--method", "static", "--out-dir", tmp_path, "--resume", "--lr", "0.1"
+  )
   assert code == 2 and "lr: 0.05 -> 0.1" in err and "Traceback" not in err
 
 
@@ -126,8 +139,7 @@ def test_resume_needs_only_the_out_dir(tmp_path, capsys):
 def _rows(out_dir):
   with open(os.path.join(out_dir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if k not in ("time", "images_per_sec")}
-          for r in rows]
+  return [{k: v for k, v in r.items() if k not in ("time", "images_per_sec")} for r in rows]
 
 
 def test_metrics_are_unique_after_resume_and_never_mix_runs(tmp_path):
@@ -136,7 +148,7 @@ def test_metrics_are_unique_after_resume_and_never_mix_runs(tmp_path):
   # An older run's rows but no checkpoint: a fresh run starts the file anew.
   os.makedirs(tmp_path / "cut")
   (tmp_path / "cut" / "metrics.jsonl").write_text('{"epoch": 99}\n')
-  run(tmp_path / "cut", *flags, "--max-steps", "11")     # stops inside epoch 2
+  run(tmp_path / "cut", *flags, "--max-steps", "11")  # stops inside epoch 2
   run(tmp_path / "cut", *flags, "--resume", "--max-steps", "13")
   run(tmp_path / "cut", *flags, "--resume")
   rows = _rows(tmp_path / "cut")
@@ -167,7 +179,7 @@ def _flip(path):
 def test_a_corrupted_latest_checkpoint_falls_back_to_an_intact_one(tmp_path, damage):
   flags = ["--method", "static", "--epochs", "2", "--checkpoint-every", "1"]
   full, _ = run(tmp_path / "full", *flags)
-  run(tmp_path / "cut", *flags, "--max-steps", "12")   # checkpoints 8 and 12
+  run(tmp_path / "cut", *flags, "--max-steps", "12")  # checkpoints 8 and 12
   ckpt_dir = str(tmp_path / "cut" / "checkpoints")
   assert finished_steps(ckpt_dir) == [8, 12]
   if damage == "no_metadata":
@@ -186,8 +198,7 @@ def test_no_intact_checkpoint_is_one_clear_error(tmp_path, capsys):
   for f in _checkpoint_files(str(tmp_path / "checkpoints"), 3, "state"):
     _flip(f)
   with pytest.warns(UserWarning):
-    code, err = _main(capsys, *TINY, "--method", "static", "--out-dir", tmp_path,
-                      "--resume")
+    code, err = _main(capsys, *TINY, "--method", "static", "--out-dir", tmp_path, "--resume")
   assert code == 2 and "can be read back intact" in err and "Traceback" not in err
 
 
@@ -203,23 +214,34 @@ def test_a_half_written_checkpoint_is_not_a_checkpoint(tmp_path, capsys):
   assert summary["finished"]
 
 
-def test_a_full_disk_is_one_message_and_keeps_older_checkpoints(tmp_path, capsys,
-                                                               monkeypatch):
+def test_a_full_disk_is_one_message_and_keeps_older_checkpoints(tmp_path, capsys, monkeypatch):
   import orbax.checkpoint as ocp
+
   saves = []
   real_save = ocp.CheckpointManager.save
 
   def save(self, step, *args, **kwargs):
     if saves:  # what TensorStore raises when the disk is full
       raise ValueError(
-          f'RESOURCE_EXHAUSTED: Error writing local file "{tmp_path}/x": '
-          "No space left on device [os_error_code='28']")
+        f'RESOURCE_EXHAUSTED: Error writing local file "{tmp_path}/x": '
+        "No space left on device [os_error_code='28']"
+      )
     saves.append(step)
     return real_save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-  code, err = _main(capsys, *TINY, "--method", "static", "--epochs", "3",
-                    "--checkpoint-every", "1", "--out-dir", tmp_path)
+  code, err = _main(
+    capsys,
+    *TINY,
+    "--method",
+    "static",
+    "--epochs",
+    "3",
+    "--checkpoint-every",
+    "1",
+    "--out-dir",
+    tmp_path,
+  )
   assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
   assert str(tmp_path) in err and "No space left on device" in err
   assert finished_steps(str(tmp_path / "checkpoints")) == saves == [8]
@@ -228,20 +250,30 @@ def test_a_full_disk_is_one_message_and_keeps_older_checkpoints(tmp_path, capsys
 def test_final_accuracy_is_the_final_models(tmp_path):
   # LT: round 0's last evaluation is the dense model; the summary must score
   # the pruned model the run ends with.
-  runner, summary = run(tmp_path, "--method", "lt", "--sparsity", "0.36",
-                        "--eval-every", "1")
+  runner, summary = run(tmp_path, "--method", "lt", "--sparsity", "0.36", "--eval-every", "1")
   state = runner.final_state
-  ev = train.evaluate(runner.eval_step, state["params"], state["stats"],
-                      state["opt_state"], runner.test_source,
-                      runner.eval_batch_size, runner.sharded)
+  ev = train.evaluate(
+    runner.eval_step,
+    state["params"],
+    state["stats"],
+    state["opt_state"],
+    runner.test_source,
+    runner.eval_batch_size,
+    runner.sharded,
+  )
   assert summary["final_test_accuracy"] == ev["accuracy"]
 
 
 def _start(out_dir, *flags):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", *TINY, *flags, "--out-dir", str(out_dir)],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [sys.executable, "-m", "experiments.train", *TINY, *flags, "--out-dir", str(out_dir)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 @pytest.mark.slow
@@ -249,7 +281,7 @@ def _start(out_dir, *flags):
 def test_a_signal_checkpoints_and_resume_is_bit_exact(tmp_path, signum):
   flags = ["--method", "rigl", "--epochs", "300", "--eval-every", "100"]
   proc = _start(tmp_path / "cut", *flags)
-  assert proc.stdout.readline().startswith("{")   # the first epoch is done
+  assert proc.stdout.readline().startswith("{")  # the first epoch is done
   time.sleep(0.5)
   proc.send_signal(signum)
   _, err = proc.communicate(timeout=300)
@@ -257,8 +289,8 @@ def test_a_signal_checkpoints_and_resume_is_bit_exact(tmp_path, signum):
   assert "Resume with: python -m experiments.train" in err and "Traceback" not in err
   assert err.strip().count("\n") == 0
   steps = finished_steps(str(tmp_path / "cut" / "checkpoints"))
-  assert steps and steps[-1] < 300 * 8            # stopped early, checkpointed
-  if signum != signal.SIGINT:   # the same code path; compare once
+  assert steps and steps[-1] < 300 * 8  # stopped early, checkpointed
+  if signum != signal.SIGINT:  # the same code path; compare once
     return
   resumed, _ = run(tmp_path / "cut", *flags, "--resume")
   full, _ = run(tmp_path / "full", *flags)

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s2sam_jax import sparse
 
@@ -16,9 +17,9 @@ def test_schedule_round_counts_match_reference(target, rounds):
   sched = sparse.imp_schedule(target)
   assert len(sched) == rounds
   for r, s in enumerate(sched[:-1], start=1):
-    assert s == pytest.approx(1 - 0.8 ** r)
+    assert s == pytest.approx(1 - 0.8**r)
     assert s < target
-  assert sched[-1] == target and 1 - 0.8 ** rounds >= target
+  assert sched[-1] == target and 1 - 0.8**rounds >= target
 
 
 def test_schedule_exact_and_other_fractions():
@@ -30,8 +31,9 @@ def test_schedule_exact_and_other_fractions():
 def tree(r, shapes, levels=None):
   if levels is None:
     return {k: jnp.asarray(r.normal(size=s), jnp.float32) for k, s in shapes.items()}
-  return {k: jnp.asarray(r.integers(-levels, levels + 1, s), jnp.float32)
-          for k, s in shapes.items()}
+  return {
+    k: jnp.asarray(r.integers(-levels, levels + 1, s), jnp.float32) for k, s in shapes.items()
+  }
 
 
 SHAPES = {"a": (4, 6), "b": (3, 3, 2, 2), "bias": (6,)}
@@ -56,17 +58,22 @@ def flat(m):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), p=st.floats(0.05, 0.95),
-       levels=st.sampled_from([None, 2, 5]), density=st.floats(0.1, 1.0),
-       target=st.sampled_from([None, 0.5, 0.9]))
+@given(
+  seed=st.integers(0, 10_000),
+  p=st.floats(0.05, 0.95),
+  levels=st.sampled_from([None, 2, 5]),
+  density=st.floats(0.1, 1.0),
+  target=st.sampled_from([None, 0.5, 0.9]),
+)
 def test_global_round_matches_numpy(seed, p, levels, density, target):
   r = np.random.default_rng(seed)
   trained = tree(r, SHAPES, levels)
   masks = {k: jnp.asarray(r.random(SHAPES[k]) < density) for k in MASKED}
   masks["bias"] = None
   rewind = tree(r, SHAPES)
-  nxt, start = sparse.imp_next_round(trained, masks, prune_fraction=p,
-                                     rewind_params=rewind, target_sparsity=target)
+  nxt, start = sparse.imp_next_round(
+    trained, masks, prune_fraction=p, rewind_params=rewind, target_sparsity=target
+  )
   want, keep = np_prune_global(trained, masks, p, target)
   np.testing.assert_array_equal(flat(nxt), want)
   assert int(flat(nxt).sum()) == keep
@@ -85,7 +92,7 @@ def test_layer_scope_and_lrr_keeps_trained_weights():
     n = math.prod(SHAPES[k])
     s = np.abs(np.asarray(trained[k])).ravel()
     want = np.zeros(n, bool)
-    want[np.argsort(-s, kind="stable")[:int(np.rint(0.7 * n))]] = True
+    want[np.argsort(-s, kind="stable")[: int(np.rint(0.7 * n))]] = True
     np.testing.assert_array_equal(np.asarray(nxt[k]).ravel(), want)
     np.testing.assert_array_equal(start[k], np.where(nxt[k], trained[k], 0.0))
   assert nxt["bias"] is None
@@ -99,10 +106,10 @@ def test_rounds_reach_target_exactly():
   n, count = 700, 700
   sched = sparse.imp_schedule(0.9)
   for s in sched:
-    trained = jax.tree.map(lambda w: w + 0.1 * jnp.asarray(r.normal(size=w.shape),
-                                                           jnp.float32), params)
-    masks, params = sparse.imp_next_round(trained, masks, target_sparsity=0.9,
-                                          rewind_params=theta0)
+    trained = jax.tree.map(
+      lambda w: w + 0.1 * jnp.asarray(r.normal(size=w.shape), jnp.float32), params
+    )
+    masks, params = sparse.imp_next_round(trained, masks, target_sparsity=0.9, rewind_params=theta0)
     count = max(int(np.rint(0.8 * count)), int(np.rint(0.1 * n)))
     assert sparse.nnz(masks) == count
     assert abs(count / n - (1 - s)) <= 0.01  # tracks 0.8^r up to compounded rounding

@@ -23,19 +23,19 @@ IMAGENET = ("resnet18", "resnet34", "resnet50", "efficientnet_b0")
 
 # Published parameter counts (trainable, 10 classes for CIFAR/MNIST-1D, 1000 for ImageNet).
 PUBLISHED_PARAMS = {
-    "resnet32": 1.86e6,          # S2-SAM / GraSP ResNet-32 (widths 32/64/128)
-    "resnet20_classic": 0.27e6,  # He et al. 2016, Table 6
-    "resnet32_classic": 0.46e6,
-    "resnet56_classic": 0.85e6,
-    "vgg19": 20.03e6,            # GraSP VGG-19 (BN, no conv bias, one linear)
-    "mobilenetv2": 2.30e6,       # CIFAR MobileNetV2
-    "resnet18": 11.69e6,         # torchvision
-    "resnet34": 21.80e6,
-    "resnet50": 25.50e6,         # the issue's figure (torchvision: 25.56M)
-    "efficientnet_b0": 5.30e6,   # torchvision: 5.29M
-    "mnist1d_cnn": 5210,         # mnist1d ConvBase: 150 + 1900 + 1900 + 1260
-    "mnist1d_cnn64": 28298,      # 384 + 12352 + 12352 + 3210
-    "mnist1d_mlp": 15210,        # 4100 + 10100 + 1010
+  "resnet32": 1.86e6,  # S2-SAM / GraSP ResNet-32 (widths 32/64/128)
+  "resnet20_classic": 0.27e6,  # He et al. 2016, Table 6
+  "resnet32_classic": 0.46e6,
+  "resnet56_classic": 0.85e6,
+  "vgg19": 20.03e6,  # GraSP VGG-19 (BN, no conv bias, one linear)
+  "mobilenetv2": 2.30e6,  # CIFAR MobileNetV2
+  "resnet18": 11.69e6,  # torchvision
+  "resnet34": 21.80e6,
+  "resnet50": 25.50e6,  # the issue's figure (torchvision: 25.56M)
+  "efficientnet_b0": 5.30e6,  # torchvision: 5.29M
+  "mnist1d_cnn": 5210,  # mnist1d ConvBase: 150 + 1900 + 1900 + 1260
+  "mnist1d_cnn64": 28298,  # 384 + 12352 + 12352 + 3210
+  "mnist1d_mlp": 15210,  # 4100 + 10100 + 1010
 }
 
 
@@ -43,7 +43,7 @@ def _grasp_resnet_params(depth, num_classes=10):
   """Hand count of the GraSP CIFAR ResNet: 3x3 convs, two 1x1 shortcuts, BN, linear."""
   n = (depth - 2) // 6
   w = (32, 64, 128)
-  convs = 27 * w[0]                                  # stem
+  convs = 27 * w[0]  # stem
   bn = 2 * w[0]
   prev = w[0]
   for c in w:
@@ -62,7 +62,8 @@ def _num_classes(name):
 
 def _abstract_model(name, **kw):
   return nnx.eval_shape(
-      lambda: models.create_model(name, num_classes=_num_classes(name), rngs=nnx.Rngs(0), **kw))
+    lambda: models.create_model(name, num_classes=_num_classes(name), rngs=nnx.Rngs(0), **kw)
+  )
 
 
 def _count(tree):
@@ -83,9 +84,22 @@ def test_param_counts_match_published_figures(name):
 
 def test_model_names_complete():
   assert set(models.MODEL_NAMES) == {
-      "resnet20", "resnet32", "resnet56", "resnet20_classic", "resnet32_classic",
-      "resnet56_classic", "vgg19", "mobilenetv2", "resnet18", "resnet34", "resnet50",
-      "efficientnet_b0", "mnist1d_cnn", "mnist1d_cnn64", "mnist1d_mlp"}
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet20_classic",
+    "resnet32_classic",
+    "resnet56_classic",
+    "vgg19",
+    "mobilenetv2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "efficientnet_b0",
+    "mnist1d_cnn",
+    "mnist1d_cnn64",
+    "mnist1d_mlp",
+  }
   assert set(models.PAPER_DENSE_LAYERS) == set(models.MODEL_NAMES)
 
 
@@ -95,8 +109,7 @@ def _kernel_paths(params):
   return {path_str(p): tuple(x.shape) for p, x in flat if default_prunable(p, x)}
 
 
-@pytest.mark.parametrize("name, expected_sparse", [("resnet32", 1_843_200),
-                                                   ("vgg19", 20_017_152)])
+@pytest.mark.parametrize("name, expected_sparse", [("resnet32", 1_843_200), ("vgg19", 20_017_152)])
 def test_paper_dense_layers_leave_the_reference_prunable_set(name, expected_sparse):
   # The reference notes (sec. 1.1) count the weights the authors' profiles prune.
   kernels = _kernel_paths(nnx.state(_abstract_model(name), nnx.Param))
@@ -104,7 +117,7 @@ def test_paper_dense_layers_leave_the_reference_prunable_set(name, expected_spar
   dense = [p for p in kernels if any(re.search(r, p) for r in patterns)]
   sparse = sum(math.prod(s) for p, s in kernels.items() if p not in dense)
   assert sparse == expected_sparse
-  expected_dense = 4 if name == "resnet32" else 2   # stem, 2 shortcuts, fc / first conv, fc
+  expected_dense = 4 if name == "resnet32" else 2  # stem, 2 shortcuts, fc / first conv, fc
   assert len(dense) == expected_dense
 
 
@@ -113,8 +126,11 @@ def test_only_conv_and_dense_kernels_are_rank_2_or_more(name):
   model = _abstract_model(name)
   kernels = _kernel_paths(nnx.state(model, nnx.Param))
   modules = [(path, m) for path, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)]
-  expected = {models.kernel_path(path) + "/value": tuple(m.kernel.shape) for path, m in modules
-              if isinstance(m, (nnx.Conv, nnx.Linear))}
+  expected = {
+    models.kernel_path(path) + "/value": tuple(m.kernel.shape)
+    for path, m in modules
+    if isinstance(m, (nnx.Conv, nnx.Linear))
+  }
   assert kernels == expected
   for _, m in modules:
     if isinstance(m, nnx.Conv):  # every conv comes from the factory, through the seam
@@ -173,7 +189,7 @@ def test_unknown_model_name_lists_available_names():
 
 def test_grasp_resnet32_init_matches_reference():
   model = models.create_model("resnet32", num_classes=10, rngs=nnx.Rngs(0))
-  kernel = np.asarray(model.layer3[1].conv1.kernel[...])          # (3, 3, 128, 128)
+  kernel = np.asarray(model.layer3[1].conv1.kernel[...])  # (3, 3, 128, 128)
   np.testing.assert_allclose(kernel.std(), math.sqrt(2.0 / (9 * 128)), rtol=0.02)
   assert abs(kernel.mean()) < 0.01 * kernel.std()
   shortcut = np.asarray(model.layer2[0].shortcut_conv.kernel[...])  # (1, 1, 32, 64), fan_out 64
@@ -190,9 +206,10 @@ def test_mnist1d_init_is_pytorch_default():
   for leaf in (model.linear2.kernel[...], model.linear2.bias[...]):
     leaf = np.asarray(leaf)
     assert np.abs(leaf).max() <= bound
-    assert np.abs(leaf).max() > 0.9 * bound            # uniform on the full interval
-  np.testing.assert_allclose(np.asarray(model.linear2.kernel[...]).std(), bound / math.sqrt(3),
-                             rtol=0.05)
+    assert np.abs(leaf).max() > 0.9 * bound  # uniform on the full interval
+  np.testing.assert_allclose(
+    np.asarray(model.linear2.kernel[...]).std(), bound / math.sqrt(3), rtol=0.05
+  )
 
 
 def _jit_forward(module):
@@ -206,8 +223,9 @@ def _numpy_conv1d(x, w, b, stride=2, pad=1):
   x = np.pad(x, ((0, 0), (pad, pad), (0, 0)))
   k = w.shape[0]
   length = (x.shape[1] - k) // stride + 1
-  out = np.stack([np.einsum("nkc,kco->no", x[:, i * stride:i * stride + k], w)
-                  for i in range(length)], axis=1)
+  out = np.stack(
+    [np.einsum("nkc,kco->no", x[:, i * stride : i * stride + k], w) for i in range(length)], axis=1
+  )
   return out + b
 
 
@@ -216,13 +234,15 @@ def test_mnist1d_cnn_matches_numpy():
   x = np.asarray(jax.random.normal(jax.random.key(4), (3, 40)), np.float64)
   h = x[:, :, None]
   for conv in (model.conv1, model.conv2, model.conv3):
-    w = np.asarray(conv.kernel[...], np.float64)[0]         # (1, k, ci, co) -> (k, ci, co)
+    w = np.asarray(conv.kernel[...], np.float64)[0]  # (1, k, ci, co) -> (k, ci, co)
     h = np.maximum(_numpy_conv1d(h, w, np.asarray(conv.bias[...], np.float64)), 0.0)
   assert h.shape == (3, 5, 25)
-  expected = (h.reshape(3, -1) @ np.asarray(model.linear.kernel[...], np.float64)
-              + np.asarray(model.linear.bias[...], np.float64))
-  np.testing.assert_allclose(np.asarray(_jit_forward(model)(jnp.asarray(x, jnp.float32))),
-                             expected, rtol=1e-4, atol=1e-5)
+  expected = h.reshape(3, -1) @ np.asarray(model.linear.kernel[...], np.float64) + np.asarray(
+    model.linear.bias[...], np.float64
+  )
+  np.testing.assert_allclose(
+    np.asarray(_jit_forward(model)(jnp.asarray(x, jnp.float32))), expected, rtol=1e-4, atol=1e-5
+  )
 
 
 def _numpy_conv3x3(x, w, stride):
@@ -233,7 +253,7 @@ def _numpy_conv3x3(x, w, stride):
   out = np.zeros((n, ho, wo, w.shape[-1]))
   for i in range(3):
     for j in range(3):
-      patch = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+      patch = x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
       out += patch @ w[i, j]
   return out
 
@@ -252,17 +272,18 @@ def test_classic_block_with_option_a_shortcut_matches_numpy():
   out = _numpy_bn_train(_numpy_conv3x3(out, w2, 1))
   shortcut = np.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (2, 2)))  # 4 -> 8 channels
   expected = np.maximum(out + shortcut, 0.0)
-  np.testing.assert_allclose(np.asarray(_jit_forward(block)(jnp.asarray(x, jnp.float32))),
-                             expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(_jit_forward(block)(jnp.asarray(x, jnp.float32))), expected, rtol=1e-4, atol=1e-4
+  )
 
 
 def _grasp_resnet32_macs():
   """Hand count for a 32x32 input: stem, blocks at 32/16/8 px, strided shortcuts, fc."""
   macs = 32 * 32 * 9 * 3 * 32
   for size, cin, c in ((32, 32, 32), (16, 32, 64), (8, 64, 128)):
-    macs += size * size * 9 * (cin * c + 9 * c * c)      # 10 convs per stage
+    macs += size * size * 9 * (cin * c + 9 * c * c)  # 10 convs per stage
     if cin != c:
-      macs += size * size * cin * c                      # 1x1 shortcut at the output size
+      macs += size * size * cin * c  # 1x1 shortcut at the output size
   return macs + 128 * 10
 
 
@@ -292,7 +313,7 @@ def test_conv_seam_is_used_by_every_convolution(monkeypatch):
   monkeypatch.setattr(layers, "conv_general_dilated_impl", lambda: counting_conv)
   graphdef, state = nnx.split(_abstract_model("resnet20"))
   jax.eval_shape(lambda s: nnx.merge(graphdef, s)(jnp.ones((1, 8, 8, 3))), state)
-  assert len(calls) == 1 + 9 * 2 + 2                    # stem, 2 per block, 2 shortcuts
+  assert len(calls) == 1 + 9 * 2 + 2  # stem, 2 per block, 2 shortcuts
   assert calls[0] == (3, 3, 3, 32)
 
 
@@ -315,7 +336,7 @@ def _pure_step(graphdef):
 
 def test_jitted_pure_train_step_over_split_state():
   graphdef, state = _host_filled_state(_abstract_model("resnet20_classic"))
-  model = nnx.merge(graphdef, state)                        # a model in training mode
+  model = nnx.merge(graphdef, state)  # a model in training mode
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   x = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
   y = jnp.arange(8) % 10
@@ -326,16 +347,18 @@ def test_jitted_pure_train_step_over_split_state():
 
   # Running stats of the stem BN after one step: 0.9 * (0, 1) + 0.1 * batch (mean, biased var).
   stem = _numpy_conv3x3(np.asarray(x, np.float64), np.asarray(model.conv1.kernel[...]), 1)
-  np.testing.assert_allclose(np.asarray(new_stats["bn1"]["mean"][...]),
-                             0.1 * stem.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(new_stats["bn1"]["var"][...]),
-                             0.9 + 0.1 * stem.var(axis=(0, 1, 2)), rtol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(new_stats["bn1"]["mean"][...]), 0.1 * stem.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    np.asarray(new_stats["bn1"]["var"][...]), 0.9 + 0.1 * stem.var(axis=(0, 1, 2)), rtol=1e-4
+  )
 
   params, stats = new_params, new_stats
   for _ in range(3):
     params, stats, loss = step(params, stats, x, y)
   assert float(loss) < float(loss0)
-  assert step._cache_size() == 1                            # one compile
+  assert step._cache_size() == 1  # one compile
 
   # Back into the stateful module; in eval mode BN uses the running statistics, so an
   # example's logits do not depend on the rest of the batch.
@@ -344,8 +367,11 @@ def test_jitted_pure_train_step_over_split_state():
   eval_graphdef, eval_state = nnx.split(model)
   forward = jax.jit(lambda s, x: nnx.merge(eval_graphdef, s)(x))
   other_batch = x.at[1:].set(0.0)
-  np.testing.assert_allclose(np.asarray(forward(eval_state, x)[0]),
-                             np.asarray(forward(eval_state, other_batch)[0]), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(forward(eval_state, x)[0]),
+    np.asarray(forward(eval_state, other_batch)[0]),
+    rtol=1e-5,
+  )
 
 
 def test_batch_stats_state_is_empty_without_batchnorm():
@@ -358,8 +384,7 @@ def test_batch_stats_state_is_empty_without_batchnorm():
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   x = jax.random.normal(jax.random.key(2), (4, 40))
   f32 = models.create_model("mnist1d_cnn", num_classes=10, rngs=nnx.Rngs(0))
-  bf16 = models.create_model("mnist1d_cnn", num_classes=10, rngs=nnx.Rngs(0),
-                             dtype=jnp.bfloat16)
+  bf16 = models.create_model("mnist1d_cnn", num_classes=10, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
   for leaf in jax.tree.leaves(nnx.state(bf16, nnx.Param)):
     assert leaf.dtype == jnp.float32
   seen = []
@@ -378,9 +403,14 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 
 def test_efficientnet_stochastic_regularisation_needs_a_key_in_training():
-  config = ((1, 3, 1, 8, 1), (6, 3, 2, 8, 2))   # tiny: one residual block
-  graphdef, state = _host_filled_state(nnx.eval_shape(lambda: efficientnet.EfficientNet(
-      config, num_classes=5, dropout_rate=0.5, drop_path_rate=0.5, rngs=nnx.Rngs(0))))
+  config = ((1, 3, 1, 8, 1), (6, 3, 2, 8, 2))  # tiny: one residual block
+  graphdef, state = _host_filled_state(
+    nnx.eval_shape(
+      lambda: efficientnet.EfficientNet(
+        config, num_classes=5, dropout_rate=0.5, drop_path_rate=0.5, rngs=nnx.Rngs(0)
+      )
+    )
+  )
   model = nnx.merge(graphdef, state)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
   assert models.layer_macs(model, x.shape)["classifier/kernel"] == 4 * 32 * 5  # needs no key

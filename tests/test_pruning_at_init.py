@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s2sam_jax import sparse
 
@@ -28,13 +29,13 @@ def np_mlp_grad(p, x, y, t):
   e = np.exp(z - z.max(1, keepdims=True))
   prob = e / e.sum(1, keepdims=True)
   dz = (prob - np.eye(CLASSES)[y]) / len(y) / t
-  da = (dz @ p["w2"].T) * (1 - h ** 2)
+  da = (dz @ p["w2"].T) * (1 - h**2)
   return {"w1": x.T @ da, "b1": da.sum(0), "w2": h.T @ dz}
 
 
 def np_hvp(p, v, x, y, t, eps=1e-4):
   """H v by central differences of the analytic gradient (error O(eps^2))."""
-  scale = math.sqrt(sum(np.sum(a ** 2) for a in v.values()))
+  scale = math.sqrt(sum(np.sum(a**2) for a in v.values()))
   shift = lambda s: {k: p[k] + s * eps * v[k] / scale for k in p}
   gp, gm = np_mlp_grad(shift(1), x, y, t), np_mlp_grad(shift(-1), x, y, t)
   return {k: (gp[k] - gm[k]) / (2 * eps) * scale for k in p}
@@ -42,8 +43,11 @@ def np_hvp(p, v, x, y, t, eps=1e-4):
 
 def setup(seed=0):
   r = np.random.default_rng(seed)
-  p = {"w1": r.normal(size=(D_IN, HIDDEN)), "b1": r.normal(size=HIDDEN) * 0.1,
-       "w2": r.normal(size=(HIDDEN, CLASSES))}
+  p = {
+    "w1": r.normal(size=(D_IN, HIDDEN)),
+    "b1": r.normal(size=HIDDEN) * 0.1,
+    "w2": r.normal(size=(HIDDEN, CLASSES)),
+  }
   x, y = r.normal(size=(BATCH, D_IN)), r.integers(0, CLASSES, BATCH)
   jp = {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}
   return p, (x, y), jp, (jnp.asarray(x, jnp.float32), jnp.asarray(y))
@@ -110,8 +114,12 @@ def test_grasp_scores_logistic_regression_exact_hessian():
   g = x.T @ (s - y)[:, None] / (len(y) * t)
   hess = x.T @ (x * (s * (1 - s))[:, None]) / (len(y) * t * t)
   want = -w * (hess @ g)
-  got = sparse.grasp_scores(loss, {"w": jnp.asarray(w, jnp.float32)},
-                            (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)), t)
+  got = sparse.grasp_scores(
+    loss,
+    {"w": jnp.asarray(w, jnp.float32)},
+    (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)),
+    t,
+  )
   np.testing.assert_allclose(got["w"], want, rtol=1e-4, atol=1e-7)
 
 
@@ -156,13 +164,18 @@ shape_st = st.lists(st.integers(1, 7), min_size=2, max_size=3).map(tuple)
 
 
 @settings(max_examples=25, deadline=None)
-@given(shapes=st.lists(shape_st, min_size=1, max_size=3), sparsity=st.floats(0.0, 0.99),
-       seed=st.integers(0, 2**16), levels=st.integers(2, 50))
+@given(
+  shapes=st.lists(shape_st, min_size=1, max_size=3),
+  sparsity=st.floats(0.0, 0.99),
+  seed=st.integers(0, 2**16),
+  levels=st.integers(2, 50),
+)
 def test_magnitude_masks_vs_numpy_argsort(shapes, sparsity, seed, levels):
   r = np.random.default_rng(seed)
   # few distinct magnitudes: many ties, counts must stay exact
-  params = {f"l{i}": jnp.asarray(r.integers(-levels, levels, s), jnp.float32)
-            for i, s in enumerate(shapes)}
+  params = {
+    f"l{i}": jnp.asarray(r.integers(-levels, levels, s), jnp.float32) for i, s in enumerate(shapes)
+  }
   params["bias"] = jnp.ones(3)
   layer = sparse.magnitude_masks(params, sparsity=sparsity)
   glob = sparse.magnitude_masks(params, sparsity=sparsity, scope="global")
@@ -181,15 +194,18 @@ def test_magnitude_masks_vs_numpy_argsort(shapes, sparsity, seed, levels):
 
 def test_magnitude_layerwise_with_erk_densities():
   r = np.random.default_rng(0)
-  params = {"a": jnp.asarray(r.normal(size=(3, 3, 4, 8)), jnp.float32),
-            "b": jnp.asarray(r.normal(size=(8, 10)), jnp.float32), "c": jnp.zeros(10)}
+  params = {
+    "a": jnp.asarray(r.normal(size=(3, 3, 4, 8)), jnp.float32),
+    "b": jnp.asarray(r.normal(size=(8, 10)), jnp.float32),
+    "c": jnp.zeros(10),
+  }
   dens = sparse.layer_densities(params, 0.8, "erk")
   masks = sparse.magnitude_masks(params, dens)
   for k in ("a", "b"):
     n = params[k].size
     np.testing.assert_array_equal(
-        np.asarray(masks[k]).ravel(),
-        np_topk_mask(np.abs(params[k]), int(np.rint(dens[k] * n))))
+      np.asarray(masks[k]).ravel(), np_topk_mask(np.abs(params[k]), int(np.rint(dens[k] * n)))
+    )
   assert masks["c"] is None
 
 

@@ -23,14 +23,17 @@ def test_usage_example_runs_and_learns():
   masks = ss.sparse.get_masks(state)
   assert abs(ss.sparse.nnz(masks) / (20 * 64 + 64 * 4) - 0.2) < 0.01
   for k in clean:
-    assert ((clean[k] != 0) <= masks[k]).all()      # exactly sparse
+    assert ((clean[k] != 0) <= masks[k]).all()  # exactly sparse
   # Chance level is log(4) = 1.39; the example must learn well below it.
   assert float(ns["loss_fn"](clean, ns["x"], ns["y"])) < 0.7 * math.log(4)
 
 
 def test_sam_snippet_runs():
   ns = run(python_blocks()[0].split("# RigL at")[0], {})
-  run("grads = jax.grad(loss_fn)(params, x, y)\n"
-      "state = ss.sam(optax.sgd(0.1, momentum=0.9), rho=0.05).init(params)\n", ns)
+  run(
+    "grads = jax.grad(loss_fn)(params, x, y)\n"
+    "state = ss.sam(optax.sgd(0.1, momentum=0.9), rho=0.05).init(params)\n",
+    ns,
+  )
   run(python_blocks()[1], ns)
   assert ns["updates"]["w1"].shape == (20, 64)

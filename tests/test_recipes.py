@@ -15,30 +15,30 @@ import optax
 import pytest
 from flax import nnx
 
-from s2sam_jax import sparse
 from experiments import configs, train
 from experiments import models as models_lib
+from s2sam_jax import sparse
 
 # (model, variant, sparsity): (lower_bound, upper_bound) as the yaml files
 # write them (profiles/<model>_LTH/irregular/<file>).
 YAML_BOUNDS = {
-    # resnet_0.98_without.yaml / resnet_0.98_with.yaml
-    ("resnet32", "em", 0.98): ((0.982, 0.981, 0.98), (0.98, 0.98, 0.98)),
-    ("resnet32", "ems", 0.98): ((0.98, 0.98, 0.98), (0.93, 0.96, 0.98)),
-    # resnet_0.95_without.yaml / resnet_0.95_with.yaml
-    ("resnet32", "em", 0.95): ((0.97, 0.96, 0.95), (0.95, 0.95, 0.95)),
-    ("resnet32", "ems", 0.95): ((0.95, 0.95, 0.95), (0.9, 0.925, 0.95)),
-    # resnet_0.5_without.yaml / resnet_0.1_with.yaml / resnet_0.8_with.yaml
-    ("resnet32", "em", 0.5): ((0.52, 0.51, 0.5), (0.5, 0.5, 0.5)),
-    ("resnet32", "ems", 0.1): ((0.1, 0.1, 0.1), (0.05, 0.075, 0.1)),
-    ("resnet32", "ems", 0.8): ((0.8, 0.8, 0.8), (0.75, 0.775, 0.8)),
-    # vgg_0.98_without.yaml / vgg_0.98_with.yaml
-    ("vgg19", "em", 0.98): ((0.99, 0.985, 0.98), (0.98, 0.98, 0.98)),
-    ("vgg19", "ems", 0.98): ((0.98, 0.98, 0.98), (0.93, 0.955, 0.98)),
-    # vgg_0.9_without.yaml / vgg_0.95_with.yaml / vgg_0.2_without.yaml
-    ("vgg19", "em", 0.9): ((0.92, 0.91, 0.9), (0.9, 0.9, 0.9)),
-    ("vgg19", "ems", 0.95): ((0.95, 0.95, 0.95), (0.9, 0.925, 0.95)),
-    ("vgg19", "em", 0.2): ((0.22, 0.21, 0.2), (0.2, 0.2, 0.2)),
+  # resnet_0.98_without.yaml / resnet_0.98_with.yaml
+  ("resnet32", "em", 0.98): ((0.982, 0.981, 0.98), (0.98, 0.98, 0.98)),
+  ("resnet32", "ems", 0.98): ((0.98, 0.98, 0.98), (0.93, 0.96, 0.98)),
+  # resnet_0.95_without.yaml / resnet_0.95_with.yaml
+  ("resnet32", "em", 0.95): ((0.97, 0.96, 0.95), (0.95, 0.95, 0.95)),
+  ("resnet32", "ems", 0.95): ((0.95, 0.95, 0.95), (0.9, 0.925, 0.95)),
+  # resnet_0.5_without.yaml / resnet_0.1_with.yaml / resnet_0.8_with.yaml
+  ("resnet32", "em", 0.5): ((0.52, 0.51, 0.5), (0.5, 0.5, 0.5)),
+  ("resnet32", "ems", 0.1): ((0.1, 0.1, 0.1), (0.05, 0.075, 0.1)),
+  ("resnet32", "ems", 0.8): ((0.8, 0.8, 0.8), (0.75, 0.775, 0.8)),
+  # vgg_0.98_without.yaml / vgg_0.98_with.yaml
+  ("vgg19", "em", 0.98): ((0.99, 0.985, 0.98), (0.98, 0.98, 0.98)),
+  ("vgg19", "ems", 0.98): ((0.98, 0.98, 0.98), (0.93, 0.955, 0.98)),
+  # vgg_0.9_without.yaml / vgg_0.95_with.yaml / vgg_0.2_without.yaml
+  ("vgg19", "em", 0.9): ((0.92, 0.91, 0.9), (0.9, 0.9, 0.9)),
+  ("vgg19", "ems", 0.95): ((0.95, 0.95, 0.95), (0.9, 0.925, 0.95)),
+  ("vgg19", "em", 0.2): ((0.22, 0.21, 0.2), (0.2, 0.2, 0.2)),
 }
 
 
@@ -51,7 +51,8 @@ def test_profile_table_equals_the_yaml_files(key):
   np.testing.assert_allclose(prune, np.subtract(low, level), atol=1e-9)
   np.testing.assert_allclose(grow, np.subtract(up, level), atol=1e-9)
   assert sparse.mest_profile_file(model, variant, level).endswith(
-      f"_{level:g}_{'without' if variant == 'em' else 'with'}.yaml")
+    f"_{level:g}_{'without' if variant == 'em' else 'with'}.yaml"
+  )
 
 
 def test_missing_profiles_are_named_as_missing():
@@ -61,13 +62,16 @@ def test_missing_profiles_are_named_as_missing():
   assert sparse.mest_profile_file("vgg19", "em", 0.5).endswith("vgg_0.5_without.yaml")
 
 
-@pytest.mark.parametrize("name,model,variant,level", [
+@pytest.mark.parametrize(
+  "name,model,variant,level",
+  [
     ("table1/cifar10/resnet32/mest-em/0.98/s2sam", "resnet32", "em", 0.98),
     ("table1/cifar100/vgg19/mest-em/0.98/original", "vgg19", "em", 0.98),
     ("table1/cifar10/vgg19/mest-ems/0.98/s2sam", "vgg19", "ems", 0.98),
     ("table1/cifar10/resnet32/mest-ems/0.95/s2sam", "resnet32", "ems", 0.95),
     ("authors/cifar10/resnet32/mest-ems/0.98/s2sam", "resnet32", "ems", 0.98),
-])
+  ],
+)
 def test_named_configs_use_the_profile_offsets(name, model, variant, level, capsys):
   low, up = YAML_BOUNDS[model, variant, level]
   cfg, _ = train.config_from_args(["--config", name])
@@ -81,18 +85,27 @@ def test_named_configs_use_the_profile_offsets(name, model, variant, level, caps
 
 def test_offsets_follow_sparsity_flags_and_flags_override_them():
   cfg, _ = train.config_from_args(
-      ["--config", "table1/cifar10/resnet32/mest-em", "--sparsity", "0.98"])
+    ["--config", "table1/cifar10/resnet32/mest-em", "--sparsity", "0.98"]
+  )
   assert cfg.mest_prune_offsets == (0.002, 0.001, 0.0)
   cfg, _ = train.config_from_args(
-      ["--config", "table1/cifar10/resnet32/mest-em/0.98/s2sam",
-       "--mest-prune-offsets", "0.004", "0.002", "0"])
+    [
+      "--config",
+      "table1/cifar10/resnet32/mest-em/0.98/s2sam",
+      "--mest-prune-offsets",
+      "0.004",
+      "0.002",
+      "0",
+    ]
+  )
   assert cfg.mest_prune_offsets == (0.004, 0.002, 0.0)
   assert cfg.mest_grow_offsets == (0.0, 0.0, 0.0)
 
 
 def test_bad_offset_flags_are_one_line_errors(capsys):
-  code = train.main(["--config", "table1/cifar10/resnet32/mest-em",
-                     "--mest-prune-offsets", "0.01", "0"])
+  code = train.main(
+    ["--config", "table1/cifar10/resnet32/mest-em", "--mest-prune-offsets", "0.01", "0"]
+  )
   err = capsys.readouterr().err
   assert code == 2 and "--mest-prune-offsets" in err and "Traceback" not in err
 
@@ -101,7 +114,7 @@ def _resnet32_at_98():
   model = models_lib.create_model("resnet32", num_classes=10, rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   cfg = train.TrainConfig(model="resnet32", dataset="cifar10")
-  prunable = train.make_prunable(cfg)     # keep_dense="paper": block convs
+  prunable = train.make_prunable(cfg)  # keep_dense="paper": block convs
   densities = sparse.layer_densities(params, 0.98, "uniform", prunable=prunable)
   return params, sparse.magnitude_masks(params, densities)
 
@@ -111,12 +124,19 @@ def test_mest_em_at_98_keeps_its_weights_through_an_update():
   n_active = sum(int(m.sum()) for m in jax.tree.leaves(masks))
   assert 36_000 < n_active < 37_500  # 2% of the 30 block convs
   prune, grow = sparse.mest_profile_offsets("em", 0.98)
-  tx = sparse.mest(optax.sgd(0.1), variant="em", masks=masks, update_every=10,
-                   decay_steps=(100, 200), prune_offsets=prune,
-                   grow_offsets=grow)
+  tx = sparse.mest(
+    optax.sgd(0.1),
+    variant="em",
+    masks=masks,
+    update_every=10,
+    decay_steps=(100, 200),
+    prune_offsets=prune,
+    grow_offsets=grow,
+  )
   state = tx.init(params)
-  _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state,
-                       sparse.apply_masks(params, state))
+  _, state = tx.update(
+    jax.tree.map(jnp.zeros_like, params), state, sparse.apply_masks(params, state)
+  )
   before, after = jax.tree.leaves(masks), jax.tree.leaves(state.masks)
   kept = sum(int(np.sum(np.asarray(b) & np.asarray(a))) for b, a in zip(before, after))
   now = sum(int(a.sum()) for a in after)
@@ -131,39 +151,49 @@ def test_mest_em_at_98_keeps_its_weights_through_an_update():
 
 def test_the_old_fixed_offsets_are_refused_at_98():
   params, masks = _resnet32_at_98()
-  tx = sparse.mest(optax.sgd(0.1), variant="em", masks=masks, update_every=10,
-                   decay_steps=(100, 200), prune_offsets=(0.02, 0.01, 0.0),
-                   grow_offsets=(0.0, 0.0, 0.0))
+  tx = sparse.mest(
+    optax.sgd(0.1),
+    variant="em",
+    masks=masks,
+    update_every=10,
+    decay_steps=(100, 200),
+    prune_offsets=(0.02, 0.01, 0.0),
+    grow_offsets=(0.0, 0.0, 0.0),
+  )
   with pytest.raises(ValueError, match=r"prune_offsets\[0\] = 0.02 .*layer"):
     tx.init(params)
 
 
 def test_library_default_offsets_follow_the_sparsity():
-  params = {"w": jnp.ones((50, 100))}         # one layer of 5,000 weights
+  params = {"w": jnp.ones((50, 100))}  # one layer of 5,000 weights
   for level, kept_at_least in ((0.9, 0.8), (0.98, 0.9), (0.99, 0.8)):
     tx = sparse.mest(optax.sgd(0.1), level, update_every=5, decay_steps=(10, 20))
     state = tx.init(params)
     before = np.asarray(state.masks["w"])
-    _, state = tx.update({"w": jnp.zeros((50, 100))}, state,
-                         sparse.apply_masks(params, state))
+    _, state = tx.update({"w": jnp.zeros((50, 100))}, state, sparse.apply_masks(params, state))
     after = np.asarray(state.masks["w"])
     assert after.sum() == before.sum()
     assert (before & after).sum() / before.sum() >= kept_at_least - 1e-9
   with pytest.raises(ValueError, match="prune_offsets"):  # 0.1% dense: refused
-    sparse.mest(optax.sgd(0.1), 0.999, update_every=5,
-                decay_steps=(10, 20)).init(params)
+    sparse.mest(optax.sgd(0.1), 0.999, update_every=5, decay_steps=(10, 20)).init(params)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(variant="ems", prune_offsets=(0, 0, 0), grow_offsets=(-0.6, -0.3, 0)),
-     r"grow_offsets\[0\] = -0.6 .*'w'"),
-    (dict(variant="em", prune_offsets=(0.5, 0.1, 0), grow_offsets=(0, 0, 0)),
-     r"prune_offsets\[0\] = 0.5 .*'w'"),
-])
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
+    (
+      dict(variant="ems", prune_offsets=(0, 0, 0), grow_offsets=(-0.6, -0.3, 0)),
+      r"grow_offsets\[0\] = -0.6 .*'w'",
+    ),
+    (
+      dict(variant="em", prune_offsets=(0.5, 0.1, 0), grow_offsets=(0, 0, 0)),
+      r"prune_offsets\[0\] = 0.5 .*'w'",
+    ),
+  ],
+)
 def test_invalid_offsets_are_refused_naming_the_layer(kwargs, match):
   params = {"w": jnp.ones((10, 10)), "b": jnp.ones(10)}
-  tx = sparse.mest(optax.sgd(0.1), 0.5, update_every=5, decay_steps=(10, 20),
-                   **kwargs)
+  tx = sparse.mest(optax.sgd(0.1), 0.5, update_every=5, decay_steps=(10, 20), **kwargs)
   with pytest.raises(ValueError, match=match):
     tx.init(params)
 
@@ -172,8 +202,9 @@ def test_dsr_period_grows_on_schedule():
   # All weights far above H, so each rewire removes K = 0 < 0.9 N_target and
   # doubles H: H doubles exactly at the rewire steps.
   params = {"w": jnp.full((8, 8), 5.0)}
-  tx = sparse.dsr(optax.sgd(0.0), 0.5, update_every={0: 2, 6: 4},
-                  target_count=3, init_threshold=1e-3)
+  tx = sparse.dsr(
+    optax.sgd(0.0), 0.5, update_every={0: 2, 6: 4}, target_count=3, init_threshold=1e-3
+  )
   state = tx.init(params)
   p = sparse.apply_masks(params, state)
   rewired = []
@@ -196,13 +227,14 @@ def test_dsr_recipe_carries_the_wrn_fraction_and_schedule():
   assert cfg.dsr_target_fraction == pytest.approx(0.13779, abs=1e-5)
   sched = train.Schedule(steps_per_epoch=781, total_steps=781 * 160)
   # 100 steps; 200 from epoch 20, 400 from 64, 800 from 112 (25/80/140 of 200)
-  assert train.dsr_periods(cfg, sched) == {0: 100, 20 * 781: 200, 64 * 781: 400,
-                                           112 * 781: 800}
+  assert train.dsr_periods(cfg, sched) == {0: 100, 20 * 781: 200, 64 * 781: 400, 112 * 781: 800}
   imagenet = configs.get_config("table2/imagenet2012/resnet50/dsr")
   assert (imagenet["dsr_target"], imagenet["update_every"]) == (400_000, 1000)
 
 
-@pytest.mark.parametrize("name,field,value", [
+@pytest.mark.parametrize(
+  "name,field,value",
+  [
     ("table1/cifar10/resnet32/mest-em", "distribution", "uniform"),
     ("table1/cifar10/vgg19/mest-ems", "distribution", "uniform"),
     ("table1/cifar100/resnet32/magnitude", "distribution", "uniform"),
@@ -216,7 +248,8 @@ def test_dsr_recipe_carries_the_wrn_fraction_and_schedule():
     ("table1/cifar10/resnet32/rigl-erk", "distribution", "erk"),
     ("table1/cifar10/resnet32/rigl-uniform", "method", "rigl"),
     ("table2/imagenet2012/resnet50/rigl-uniform", "distribution", "uniform"),
-])
+  ],
+)
 def test_describe_shows_the_fixed_recipes(name, field, value, capsys):
   assert train.main(["--config", name, "--describe"]) == 0
   assert f"\n{field} = {value!r}" in "\n" + capsys.readouterr().out
@@ -233,24 +266,45 @@ def test_global_methods_count_every_kernel():
 # jjsrf/SSAM-NEURIPS2024 scripts/run_mag_prune_irregular_sp_0.9.sh (original)
 # and scripts/run_mag_prune_irregular_sp_0.9_sam.sh (s2sam), main_prune_train.py
 AUTHORS_SCRIPT_VALUES = {
-    "original": dict(optimizer_mode="original", weight_decay=1e-4, seed=914,
-                     mask_gradients=True, perturb_pruned=False, adaptive=False),
-    "s2sam": dict(optimizer_mode="s2sam", weight_decay=5e-4, seed=444, rho=0.05,
-                  adaptive=True, adaptive_formula="authors", perturb_pruned=True,
-                  mask_gradients=False),
+  "original": dict(
+    optimizer_mode="original",
+    weight_decay=1e-4,
+    seed=914,
+    mask_gradients=True,
+    perturb_pruned=False,
+    adaptive=False,
+  ),
+  "s2sam": dict(
+    optimizer_mode="s2sam",
+    weight_decay=5e-4,
+    seed=444,
+    rho=0.05,
+    adaptive=True,
+    adaptive_formula="authors",
+    perturb_pruned=True,
+    mask_gradients=False,
+  ),
 }
 
 
 @pytest.mark.parametrize("mode", ["original", "s2sam"])
 def test_authors_cells_carry_every_value_of_their_scripts(mode):
-  cfg, _ = train.config_from_args(
-      ["--config", f"authors/cifar10/resnet32/mest-ems/0.9/{mode}"])
+  cfg, _ = train.config_from_args(["--config", f"authors/cifar10/resnet32/mest-ems/0.9/{mode}"])
   for field, value in AUTHORS_SCRIPT_VALUES[mode].items():
     assert getattr(cfg, field) == value, field
   assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.schedule, cfg.lr_end) == (
-      160, 64, 0.1, "cosine", 4e-8)
-  assert (cfg.momentum, cfg.nesterov, cfg.update_every_epochs,
-          cfg.mest_decay_epochs) == (0.9, False, 5, (100, 130))
+    160,
+    64,
+    0.1,
+    "cosine",
+    4e-8,
+  )
+  assert (cfg.momentum, cfg.nesterov, cfg.update_every_epochs, cfg.mest_decay_epochs) == (
+    0.9,
+    False,
+    5,
+    (100, 130),
+  )
   assert (cfg.distribution, cfg.keep_dense, cfg.eval_every) == ("uniform", "paper", 1)
 
 
@@ -268,20 +322,40 @@ def test_authors_family_covers_every_profile():
 def test_adaptive_formula_flag_needs_adaptive(capsys):
   code = train.main(["--adaptive-formula", "authors", "--describe"])
   assert code == 2 and "--adaptive-formula" in capsys.readouterr().err
-  cfg, _ = train.config_from_args(["--adaptive", "--adaptive-formula", "authors",
-                                   "--no-mask-gradients"])
+  cfg, _ = train.config_from_args(
+    ["--adaptive", "--adaptive-formula", "authors", "--no-mask-gradients"]
+  )
   assert (cfg.adaptive_formula, cfg.mask_gradients) == ("authors", False)
 
 
 def test_authors_protocol_trains_end_to_end(tmp_path):
   """The authors' flags on a tiny MNIST-1D run: ε covers pruned weights,
   the clean weights stay exactly sparse, and the loss is finite."""
-  import s2sam_jax
   from test_train import TINY, clean_params_and_masks, masked_pairs
-  cfg, _ = train.config_from_args(TINY + [
-      "--method", "mest-em", "--update-every", "4", "--mest-decay-epochs", "1", "2",
-      "--adaptive", "--adaptive-formula", "authors", "--perturb-pruned",
-      "--no-mask-gradients", "--weight-decay", "5e-4", "--out-dir", str(tmp_path)])
+
+  import s2sam_jax
+
+  cfg, _ = train.config_from_args(
+    TINY
+    + [
+      "--method",
+      "mest-em",
+      "--update-every",
+      "4",
+      "--mest-decay-epochs",
+      "1",
+      "2",
+      "--adaptive",
+      "--adaptive-formula",
+      "authors",
+      "--perturb-pruned",
+      "--no-mask-gradients",
+      "--weight-decay",
+      "5e-4",
+      "--out-dir",
+      str(tmp_path),
+    ]
+  )
   runner = train.Runner(cfg)
   summary = runner.run()
   assert np.isfinite(summary["final_test_accuracy"])
@@ -290,4 +364,4 @@ def test_authors_protocol_trains_end_to_end(tmp_path):
     assert np.all(p[~m] == 0), name
   eps = jax.device_get(s2sam_jax.S2SAMState(*runner.final_state["opt_state"]).perturbation)
   eps_masked = [e[~m] for _, m, e in masked_pairs(eps, masks)]
-  assert any(np.any(e != 0) for e in eps_masked)   # the dense perturbation
+  assert any(np.any(e != 0) for e in eps_masked)  # the dense perturbation

@@ -3,14 +3,13 @@
 import chex
 import jax
 import jax.numpy as jnp
+import mlp_reference as ref
 import numpy as np
 import optax
 import pytest
+from mlp_reference import LR, RHO, STEPS
 
-import mlp_reference as ref
 import s2sam_jax as ss
-
-from mlp_reference import LR, MOMENTUM, RHO, STEPS, WD
 
 
 def run_s2sam(tx, x, y, steps=STEPS, mode="transparent", params=None):
@@ -39,8 +38,7 @@ def test_matches_numpy_recursion(mode, adaptive):
   got, _, _ = run_s2sam(tx, jnp.asarray(x, jnp.float32), jnp.asarray(y), mode=mode)
   for t, (e, g) in enumerate(zip(expected, got)):
     for k in e:
-      np.testing.assert_allclose(g[k], e[k], rtol=2e-4, atol=2e-5,
-                                 err_msg=f"step {t}, leaf {k}")
+      np.testing.assert_allclose(g[k], e[k], rtol=2e-4, atol=2e-5, err_msg=f"step {t}, leaf {k}")
 
 
 @pytest.mark.parametrize("mode", ["transparent", "explicit"])
@@ -53,27 +51,25 @@ def test_authors_formula_matches_numpy_rederivation_of_their_sam_py(mode, sparse
   masks = None
   if sparse_w1:
     rng = np.random.default_rng(3)
-    masks = {"w1": rng.random((ref.N_IN, ref.N_HIDDEN)) < 0.4,
-             "b1": None, "w2": None, "b2": None}
+    masks = {"w1": rng.random((ref.N_IN, ref.N_HIDDEN)) < 0.4, "b1": None, "w2": None, "b2": None}
   expected, x, y = ref.numpy_authors_trajectory(masks=masks)
   inner = ref.sgd_momentum_wd()
   if masks is not None:
     inner = ss.sparse.static_masks(inner, masks, mask_gradients=False)
-  tx = ss.s2sam(inner, rho=RHO, adaptive=True, adaptive_formula="authors",
-                perturb_pruned=True, mode=mode)
+  tx = ss.s2sam(
+    inner, rho=RHO, adaptive=True, adaptive_formula="authors", perturb_pruned=True, mode=mode
+  )
   params0 = ref.to_jax(ref.make_problem()[0])
   if masks is not None:
     params0 = ss.sparse.apply_masks(params0, tx.init(params0))
-  trajectory, _, state = run_s2sam(tx, x, y, steps=len(expected), mode=mode,
-                                   params=params0)
+  trajectory, _, state = run_s2sam(tx, x, y, steps=len(expected), mode=mode, params=params0)
   for t, (e, got) in enumerate(zip(expected, trajectory)):
     for k in e:
-      np.testing.assert_allclose(got[k], e[k], rtol=2e-4, atol=2e-5,
-                                 err_msg=f"step {t}, leaf {k}")
+      np.testing.assert_allclose(got[k], e[k], rtol=2e-4, atol=2e-5, err_msg=f"step {t}, leaf {k}")
   # Not a no-op: the authors' ε is non-zero, and far below ρ (g³ ≪ |u| g).
   norm = float(optax.tree.norm(state.perturbation))
   assert 0.0 < norm < 0.1 * RHO
-  if masks is not None:   # dense perturbation, exactly sparse clean weights
+  if masks is not None:  # dense perturbation, exactly sparse clean weights
     assert np.all(np.asarray(state.perturbation["w1"])[~masks["w1"]] != 0)
     assert np.all(np.asarray(got["w1"])[~masks["w1"]] == 0)
 
@@ -93,8 +89,9 @@ def test_transparent_params_are_the_perturbed_point():
   diff = jax.tree.map(jnp.subtract, params, ss.unperturbed(params, state))
   np.testing.assert_allclose(optax.tree.norm(diff), RHO, rtol=1e-4)
   for k in params:
-    np.testing.assert_allclose(ss.unperturbed(params, state)[k], expected[-1][k],
-                               rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(
+      ss.unperturbed(params, state)[k], expected[-1][k], rtol=2e-4, atol=2e-5
+    )
 
 
 def test_step_zero_is_unperturbed_and_later_steps_are_not():
@@ -162,7 +159,8 @@ def test_bf16_buffer_halves_memory_and_is_applied_exactly():
   held = optax.apply_updates(params, updates)
   # With lr 0 the clean weights do not move; the held point is exactly w + ε.
   np.testing.assert_array_equal(
-      held["w"], params["w"] + state.perturbation["w"].astype(jnp.float32))
+    held["w"], params["w"] + state.perturbation["w"].astype(jnp.float32)
+  )
 
 
 def test_compiles_once():
@@ -196,19 +194,21 @@ def test_explicit_masks_confine_the_perturbation():
   np.testing.assert_allclose(state.perturbation["w"], expected["w"], rtol=1e-6)
   np.testing.assert_allclose(state.perturbation["b"], expected["b"], rtol=1e-6)
   # The authors' dense perturbation on request.
-  tx = ss.s2sam(optax.sgd(0.0), rho=0.5, masks={"w": mask, "b": None},
-                perturb_pruned=True)
+  tx = ss.s2sam(optax.sgd(0.0), rho=0.5, masks={"w": mask, "b": None}, perturb_pruned=True)
   _, state = tx.update(grads, tx.init(params), params)
   assert np.all(np.asarray(state.perturbation["w"]) != 0)
 
 
-@pytest.mark.parametrize("kwargs, name", [
+@pytest.mark.parametrize(
+  "kwargs, name",
+  [
     (dict(rho=-0.1), "rho"),
     (dict(eps=0.0), "eps"),
     (dict(eps=-1.0), "eps"),
     (dict(eta=-0.5), "eta"),
     (dict(mode="sideways"), "mode"),
-])
+  ],
+)
 def test_bad_arguments(kwargs, name):
   with pytest.raises(ValueError, match=name):
     ss.s2sam(optax.sgd(0.1), **kwargs)
@@ -220,9 +220,11 @@ def test_bad_arguments(kwargs, name):
 @pytest.mark.parametrize("factory", [ss.s2sam, ss.sam])
 def test_mismatched_masks_are_rejected(factory):
   params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
-  for masks in ({"w": jnp.ones((3, 2), bool), "b": None},
-                {"w": jnp.ones((2, 3), bool)},
-                {"w": jnp.ones((2, 3), bool), "b": None, "c": None}):
+  for masks in (
+    {"w": jnp.ones((3, 2), bool), "b": None},
+    {"w": jnp.ones((2, 3), bool)},
+    {"w": jnp.ones((2, 3), bool), "b": None, "c": None},
+  ):
     with pytest.raises(ValueError, match="masks"):
       factory(optax.sgd(0.1), masks=masks).init(params)
 

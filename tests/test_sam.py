@@ -3,12 +3,12 @@
 import chex
 import jax
 import jax.numpy as jnp
+import mlp_reference as ref
 import numpy as np
 import optax
 import optax.contrib
 import pytest
 
-import mlp_reference as ref
 import s2sam_jax as ss
 
 LR, MOMENTUM, RHO, STEPS = 0.3, 0.9, 0.1, 10
@@ -20,17 +20,16 @@ def test_matches_optax_contrib_sam():
   grad = jax.jit(jax.grad(ref.jax_loss))
   ours = ss.sam(optax.sgd(LR, momentum=MOMENTUM), rho=RHO)
   peer = optax.contrib.sam(
-      optax.sgd(LR, momentum=MOMENTUM),
-      optax.chain(optax.contrib.normalize(), optax.sgd(RHO)),
-      opaque_mode=True)
+    optax.sgd(LR, momentum=MOMENTUM),
+    optax.chain(optax.contrib.normalize(), optax.sgd(RHO)),
+    opaque_mode=True,
+  )
   p_ours, p_peer = params, params
   s_ours, s_peer = ours.init(params), peer.init(params)
   for _ in range(STEPS):
-    u, s_ours = ours.update(grad(p_ours, x, y), s_ours, p_ours,
-                            grad_fn=lambda p: grad(p, x, y))
+    u, s_ours = ours.update(grad(p_ours, x, y), s_ours, p_ours, grad_fn=lambda p: grad(p, x, y))
     p_ours = optax.apply_updates(p_ours, u)
-    u, s_peer = peer.update(grad(p_peer, x, y), s_peer, p_peer,
-                            grad_fn=lambda p, _: grad(p, x, y))
+    u, s_peer = peer.update(grad(p_peer, x, y), s_peer, p_peer, grad_fn=lambda p, _: grad(p, x, y))
     p_peer = optax.apply_updates(p_peer, u)
     chex.assert_trees_all_close(p_ours, p_peer, rtol=1e-5, atol=1e-6)
 
@@ -62,8 +61,9 @@ def test_matches_numpy_sam(adaptive):
   for t in range(STEPS):
     params, state = step(params, state)
     for k in params:
-      np.testing.assert_allclose(params[k], expected[t][k], rtol=2e-4,
-                                 atol=2e-5, err_msg=f"step {t}, {k}")
+      np.testing.assert_allclose(
+        params[k], expected[t][k], rtol=2e-4, atol=2e-5, err_msg=f"step {t}, {k}"
+      )
 
 
 def test_grad_fn_is_required():

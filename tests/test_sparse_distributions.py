@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s2sam_jax import sparse
 
@@ -46,8 +47,7 @@ def nest(flat):
 
 def flat_leaves(tree):
   out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: x is None)[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]:
     out["/".join(k.key for k in path)] = leaf
   return out
 
@@ -59,8 +59,9 @@ def numpy_reference(shapes, sparsity, distribution, custom=()):
   if distribution == "uniform":
     return {k: 1.0 - sparsity for k in names}
   if distribution == "er":
-    raw = np.array([(shapes[k][-2] + shapes[k][-1]) / (shapes[k][-2] * shapes[k][-1])
-                    for k in names])
+    raw = np.array(
+      [(shapes[k][-2] + shapes[k][-1]) / (shapes[k][-2] * shapes[k][-1]) for k in names]
+    )
   else:
     raw = np.array([np.sum(shapes[k]) / np.prod(shapes[k]) for k in names])
   dense = np.zeros(len(names), bool)
@@ -83,8 +84,9 @@ def test_resnet32_shapes_match_reference_counts():
   shapes = resnet32_shapes()
   kernels = [s for s in shapes.values() if len(s) >= 2]
   assert sum(math.prod(s) for s in kernels) == 1_855_584  # reference §1.1
-  block_convs = [s for k, s in shapes.items() if "block" in k and "conv" in k and
-                 "shortcut" not in k]
+  block_convs = [
+    s for k, s in shapes.items() if "block" in k and "conv" in k and "shortcut" not in k
+  ]
   assert len(block_convs) == 30 and sum(math.prod(s) for s in block_convs) == 1_843_200
 
 
@@ -112,8 +114,12 @@ def test_resnet32_custom_layers_excluded_from_budget(distribution):
   shapes = resnet32_shapes()
   overrides = {r"^conv1/": 0.0, r"^linear/": 0.0, r"shortcut": 0.5}
   got = flat_leaves(sparse.layer_densities(PARAMS, 0.9, distribution, overrides=overrides))
-  custom = ("conv1/kernel", "linear/kernel", "layer2/block0/shortcut/conv/kernel",
-            "layer3/block0/shortcut/conv/kernel")
+  custom = (
+    "conv1/kernel",
+    "linear/kernel",
+    "layer2/block0/shortcut/conv/kernel",
+    "layer3/block0/shortcut/conv/kernel",
+  )
   want = numpy_reference(shapes, 0.9, distribution, custom=custom)
   assert got["conv1/kernel"] is None and got["linear/kernel"] is None
   assert got["layer2/block0/shortcut/conv/kernel"] == 0.5
@@ -143,8 +149,8 @@ def test_resnet32_random_masks_total_nnz_is_uniform_budget():
 
 
 def test_count_for_density_hand_examples():
-  assert sparse.count_for_density(5, 0.5) == 2      # half to even
-  assert sparse.count_for_density(7, 0.5) == 4      # half to even
+  assert sparse.count_for_density(5, 0.5) == 2  # half to even
+  assert sparse.count_for_density(7, 0.5) == 4  # half to even
   assert sparse.count_for_density(10, 1 - 0.9) == 1
   assert sparse.count_for_density(10, 0.26) == 3
   assert sparse.count_for_density(0, 0.3) == 0
@@ -155,8 +161,10 @@ def test_count_for_density_hand_examples():
 
 def test_path_str_and_default_prunable():
   tree = {"a": {"conv": {"kernel": jnp.zeros((3, 3, 1, 2))}}, "b": [jnp.zeros(2)]}
-  paths = {sparse.path_str(p): sparse.default_prunable(p, x)
-           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  paths = {
+    sparse.path_str(p): sparse.default_prunable(p, x)
+    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   assert paths == {"a/conv/kernel": True, "b/0": False}
 
 
@@ -192,10 +200,12 @@ shape_st = st.lists(st.integers(1, 12), min_size=1, max_size=4).map(tuple)
 
 
 @settings(max_examples=40, deadline=None)
-@given(shapes=st.lists(shape_st, min_size=1, max_size=5),
-       sparsity=st.floats(0.0, 0.99),
-       distribution=st.sampled_from(["uniform", "erk"]),
-       seed=st.integers(0, 2**16))
+@given(
+  shapes=st.lists(shape_st, min_size=1, max_size=5),
+  sparsity=st.floats(0.0, 0.99),
+  distribution=st.sampled_from(["uniform", "erk"]),
+  seed=st.integers(0, 2**16),
+)
 def test_random_masks_exact_counts(shapes, sparsity, distribution, seed):
   params = {f"l{i}": jnp.zeros(s) for i, s in enumerate(shapes)}
   prunable = lambda path, leaf: True

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from s2sam_jax import sparse
-from s2sam_jax import _masks
+from s2sam_jax import _masks, sparse
 
 EVERY, STEPS, DECAY = 2, 7, (3, 5)
 B1, B2 = 0.9, 0.999
@@ -36,40 +36,49 @@ def param_shapes(draw):
     if draw(st.booleans()):
       shapes.append((draw(st.integers(2, 12)), draw(st.integers(2, 12))))
     else:
-      shapes.append(tuple(draw(st.integers(1, 3)) for _ in range(2))
-                    + tuple(draw(st.integers(1, 6)) for _ in range(2)))
+      shapes.append(
+        tuple(draw(st.integers(1, 3)) for _ in range(2))
+        + tuple(draw(st.integers(1, 6)) for _ in range(2))
+      )
   return shapes
 
 
 def _make_params(shapes, seed):
   keys = jax.random.split(jax.random.PRNGKey(seed), len(shapes))
-  return {f"layer{i}": {"kernel": jax.random.normal(k, s),
-                        "bias": jnp.zeros(s[-1])}
-          for i, (k, s) in enumerate(zip(keys, shapes))}
+  return {
+    f"layer{i}": {"kernel": jax.random.normal(k, s), "bias": jnp.zeros(s[-1])}
+    for i, (k, s) in enumerate(zip(keys, shapes))
+  }
 
 
 def _loss(params):
   # gradient non-zero at w = 0, so growth and grown weights see real values
-  return sum(jnp.sum(jnp.sin(p["kernel"] + 0.3) ** 2) + jnp.sum(p["bias"] ** 2)
-             for p in params.values())
+  return sum(
+    jnp.sum(jnp.sin(p["kernel"] + 0.3) ** 2) + jnp.sum(p["bias"] ** 2) for p in params.values()
+  )
 
 
 def _make_tx(method, opt, sparsity, distribution, seed, mask_gradients):
-  common = dict(distribution=distribution, key=seed,
-                mask_gradients=mask_gradients)
+  common = dict(distribution=distribution, key=seed, mask_gradients=mask_gradients)
   if method == "static":
     return sparse.static_random(opt, sparsity, **common)
   if method in ("set", "rigl"):
     fn = sparse.set_ if method == "set" else sparse.rigl
-    return fn(opt, sparsity, end_step=STEPS + 1, update_every=EVERY,
-              drop_fraction=0.5, **common)
+    return fn(opt, sparsity, end_step=STEPS + 1, update_every=EVERY, drop_fraction=0.5, **common)
   if method == "dsr":
     return sparse.dsr(opt, sparsity, update_every=EVERY, **common)
   if method in ("em", "ems"):
-    return sparse.mest(opt, sparsity, variant=method, update_every=EVERY,
-                       decay_steps=DECAY, **common)
-  return sparse.gmp(opt, sparsity, end_step=6, update_every=EVERY,
-                    distribution=distribution, mask_gradients=mask_gradients)
+    return sparse.mest(
+      opt, sparsity, variant=method, update_every=EVERY, decay_steps=DECAY, **common
+    )
+  return sparse.gmp(
+    opt,
+    sparsity,
+    end_step=6,
+    update_every=EVERY,
+    distribution=distribution,
+    mask_gradients=mask_gradients,
+  )
 
 
 def _counts(masks):
@@ -81,11 +90,14 @@ def _mest_bounds(method, sparsity, init_counts, sizes):
   (profile) offsets, and whether each is possible (``1 <= keep``,
   ``grow-to <= N``)."""
   prune, grow = sparse.mest_profile_offsets(method, sparsity)
-  grow = tuple(max(u, -sparsity) for u in grow)   # grow at most to dense
-  bounds = [{k: (c - round(l * sizes[k]), c - round(u * sizes[k]))
-             for k, c in init_counts.items()} for l, u in zip(prune, grow)]
-  valid = all(keep >= 1 and grow_to <= sizes[k]
-              for phase in bounds for k, (keep, grow_to) in phase.items())
+  grow = tuple(max(u, -sparsity) for u in grow)  # grow at most to dense
+  bounds = [
+    {k: (c - round(l * sizes[k]), c - round(u * sizes[k])) for k, c in init_counts.items()}
+    for l, u in zip(prune, grow)
+  ]
+  valid = all(
+    keep >= 1 and grow_to <= sizes[k] for phase in bounds for k, (keep, grow_to) in phase.items()
+  )
   return bounds, valid
 
 
@@ -109,19 +121,20 @@ def _expected_counts(method, t, init_counts, sizes, final_density, sparsity):
   return counts
 
 
-@pytest.mark.parametrize("method", ["static", "set", "rigl", "dsr", "em",
-                                    "ems", "gmp"])
+@pytest.mark.parametrize("method", ["static", "set", "rigl", "dsr", "em", "ems", "gmp"])
 @settings(max_examples=4, deadline=None)
-@given(shapes=param_shapes(),
-       sparsity=st.floats(0.0, 0.95),
-       seed=st.integers(0, 2**16),
-       optimizer=st.sampled_from(["sgdm", "adam"]),
-       distribution=st.sampled_from(["uniform", "erk"]),
-       mask_gradients=st.booleans())
-def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
-                                   distribution, mask_gradients):
-  opt = (optax.sgd(0.05, momentum=0.9) if optimizer == "sgdm"
-         else optax.adam(0.05, b1=B1, b2=B2))
+@given(
+  shapes=param_shapes(),
+  sparsity=st.floats(0.0, 0.95),
+  seed=st.integers(0, 2**16),
+  optimizer=st.sampled_from(["sgdm", "adam"]),
+  distribution=st.sampled_from(["uniform", "erk"]),
+  mask_gradients=st.booleans(),
+)
+def test_sparse_wrapper_invariants(
+  shapes, sparsity, seed, method, optimizer, distribution, mask_gradients
+):
+  opt = optax.sgd(0.05, momentum=0.9) if optimizer == "sgdm" else optax.adam(0.05, b1=B1, b2=B2)
   params = _make_params(shapes, seed)
   tx = _make_tx(method, opt, sparsity, distribution, seed, mask_gradients)
   densities = sparse.layer_densities(params, sparsity, distribution)
@@ -142,8 +155,7 @@ def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
   if method == "gmp":
     assert init_counts == sizes  # starts dense
   else:
-    assert init_counts == {k: round(final_density[k] * sizes[k])
-                           for k in params}
+    assert init_counts == {k: round(final_density[k] * sizes[k]) for k in params}
   total = sum(init_counts.values())
 
   @jax.jit
@@ -157,8 +169,7 @@ def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
     old_masks = state.masks
     params, state, grads = train_step(params, state)
     counts = _counts(state.masks)
-    expected = _expected_counts(method, t, init_counts, sizes, final_density,
-                                sparsity)
+    expected = _expected_counts(method, t, init_counts, sizes, final_density, sparsity)
     if expected is None:
       assert sum(counts.values()) == total
     else:
@@ -171,11 +182,9 @@ def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
       assert np.all(w[~m] == 0)
       assert np.isfinite(w).all()
       grown, dropped = m & ~old, old & ~m
-      bufs = ({"trace": g} if optimizer == "sgdm"
-              else {"mu": (1 - B1) * g, "nu": (1 - B2) * g * g})
+      bufs = {"trace": g} if optimizer == "sgdm" else {"mu": (1 - B1) * g, "nu": (1 - B2) * g * g}
       for buf_name, fresh in bufs.items():
-        buf = np.asarray(optax.tree.get(state.inner_state,
-                                        buf_name)[name]["kernel"])
+        buf = np.asarray(optax.tree.get(state.inner_state, buf_name)[name]["kernel"])
         assert np.isfinite(buf).all()
         if not mask_gradients:
           # dense gradients reach masked entries; only skipped steps leave
@@ -187,26 +196,39 @@ def test_sparse_wrapper_invariants(shapes, sparsity, seed, method, optimizer,
         if skip:
           assert np.all(buf[grown] == 0)
         else:
-          np.testing.assert_allclose(buf[grown], fresh[grown], rtol=1e-5,
-                                     atol=1e-7)
+          np.testing.assert_allclose(buf[grown], fresh[grown], rtol=1e-5, atol=1e-7)
 
 
-_SPECIAL = [0.0, -0.0, 1.0, -1.0, 2.5, float("nan"), float("inf"),
-            -float("inf"), 1e-30, -1e-30, 3e38, -3e38]
+_SPECIAL = [
+  0.0,
+  -0.0,
+  1.0,
+  -1.0,
+  2.5,
+  float("nan"),
+  float("inf"),
+  -float("inf"),
+  1e-30,
+  -1e-30,
+  3e38,
+  -3e38,
+]
 
 
 @settings(max_examples=60, deadline=None)
-@given(values=st.lists(st.one_of(st.sampled_from(_SPECIAL),
-                                 st.floats(-1e3, 1e3, width=32)),
-                       min_size=1, max_size=40),
-       k=st.integers(-2, 45))
+@given(
+  values=st.lists(
+    st.one_of(st.sampled_from(_SPECIAL), st.floats(-1e3, 1e3, width=32)), min_size=1, max_size=40
+  ),
+  k=st.integers(-2, 45),
+)
 def test_top_k_mask_matches_sorted_reference(values, k):
   # NumPy reference: stable sort by descending score with NaN last; -0 == 0.
   x = np.asarray(values, np.float32)
   key = np.where(np.isnan(x), -np.inf, x)
   order = sorted(range(len(x)), key=lambda i: (-key[i], i))
   expected = np.zeros(len(x), bool)
-  expected[order[:max(0, min(k, len(x)))]] = True
+  expected[order[: max(0, min(k, len(x)))]] = True
   got = np.asarray(_top_k_jit(jnp.asarray(x), k))
   np.testing.assert_array_equal(got, expected)
 

@@ -1,10 +1,10 @@
 """Sparsity summary, nnz, mask overlap and FLOPs vs hand computations."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s2sam_jax import sparse
 
@@ -17,8 +17,10 @@ def test_nnz_params_and_masks():
 
 
 def test_summary_without_masks_counts_nonzeros_of_prunable_leaves():
-  params = {"conv": {"kernel": jnp.zeros((2, 2, 1, 3)).at[0, 0, 0].set(1.0)},
-            "fc": {"kernel": jnp.eye(4), "bias": jnp.zeros(4)}}
+  params = {
+    "conv": {"kernel": jnp.zeros((2, 2, 1, 3)).at[0, 0, 0].set(1.0)},
+    "fc": {"kernel": jnp.eye(4), "bias": jnp.zeros(4)},
+  }
   s = sparse.sparsity_summary(params)
   got = {l.path: (l.size, l.nnz) for l in s.layers}
   assert got == {"conv/kernel": (12, 3), "fc/kernel": (16, 4)}
@@ -86,24 +88,32 @@ def test_flops_rigl_update_steps():
   est = sparse.training_flops(FLOPS, {"a": 0.2}, method="rigl", steps=10, update_every=3)
   assert est.total == 6 * 210 + 4 * (140 + 150)
   # begin 2, end 8 (exclusive): updates at t = 2, 5
-  est = sparse.training_flops(FLOPS, {"a": 0.2}, method="rigl", steps=10, update_every=3,
-                              begin_step=2, end_step=8)
+  est = sparse.training_flops(
+    FLOPS, {"a": 0.2}, method="rigl", steps=10, update_every=3, begin_step=2, end_step=8
+  )
   assert est.total == 8 * 210 + 2 * 290
   # long runs approach the paper's (3 f_S (ΔT - 1) + 2 f_S + f_D) / ΔT per step
-  est = sparse.training_flops(FLOPS, {"a": 0.2}, method="rigl", steps=100_000,
-                              update_every=100)
+  est = sparse.training_flops(FLOPS, {"a": 0.2}, method="rigl", steps=100_000, update_every=100)
   assert est.per_step == pytest.approx((3 * 70 * 99 + 2 * 70 + 150) / 100)
 
 
 def test_flops_gmp_hand_computed():
   # prune at t = 0, 2, 4 (end); s(t') = 0.8 (1 - (1 - t'/4)^3)
   # t=0: dense; t=1,2: s=0; t=3,4: s=0.7; t=5: s=0.8  (F = 100)
-  est = sparse.training_flops({"a": 100.0}, {"a": 0.2}, method="gmp", steps=6,
-                              update_every=2, end_step=4)
+  est = sparse.training_flops(
+    {"a": 100.0}, {"a": 0.2}, method="gmp", steps=6, update_every=2, end_step=4
+  )
   assert est.total == pytest.approx(3 * (100 * 3 + 30 * 2 + 20))
   # initial sparsity 0.5 at t'=0: s = 0.5 for t = 1, 2; 0.8*0.875 + 0.5*0.125 at t = 3, 4
-  est = sparse.training_flops({"a": 100.0, "o": 10.0}, {"a": 0.2}, method="gmp", steps=6,
-                              update_every=2, end_step=4, initial_sparsity=0.5)
+  est = sparse.training_flops(
+    {"a": 100.0, "o": 10.0},
+    {"a": 0.2},
+    method="gmp",
+    steps=6,
+    update_every=2,
+    end_step=4,
+    initial_sparsity=0.5,
+  )
   s34 = 0.8 * 0.875 + 0.5 * 0.125
   want = 3 * (110 + 2 * (10 + 50) + 2 * (10 + 100 * (1 - s34)) + (10 + 20))
   assert est.total == pytest.approx(want)

@@ -19,30 +19,42 @@ from experiments import report, study, train
 
 def _synthetic_rows():
   rows = []
-  gains = [0.010, 0.020, -0.005, 0.015, 0.010]       # s2sam - original, per seed
+  gains = [0.010, 0.020, -0.005, 0.015, 0.010]  # s2sam - original, per seed
   for level in (0.9, 0.98):
     for seed, g in enumerate(gains):
       base = 0.80 - (level - 0.9) + 0.01 * seed
-      for mode, acc in (("original", base), ("s2sam", base + g),
-                        ("sam", base + 2 * g)):
-        rows.append(dict(study="t", dataset="mnist1d", model="m", method="rigl",
-                         distribution="erk", sparsity=level, mode=mode, seed=seed,
-                         epochs=1, final_test_accuracy=acc,
-                         best_test_accuracy=acc + 0.01, wall_seconds=1.0))
+      for mode, acc in (("original", base), ("s2sam", base + g), ("sam", base + 2 * g)):
+        rows.append(
+          dict(
+            study="t",
+            dataset="mnist1d",
+            model="m",
+            method="rigl",
+            distribution="erk",
+            sparsity=level,
+            mode=mode,
+            seed=seed,
+            epochs=1,
+            final_test_accuracy=acc,
+            best_test_accuracy=acc + 0.01,
+            wall_seconds=1.0,
+          )
+        )
   return rows, gains
 
 
 def test_paired_statistics_by_hand():
   rows, gains = _synthetic_rows()
   cells = report.by_cell(rows)
-  p = report.paired(cells[("mnist1d", "m", "rigl", "erk", 0.9)]["original"],
-                    cells[("mnist1d", "m", "rigl", "erk", 0.9)]["s2sam"])
+  p = report.paired(
+    cells[("mnist1d", "m", "rigl", "erk", 0.9)]["original"],
+    cells[("mnist1d", "m", "rigl", "erk", 0.9)]["s2sam"],
+  )
   mean = sum(gains) / 5
   sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / 4)
   half = 2.7764451 * sd / math.sqrt(5)
   assert p.n == 5 and p.wins == 4
-  np.testing.assert_allclose([p.mean, p.low, p.high], [mean, mean - half, mean + half],
-                             rtol=1e-6)
+  np.testing.assert_allclose([p.mean, p.low, p.high], [mean, mean - half, mean + half], rtol=1e-6)
 
 
 def test_report_writes_the_tables_and_figure(tmp_path):
@@ -53,37 +65,63 @@ def test_report_writes_the_tables_and_figure(tmp_path):
   assert report.main(["--results", str(tmp_path)]) == 0
   md = (tmp_path / "t" / "table.md").read_text()
   assert "| RigL (ERK) |" in md
-  assert "(+1.00)" in md                        # mean gain 0.010 in points
+  assert "(+1.00)" in md  # mean gain 0.010 in points
   paired = (tmp_path / "t" / "paired.md").read_text()
   assert "| 4/5 |" in paired and "sam" in paired
   assert (tmp_path / "t" / "gain_vs_sparsity.png").stat().st_size > 1000
 
 
 def test_a_study_runs_resumes_and_records_each_cell_once(tmp_path, monkeypatch):
-  flags = dict(model="mnist1d_mlp", dataset="mnist1d", train_subset=256,
-               test_subset=64, batch_size=32, eval_batch_size=64, epochs=2,
-               lr=0.05, sparsity=0.5, distribution="uniform", method="static")
+  flags = dict(
+    model="mnist1d_mlp",
+    dataset="mnist1d",
+    train_subset=256,
+    test_subset=64,
+    batch_size=32,
+    eval_batch_size=64,
+    epochs=2,
+    lr=0.05,
+    sparsity=0.5,
+    distribution="uniform",
+    method="static",
+  )
   cells = study.grid("static", flags, optimizer_mode=["original", "s2sam"], seed=[0])
-  assert [c.name for c in cells] == ["static/optimizer_mode=original/seed=0",
-                                     "static/optimizer_mode=s2sam/seed=0"]
-  kw = dict(results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "runs"),
-            require_clean=False)
+  assert [c.name for c in cells] == [
+    "static/optimizer_mode=original/seed=0",
+    "static/optimizer_mode=s2sam/seed=0",
+  ]
+  kw = dict(
+    results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "runs"), require_clean=False
+  )
   # The first cell is cut short (a session ending), then resumed.
   cut = study.Cell(cells[0].name, dict(cells[0].flags, max_steps=3))
   assert study.run_study("tiny", [cut], **kw) == 0
   assert study.run_study("tiny", cells, **kw) == 2
-  assert study.run_study("tiny", cells, **kw) == 0       # nothing left to do
+  assert study.run_study("tiny", cells, **kw) == 0  # nothing left to do
   rows = study.read_rows(str(tmp_path / "results" / "tiny" / "runs.jsonl"))
   assert [r["mode"] for r in rows] == ["original", "s2sam"]
   for r in rows:
     assert r["commit"] and r["command"].startswith("python -m experiments.train ")
-    assert set(r) >= {"study", "dataset", "model", "method", "sparsity", "distribution",
-                      "mode", "seed", "epochs", "final_test_accuracy",
-                      "best_test_accuracy", "wall_seconds"}
+    assert set(r) >= {
+      "study",
+      "dataset",
+      "model",
+      "method",
+      "sparsity",
+      "distribution",
+      "mode",
+      "seed",
+      "epochs",
+      "final_test_accuracy",
+      "best_test_accuracy",
+      "wall_seconds",
+    }
   # The resumed cell equals a run of its command alone, bit for bit.
-  alone = train.run(train.config_from_args(
-      study.flags_to_argv(cells[0].flags) + ["--out-dir", str(tmp_path / "alone"),
-                                             "--no-progress"])[0])
+  alone = train.run(
+    train.config_from_args(
+      study.flags_to_argv(cells[0].flags) + ["--out-dir", str(tmp_path / "alone"), "--no-progress"]
+    )[0]
+  )
   assert alone["final_test_accuracy"] == rows[0]["final_test_accuracy"]
   # A changed training path refuses to add runs to the study.
   monkeypatch.setattr(study, "training_path_hash", lambda: "changed")

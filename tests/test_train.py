@@ -19,16 +19,37 @@ import jax
 import numpy as np
 import pytest
 
-from s2sam_jax import sparse
 import s2sam_jax
 from experiments import configs, train
 from experiments.checkpoint import Checkpointer
+from s2sam_jax import sparse
 
 # 256 training examples, batch 32: 8 steps per epoch.
-TINY = ["--model", "mnist1d_mlp", "--dataset", "mnist1d", "--train-subset", "256",
-        "--test-subset", "64", "--batch-size", "32", "--eval-batch-size", "64",
-        "--epochs", "1", "--no-progress", "--update-every", "3", "--lr", "0.05",
-        "--sparsity", "0.5", "--distribution", "uniform"]
+TINY = [
+  "--model",
+  "mnist1d_mlp",
+  "--dataset",
+  "mnist1d",
+  "--train-subset",
+  "256",
+  "--test-subset",
+  "64",
+  "--batch-size",
+  "32",
+  "--eval-batch-size",
+  "64",
+  "--epochs",
+  "1",
+  "--no-progress",
+  "--update-every",
+  "3",
+  "--lr",
+  "0.05",
+  "--sparsity",
+  "0.5",
+  "--distribution",
+  "uniform",
+]
 STEPS_PER_EPOCH = 8
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,26 +77,43 @@ def clean_params_and_masks(runner):
 def masked_pairs(params, masks):
   flat_m = jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda x: x is None)[0]
   flat_p = jax.tree.structure(masks, is_leaf=lambda x: x is None).flatten_up_to(params)
-  return [(sparse.path_str(path), np.asarray(m), np.asarray(p))
-          for (path, m), p in zip(flat_m, flat_p) if m is not None]
+  return [
+    (sparse.path_str(path), np.asarray(m), np.asarray(p))
+    for (path, m), p in zip(flat_m, flat_p)
+    if m is not None
+  ]
 
 
 # Exact active-count rule per method at sparsity s (reference: the method's
 # counting convention, recomputed here from the layer sizes).
 def expected_active(method, sizes, s):
-  if method in ("snip", "lt", "lrr", "grasp"):   # global ranking
+  if method in ("snip", "lt", "lrr", "grasp"):  # global ranking
     total = sum(sizes)
     return total - int(s * total) if method == "grasp" else round((1 - s) * total)
-  if method == "mest-ems":   # phase 0: grow 5% of each layer above the target
+  if method == "mest-ems":  # phase 0: grow 5% of each layer above the target
     return sum(round((1 - s) * n) + round(0.05 * n) for n in sizes)
-  return sum(round((1 - s) * n) for n in sizes)   # per layer, exact
+  return sum(round((1 - s) * n) for n in sizes)  # per layer, exact
 
 
-SPARSE_METHODS = ["static", "magnitude", "snip", "grasp", "set", "dsr", "rigl",
-                  "mest-em", "mest-ems", "gmp"]
-CASES = ([(m, "s2sam") for m in SPARSE_METHODS + ["dense"]]
-         + [("rigl", "original"), ("rigl", "sam"), ("static", "sam"),
-            ("mest-ems", "original"), ("dense", "sam")])
+SPARSE_METHODS = [
+  "static",
+  "magnitude",
+  "snip",
+  "grasp",
+  "set",
+  "dsr",
+  "rigl",
+  "mest-em",
+  "mest-ems",
+  "gmp",
+]
+CASES = [(m, "s2sam") for m in SPARSE_METHODS + ["dense"]] + [
+  ("rigl", "original"),
+  ("rigl", "sam"),
+  ("static", "sam"),
+  ("mest-ems", "original"),
+  ("dense", "sam"),
+]
 
 
 @pytest.mark.parametrize("method,mode", CASES)
@@ -92,7 +130,7 @@ def test_method_trains_end_to_end(tmp_path, method, mode):
     assert masks is None and summary["sparsity"]["sparsity"] == 0.0
     return
   pairs = masked_pairs(params, masks)
-  for path, m, p in pairs:   # the clean weights are exactly 0 where masked
+  for path, m, p in pairs:  # the clean weights are exactly 0 where masked
     assert not np.any(p[~m]), path
   active = sum(int(m.sum()) for _, m, _ in pairs)
   sizes = [m.size for _, m, _ in pairs]
@@ -104,8 +142,17 @@ def test_method_trains_end_to_end(tmp_path, method, mode):
 @pytest.mark.parametrize("method", ["lt", "lrr"])
 def test_lottery_rounds_run_inside_the_command(tmp_path, method):
   # 0.36 = 1 - 0.8^2: a dense round and two pruning rounds of 20%.
-  runner, summary = run(tmp_path, "--method", method, "--sparsity", "0.36",
-                        "--rewind-steps", "3", "--optimizer-mode", "s2sam")
+  runner, summary = run(
+    tmp_path,
+    "--method",
+    method,
+    "--sparsity",
+    "0.36",
+    "--rewind-steps",
+    "3",
+    "--optimizer-mode",
+    "s2sam",
+  )
   assert summary["rounds"] == 3 and summary["finished"]
   history = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [h["round"] for h in history] == [0, 1, 2]
@@ -120,15 +167,19 @@ def test_lottery_rounds_run_inside_the_command(tmp_path, method):
 
 
 def test_train_step_compiles_once(tmp_path):
-  runner, _ = run(tmp_path, "--method", "rigl", "--optimizer-mode", "s2sam",
-                  "--epochs", "2")   # topology updates at steps 0, 3, ...
+  runner, _ = run(
+    tmp_path, "--method", "rigl", "--optimizer-mode", "s2sam", "--epochs", "2"
+  )  # topology updates at steps 0, 3, ...
   assert runner.train_step._cache_size() == 1
 
 
-@pytest.mark.parametrize("method,extra", [
+@pytest.mark.parametrize(
+  "method,extra",
+  [
     ("rigl", ["--epochs", "2"]),
     ("lt", ["--epochs", "1", "--sparsity", "0.36", "--rewind-steps", "3"]),
-])
+  ],
+)
 def test_resume_is_bit_exact(tmp_path, method, extra):
   flags = ["--method", method, "--optimizer-mode", "s2sam"] + extra
   full, full_summary = run(tmp_path / "full", *flags)
@@ -139,8 +190,9 @@ def test_resume_is_bit_exact(tmp_path, method, extra):
     assert a.dtype == b.dtype and np.array_equal(a, b)
   assert resumed_summary["final_test_accuracy"] == full_summary["final_test_accuracy"]
   assert resumed_summary["rounds"] == full_summary["rounds"]
-  hist = lambda r: [(h["round"], h["epoch"], h.get("test_accuracy")) for h in r.history
-                    if h["epoch_complete"]]
+  hist = lambda r: [
+    (h["round"], h["epoch"], h.get("test_accuracy")) for h in r.history if h["epoch_complete"]
+  ]
   assert hist(resumed) == hist(full)
 
 
@@ -156,12 +208,14 @@ def test_resume_restores_from_the_latest_checkpoint(tmp_path):
 def test_one_vs_eight_devices(tmp_path):
   flags = ["--method", "static", "--optimizer-mode", "s2sam", "--epochs", "2"]
   one, one_summary = run(tmp_path / "one", *flags)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "experiments.train"] + TINY + flags + [
-      "--out-dir", str(tmp_path / "eight")]
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=300)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  cmd = (
+    [sys.executable, "-m", "experiments.train"]
+    + TINY
+    + flags
+    + ["--out-dir", str(tmp_path / "eight")]
+  )
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(open(tmp_path / "eight" / "summary.json").read())
   assert summary["devices"] == 8 and one_summary["devices"] == 1
@@ -169,8 +223,9 @@ def test_one_vs_eight_devices(tmp_path):
   one_state = dict(one.final_state, rng=one.step_key)
   eight_state, _ = ckpt.restore(one_state)
   ckpt.close()
-  assert np.array_equal(jax.random.key_data(eight_state.pop("rng")),
-                        jax.random.key_data(one_state.pop("rng")))
+  assert np.array_equal(
+    jax.random.key_data(eight_state.pop("rng")), jax.random.key_data(one_state.pop("rng"))
+  )
   for a, b in zip(leaves(one_state), leaves(eight_state)):
     assert a.dtype == b.dtype
     if a.dtype == bool:
@@ -198,7 +253,12 @@ def test_named_configs_resolve_and_carry_reference_values():
     configs.validate(train.TrainConfig(**configs.get_config(name)))
   mest = configs.get_config("table1/cifar10/resnet32/mest-ems/0.95/s2sam")
   # reference §3.1: 160 epochs, batch 64, lr 0.1 cosine to 4e-8, momentum 0.9, wd 1e-4
-  assert (mest["epochs"], mest["batch_size"], mest["lr"], mest["schedule"]) == (160, 64, 0.1, "cosine")
+  assert (mest["epochs"], mest["batch_size"], mest["lr"], mest["schedule"]) == (
+    160,
+    64,
+    0.1,
+    "cosine",
+  )
   assert (mest["lr_end"], mest["momentum"], mest["weight_decay"]) == (4e-8, 0.9, 1e-4)
   assert (mest["sparsity"], mest["optimizer_mode"], mest["rho"]) == (0.95, "s2sam", 0.05)
   grasp = configs.get_config("table1/cifar100/vgg19/grasp")
@@ -210,10 +270,22 @@ def test_named_configs_resolve_and_carry_reference_values():
 
 
 def test_flags_override_named_config():
-  cfg, _ = train.config_from_args(["--config", "table1/cifar10/resnet32/rigl-erk/0.98/sam",
-                                   "--epochs", "3", "--data-dir", "/data"])
+  cfg, _ = train.config_from_args(
+    [
+      "--config",
+      "table1/cifar10/resnet32/rigl-erk/0.98/sam",
+      "--epochs",
+      "3",
+      "--data-dir",
+      "/data",
+    ]
+  )
   assert (cfg.model, cfg.method, cfg.sparsity, cfg.optimizer_mode) == (
-      "resnet32", "rigl", 0.98, "sam")
+    "resnet32",
+    "rigl",
+    0.98,
+    "sam",
+  )
   assert cfg.epochs == 3 and cfg.batch_size == 64 and cfg.data_dir == "/data"
 
 
@@ -226,14 +298,22 @@ def test_cli_lists_configs(capsys):
 def test_default_job_is_mnist1d_cnn_rigl_s2sam():
   cfg, _ = train.config_from_args([])
   assert (cfg.model, cfg.dataset, cfg.method, cfg.sparsity, cfg.optimizer_mode) == (
-      "mnist1d_cnn", "mnist1d", "rigl", 0.9, "s2sam")
+    "mnist1d_cnn",
+    "mnist1d",
+    "rigl",
+    0.9,
+    "s2sam",
+  )
 
 
-@pytest.mark.parametrize("flags,error,match", [
+@pytest.mark.parametrize(
+  "flags,error,match",
+  [
     (["--model", "resnet1000"], ValueError, "resnet1000"),
     (["--dataset", "mnist2d"], ValueError, "mnist2d"),
     (["--dataset", "imagefolder:/nonexistent/data"], FileNotFoundError, "layout"),
-])
+  ],
+)
 def test_clear_errors(tmp_path, flags, error, match):
   with pytest.raises(error, match=match):
     train.Runner(tiny_cfg(tmp_path, *flags))
@@ -242,8 +322,9 @@ def test_clear_errors(tmp_path, flags, error, match):
 def test_missing_tfds_data_says_how_to_get_it(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="tfds build cifar10"):
-    train.Runner(tiny_cfg(tmp_path / "run", "--dataset", "cifar10",
-                          "--data-dir", tmp_path / "empty"))
+    train.Runner(
+      tiny_cfg(tmp_path / "run", "--dataset", "cifar10", "--data-dir", tmp_path / "empty")
+    )
 
 
 def test_unknown_method_is_rejected(capsys):
@@ -267,6 +348,7 @@ def test_bf16_computes_in_bf16_and_keeps_f32_params(tmp_path):
 
 def _image_folder(root, classes, per_class=2, size=8):
   from PIL import Image
+
   rng = np.random.default_rng(0)
   for split in ("train", "test"):
     for c in classes:

@@ -20,58 +20,72 @@ SPLITS = ("train", "test")
 
 
 def make_mnist1d(num_samples: int | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
-    """Generates MNIST-1D: {"x", "y", "x_test", "y_test"} as float32 / int32 arrays.
+  """Generates MNIST-1D: {"x", "y", "x_test", "y_test"} as float32 / int32 arrays.
 
-    Args:
-      num_samples: total examples (train + test); None keeps the package default, 5000.
-      seed: generator seed; None keeps the package default, 42.
+  Args:
+    num_samples: total examples (train + test); None keeps the package default, 5000.
+    seed: generator seed; None keeps the package default, 42.
 
-    The package seeds NumPy's global generator; its state is restored afterwards.
-    """
-    from mnist1d.data import get_dataset_args, make_dataset
+  The package seeds NumPy's global generator; its state is restored afterwards.
+  """
+  from mnist1d.data import get_dataset_args, make_dataset
 
-    args = get_dataset_args()
-    if num_samples is not None:
-        if num_samples < 10:
-            raise ValueError(f"num_samples must be >= 10 (one per class), got {num_samples}")
-        args.num_samples = int(num_samples)
-    if seed is not None:
-        args.seed = int(seed)
-    saved = np.random.get_state()
-    try:
-        data = make_dataset(args)
-    finally:
-        np.random.set_state(saved)
-    return {
-        "x": data["x"].astype(np.float32), "y": data["y"].astype(np.int32),
-        "x_test": data["x_test"].astype(np.float32), "y_test": data["y_test"].astype(np.int32),
-    }
+  args = get_dataset_args()
+  if num_samples is not None:
+    if num_samples < 10:
+      raise ValueError(f"num_samples must be >= 10 (one per class), got {num_samples}")
+    args.num_samples = int(num_samples)
+  if seed is not None:
+    args.seed = int(seed)
+  saved = np.random.get_state()
+  try:
+    data = make_dataset(args)
+  finally:
+    np.random.set_state(saved)
+  return {
+    "x": data["x"].astype(np.float32),
+    "y": data["y"].astype(np.int32),
+    "x_test": data["x_test"].astype(np.float32),
+    "y_test": data["y_test"].astype(np.int32),
+  }
 
 
-def load_mnist1d(split: str, *, cache_dir: str | os.PathLike | None = None,
-                 num_samples: int | None = None, seed: int | None = None) -> ArraySource:
-    """MNIST-1D split ("train" or "test") as an in-memory source, cached under `cache_dir`.
+def load_mnist1d(
+  split: str,
+  *,
+  cache_dir: str | os.PathLike | None = None,
+  num_samples: int | None = None,
+  seed: int | None = None,
+) -> ArraySource:
+  """MNIST-1D split ("train" or "test") as an in-memory source, cached under `cache_dir`.
 
-    Example:
-      >>> src = load_mnist1d("train")
-      >>> len(src), src.get_batch(np.arange(2))["image"].shape
-      (4000, (2, 40))
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split for mnist1d must be one of {SPLITS}, got {split!r}")
-    import mnist1d
+  Example:
+    >>> src = load_mnist1d("train")
+    >>> len(src), src.get_batch(np.arange(2))["image"].shape
+    (4000, (2, 40))
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split for mnist1d must be one of {SPLITS}, got {split!r}")
+  import mnist1d
 
-    version = getattr(mnist1d, "__version__", "unknown")
-    folder = cache.cache_root(cache_dir) / "mnist1d" / cache.digest(version, num_samples, seed)
-    entry = cache.load_entry(folder)
-    if entry is None:
-        arrays = make_mnist1d(num_samples, seed)
-        cache.save_entry(folder, arrays, {"mnist1d_version": version})
-    else:
-        arrays = entry[0]
-    x, y = (arrays["x"], arrays["y"]) if split == "train" else (arrays["x_test"], arrays["y_test"])
-    info = DatasetInfo(
-        name="mnist1d", num_classes=10, image_shape=(x.shape[1],), input_shape=(x.shape[1],),
-        mean=(0.0,), std=(1.0,), augmentation="none", pixel_max=1.0,
-        class_names=tuple(str(i) for i in range(10)))
-    return ArraySource(x, y, info)
+  version = getattr(mnist1d, "__version__", "unknown")
+  folder = cache.cache_root(cache_dir) / "mnist1d" / cache.digest(version, num_samples, seed)
+  entry = cache.load_entry(folder)
+  if entry is None:
+    arrays = make_mnist1d(num_samples, seed)
+    cache.save_entry(folder, arrays, {"mnist1d_version": version})
+  else:
+    arrays = entry[0]
+  x, y = (arrays["x"], arrays["y"]) if split == "train" else (arrays["x_test"], arrays["y_test"])
+  info = DatasetInfo(
+    name="mnist1d",
+    num_classes=10,
+    image_shape=(x.shape[1],),
+    input_shape=(x.shape[1],),
+    mean=(0.0,),
+    std=(1.0,),
+    augmentation="none",
+    pixel_max=1.0,
+    class_names=tuple(str(i) for i in range(10)),
+  )
+  return ArraySource(x, y, info)

@@ -53,8 +53,14 @@ from collections.abc import Callable
 
 from flax import nnx
 
-from experiments.models import efficientnet, mnist1d, mobilenetv2, resnet_cifar
-from experiments.models import resnet_imagenet, vgg
+from experiments.models import (
+  efficientnet,
+  mnist1d,
+  mobilenetv2,
+  resnet_cifar,
+  resnet_imagenet,
+  vgg,
+)
 from experiments.models.flops import kernel_path, layer_macs
 from experiments.models.layers import conv, conv_general_dilated_impl
 
@@ -62,25 +68,26 @@ from experiments.models.layers import conv, conv_general_dilated_impl
 def _cifar_resnet(builder, depth):
   def make(*, num_classes, dtype=None, rngs):
     return builder(depth, num_classes=num_classes, dtype=dtype, rngs=rngs)
+
   return make
 
 
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
-    "resnet20": _cifar_resnet(resnet_cifar.grasp_resnet, 20),
-    "resnet32": _cifar_resnet(resnet_cifar.grasp_resnet, 32),
-    "resnet56": _cifar_resnet(resnet_cifar.grasp_resnet, 56),
-    "resnet20_classic": _cifar_resnet(resnet_cifar.classic_resnet, 20),
-    "resnet32_classic": _cifar_resnet(resnet_cifar.classic_resnet, 32),
-    "resnet56_classic": _cifar_resnet(resnet_cifar.classic_resnet, 56),
-    "vgg19": vgg.vgg19,
-    "mobilenetv2": mobilenetv2.mobilenetv2,
-    "resnet18": resnet_imagenet.resnet18,
-    "resnet34": resnet_imagenet.resnet34,
-    "resnet50": resnet_imagenet.resnet50,
-    "efficientnet_b0": efficientnet.efficientnet_b0,
-    "mnist1d_cnn": mnist1d.mnist1d_cnn,
-    "mnist1d_cnn64": mnist1d.mnist1d_cnn64,
-    "mnist1d_mlp": mnist1d.mnist1d_mlp,
+  "resnet20": _cifar_resnet(resnet_cifar.grasp_resnet, 20),
+  "resnet32": _cifar_resnet(resnet_cifar.grasp_resnet, 32),
+  "resnet56": _cifar_resnet(resnet_cifar.grasp_resnet, 56),
+  "resnet20_classic": _cifar_resnet(resnet_cifar.classic_resnet, 20),
+  "resnet32_classic": _cifar_resnet(resnet_cifar.classic_resnet, 32),
+  "resnet56_classic": _cifar_resnet(resnet_cifar.classic_resnet, 56),
+  "vgg19": vgg.vgg19,
+  "mobilenetv2": mobilenetv2.mobilenetv2,
+  "resnet18": resnet_imagenet.resnet18,
+  "resnet34": resnet_imagenet.resnet34,
+  "resnet50": resnet_imagenet.resnet50,
+  "efficientnet_b0": efficientnet.efficientnet_b0,
+  "mnist1d_cnn": mnist1d.mnist1d_cnn,
+  "mnist1d_cnn64": mnist1d.mnist1d_cnn64,
+  "mnist1d_mlp": mnist1d.mnist1d_mlp,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
@@ -88,17 +95,20 @@ MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 # Layers kept dense by the authors' sparse profiles (CIFAR ResNets, VGG-19: S2-SAM/MEST code);
 # for the other models a documented project choice (see each model module).
 PAPER_DENSE_LAYERS: dict[str, tuple[str, ...]] = {
-    **{f"resnet{depth}{suffix}": resnet_cifar.DENSE_LAYERS
-       for depth in (20, 32, 56) for suffix in ("", "_classic")},
-    "vgg19": vgg.DENSE_LAYERS,
-    "mobilenetv2": mobilenetv2.DENSE_LAYERS,
-    "resnet18": resnet_imagenet.DENSE_LAYERS,
-    "resnet34": resnet_imagenet.DENSE_LAYERS,
-    "resnet50": resnet_imagenet.DENSE_LAYERS,
-    "efficientnet_b0": efficientnet.DENSE_LAYERS,
-    "mnist1d_cnn": mnist1d.DENSE_LAYERS,
-    "mnist1d_cnn64": mnist1d.DENSE_LAYERS,
-    "mnist1d_mlp": mnist1d.DENSE_LAYERS,
+  **{
+    f"resnet{depth}{suffix}": resnet_cifar.DENSE_LAYERS
+    for depth in (20, 32, 56)
+    for suffix in ("", "_classic")
+  },
+  "vgg19": vgg.DENSE_LAYERS,
+  "mobilenetv2": mobilenetv2.DENSE_LAYERS,
+  "resnet18": resnet_imagenet.DENSE_LAYERS,
+  "resnet34": resnet_imagenet.DENSE_LAYERS,
+  "resnet50": resnet_imagenet.DENSE_LAYERS,
+  "efficientnet_b0": efficientnet.DENSE_LAYERS,
+  "mnist1d_cnn": mnist1d.DENSE_LAYERS,
+  "mnist1d_cnn64": mnist1d.DENSE_LAYERS,
+  "mnist1d_mlp": mnist1d.DENSE_LAYERS,
 }
 
 
@@ -138,5 +148,13 @@ def paper_dense_layers(name: str) -> tuple[str, ...]:
   return PAPER_DENSE_LAYERS[name]
 
 
-__all__ = ["MODEL_NAMES", "PAPER_DENSE_LAYERS", "conv", "conv_general_dilated_impl",
-           "create_model", "kernel_path", "layer_macs", "paper_dense_layers"]
+__all__ = [
+  "MODEL_NAMES",
+  "PAPER_DENSE_LAYERS",
+  "conv",
+  "conv_general_dilated_impl",
+  "create_model",
+  "kernel_path",
+  "layer_macs",
+  "paper_dense_layers",
+]

@@ -75,137 +75,156 @@ from jax import lax
 from experiments.models import native_kernels
 
 ENV_VAR = "S2SAM_FAST_CPU_CONV"
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+_NHWC = lax.ConvDimensionNumbers(
+  lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
 
 
 def fast_cpu_conv_enabled() -> bool:
-    """False when the environment variable ``S2SAM_FAST_CPU_CONV`` is ``0``/``false``/``off``/``no``."""
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
+  """False when the environment variable ``S2SAM_FAST_CPU_CONV`` is ``0``/``false``/``off``/``no``."""
+  return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 def tune_glibc_malloc() -> None:
-    """Makes glibc keep freed memory for reuse instead of unmapping it (process-wide, CPU speed).
+  """Makes glibc keep freed memory for reuse instead of unmapping it (process-wide, CPU speed).
 
-    XLA:CPU allocates each execution's temporaries (hundreds of MB for a training step) with
-    malloc. Blocks above glibc's mmap threshold are fresh mmaps, so every step page-faults its
-    whole working set in again: measured ~40k page faults and ~70 ms of kernel time per CIFAR
-    ResNet-20 step (batch 64) on 2 cores, about a quarter of the step. This sets one malloc arena,
-    no mmap and no trimming (``mallopt``), after which steps reuse the same memory (the process
-    keeps its peak heap). The trim threshold is SIZE_MAX, not mallopt's usual INT_MAX: with a
-    2 GiB threshold a working set above 2 GiB (MobileNetV2 at batch 64) was still given back and
-    faulted in again every step (650k faults per step; 1.32 s -> 0.73 s without). Call it at
-    program start, before JAX runs anything (so JAX's threads attach to the single arena);
-    equivalent to starting Python with ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:``
-    ``glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615``.
-    Raises OSError where glibc's ``mallopt`` is unavailable (non-glibc platforms).
-    """
-    import ctypes
+  XLA:CPU allocates each execution's temporaries (hundreds of MB for a training step) with
+  malloc. Blocks above glibc's mmap threshold are fresh mmaps, so every step page-faults its
+  whole working set in again: measured ~40k page faults and ~70 ms of kernel time per CIFAR
+  ResNet-20 step (batch 64) on 2 cores, about a quarter of the step. This sets one malloc arena,
+  no mmap and no trimming (``mallopt``), after which steps reuse the same memory (the process
+  keeps its peak heap). The trim threshold is SIZE_MAX, not mallopt's usual INT_MAX: with a
+  2 GiB threshold a working set above 2 GiB (MobileNetV2 at batch 64) was still given back and
+  faulted in again every step (650k faults per step; 1.32 s -> 0.73 s without). Call it at
+  program start, before JAX runs anything (so JAX's threads attach to the single arena);
+  equivalent to starting Python with ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:``
+  ``glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615``.
+  Raises OSError where glibc's ``mallopt`` is unavailable (non-glibc platforms).
+  """
+  import ctypes
 
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError) as e:
-        raise OSError("tune_glibc_malloc needs glibc (libc.so.6 with mallopt)") from e
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-    # mallopt takes an int; glibc stores the trim threshold as size_t, so -1 means SIZE_MAX
-    ok = (mallopt(m_arena_max, 1), mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, -1))
-    if not all(ok):
-        raise OSError(f"mallopt refused a setting: {ok}")
+  try:
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+  except (OSError, AttributeError) as e:
+    raise OSError("tune_glibc_malloc needs glibc (libc.so.6 with mallopt)") from e
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+  # mallopt takes an int; glibc stores the trim threshold as size_t, so -1 means SIZE_MAX
+  ok = (mallopt(m_arena_max, 1), mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, -1))
+  if not all(ok):
+    raise OSError(f"mallopt refused a setting: {ok}")
 
 
 def maybe_tune_glibc_malloc() -> bool:
-    """:func:`tune_glibc_malloc` for command-line entry points, unless opted out.
+  """:func:`tune_glibc_malloc` for command-line entry points, unless opted out.
 
-    Skipped (returns ``False``) when ``S2SAM_TUNE_MALLOC`` is ``0``/``false``/``off``/``no``
-    or glibc is not there; numerics are unaffected, only allocation.
-    """
-    if os.environ.get("S2SAM_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "off", "no"):
-        return False
-    try:
-        tune_glibc_malloc()
-    except OSError:
-        return False
-    return True
+  Skipped (returns ``False``) when ``S2SAM_TUNE_MALLOC`` is ``0``/``false``/``off``/``no``
+  or glibc is not there; numerics are unaffected, only allocation.
+  """
+  if os.environ.get("S2SAM_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "off", "no"):
+    return False
+  try:
+    tune_glibc_malloc()
+  except OSError:
+    return False
+  return True
 
 
 def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides: Sequence[int],
+  padding,
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+  out_sharding=None,
+  *,
+  fast_cpu: bool | None = None,
+):
+  """``lax.conv_general_dilated`` with faster gradients on CPU (see the module docstring).
+
+  ``fast_cpu``: None (default) = custom gradient on the CPU backend unless the environment
+  variable ``S2SAM_FAST_CPU_CONV=0``; False = always plain lax; True = custom gradient on
+  every backend.
+  """
+  plain = functools.partial(
+    lax.conv_general_dilated,
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    out_sharding=out_sharding,
+  )
+  if fast_cpu is None:
+    fast_cpu = fast_cpu_conv_enabled()
+    force = False
+  else:
+    force = fast_cpu
+  if not fast_cpu or not _supported(
     lhs,
     rhs,
-    window_strides: Sequence[int],
-    padding,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-    out_sharding=None,
-    *,
-    fast_cpu: bool | None = None,
-):
-    """``lax.conv_general_dilated`` with faster gradients on CPU (see the module docstring).
-
-    ``fast_cpu``: None (default) = custom gradient on the CPU backend unless the environment
-    variable ``S2SAM_FAST_CPU_CONV=0``; False = always plain lax; True = custom gradient on
-    every backend.
-    """
-    plain = functools.partial(
-        lax.conv_general_dilated,
-        window_strides=window_strides,
-        padding=padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=out_sharding,
-    )
-    if fast_cpu is None:
-        fast_cpu = fast_cpu_conv_enabled()
-        force = False
-    else:
-        force = fast_cpu
-    if not fast_cpu or not _supported(
-        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count,
-        preferred_element_type, out_sharding,
-    ):
-        return plain(lhs, rhs)
-    strides = tuple(int(s) for s in window_strides)
-    pads = _explicit_padding(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-    fast = functools.partial(
-        _matmul_grad_conv, strides=strides, pads=pads,
-        groups=int(feature_group_count), precision=precision,
-    )
-    if force:
-        return fast(lhs, rhs)
-    return dispatch(lhs, rhs, cpu=fast, default=lambda x, w: plain(x, w))
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    batch_group_count,
+    preferred_element_type,
+    out_sharding,
+  ):
+    return plain(lhs, rhs)
+  strides = tuple(int(s) for s in window_strides)
+  pads = _explicit_padding(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  fast = functools.partial(
+    _matmul_grad_conv,
+    strides=strides,
+    pads=pads,
+    groups=int(feature_group_count),
+    precision=precision,
+  )
+  if force:
+    return fast(lhs, rhs)
+  return dispatch(lhs, rhs, cpu=fast, default=lambda x, w: plain(x, w))
 
 
 def dispatch(lhs, rhs, *, cpu, default):
-    """``cpu(lhs, rhs)`` when lowered for CPU, ``default(lhs, rhs)`` on any other platform."""
-    return lax.platform_dependent(lhs, rhs, cpu=cpu, default=default)
+  """``cpu(lhs, rhs)`` when lowered for CPU, ``default(lhs, rhs)`` on any other platform."""
+  return lax.platform_dependent(lhs, rhs, cpu=cpu, default=default)
 
 
-def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count,
-               preferred_element_type, out_sharding) -> bool:
-    if lhs.ndim != 4 or rhs.ndim != 4:
-        return False
-    if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1))):
-        return False
-    if batch_group_count != 1 or preferred_element_type is not None or out_sharding is not None:
-        return False
-    if dimension_numbers is None:
-        return False
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    return dn == _NHWC
+def _supported(
+  lhs,
+  rhs,
+  lhs_dilation,
+  rhs_dilation,
+  dimension_numbers,
+  batch_group_count,
+  preferred_element_type,
+  out_sharding,
+) -> bool:
+  if lhs.ndim != 4 or rhs.ndim != 4:
+    return False
+  if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1))):
+    return False
+  if batch_group_count != 1 or preferred_element_type is not None or out_sharding is not None:
+    return False
+  if dimension_numbers is None:
+    return False
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return dn == _NHWC
 
 
 def _explicit_padding(in_hw, k_hw, strides, padding) -> tuple[tuple[int, int], ...]:
-    if isinstance(padding, str):
-        return tuple(lax.padtype_to_pads(in_hw, k_hw, strides, padding))
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(in_hw, k_hw, strides, padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
 # Dense kernels (kh, kw > 1, input at least kernel-sized) keep XLA's kernel gradient unless
@@ -218,211 +237,214 @@ TAP_MATMUL_MIN_CHANNEL_PRODUCT = 2**62
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _matmul_grad_conv(x, w, strides, pads, groups, precision):
-    return _forward(x, w, strides, pads, groups, precision)
+  return _forward(x, w, strides, pads, groups, precision)
 
 
 def _is_depthwise(w, groups):
-    return groups > 1 and w.shape[2] == 1
+  return groups > 1 and w.shape[2] == 1
 
 
 def _is_smaller_than_kernel(x, w):
-    """XLA:CPU runs these convolutions ~100x slower (e.g. VGG's 2x2 maps with 3x3 kernels)."""
-    return x.shape[1] < w.shape[0] or x.shape[2] < w.shape[1]
+  """XLA:CPU runs these convolutions ~100x slower (e.g. VGG's 2x2 maps with 3x3 kernels)."""
+  return x.shape[1] < w.shape[0] or x.shape[2] < w.shape[1]
 
 
 def _forward(x, w, strides, pads, groups, precision):
-    if _is_depthwise(w, groups):
-        return _depthwise_forward(x, w, strides, pads, groups)
-    if _is_smaller_than_kernel(x, w):
-        return _tap_matmul_forward(x, w, strides, pads, groups, precision)
-    return _xla_conv(x, w, strides, pads, groups, precision)
+  if _is_depthwise(w, groups):
+    return _depthwise_forward(x, w, strides, pads, groups)
+  if _is_smaller_than_kernel(x, w):
+    return _tap_matmul_forward(x, w, strides, pads, groups, precision)
+  return _xla_conv(x, w, strides, pads, groups, precision)
 
 
 def _xla_conv(x, w, strides, pads, groups, precision):
-    return lax.conv_general_dilated(
-        x, w, strides, pads, dimension_numbers=_NHWC, feature_group_count=groups,
-        precision=precision,
-    )
+  return lax.conv_general_dilated(
+    x, w, strides, pads, dimension_numbers=_NHWC, feature_group_count=groups, precision=precision
+  )
 
 
 def _fwd(x, w, strides, pads, groups, precision):
-    return _forward(x, w, strides, pads, groups, precision), (x, w)
+  return _forward(x, w, strides, pads, groups, precision), (x, w)
 
 
 def _bwd(strides, pads, groups, precision, res, g):
-    x, w = res
-    return (
-        _input_grad(x, w, g, strides, pads, groups, precision),
-        _kernel_grad(x, w, g, strides, pads, groups, precision),
-    )
+  x, w = res
+  return (
+    _input_grad(x, w, g, strides, pads, groups, precision),
+    _kernel_grad(x, w, g, strides, pads, groups, precision),
+  )
 
 
 _matmul_grad_conv.defvjp(_fwd, _bwd)
 
 
 def _pad_input(x, pads):
-    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
 
 
 def _patches(xp, i, j, out_hw, strides):
-    """``xp[:, i::s, j::s, :]`` cut to the output size: the input seen by kernel offset (i, j)."""
-    (sh, sw), (ho, wo) = strides, out_hw
-    n, _, _, c = xp.shape
-    return lax.slice(
-        xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1)
-    )
+  """``xp[:, i::s, j::s, :]`` cut to the output size: the input seen by kernel offset (i, j)."""
+  (sh, sw), (ho, wo) = strides, out_hw
+  n, _, _, c = xp.shape
+  return lax.slice(
+    xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1)
+  )
 
 
 def _out_hw(x, w, strides, pads):
-    return tuple(
-        (x.shape[1 + d] + pads[d][0] + pads[d][1] - w.shape[d]) // strides[d] + 1 for d in (0, 1)
-    )
+  return tuple(
+    (x.shape[1 + d] + pads[d][0] + pads[d][1] - w.shape[d]) // strides[d] + 1 for d in (0, 1)
+  )
 
 
 def _tap_sees_input(i, pad_lo, size, stride, out):
-    """Whether kernel offset ``i`` reads any unpadded input row (else its patch is all zeros)."""
-    return any(pad_lo <= i + stride * r < pad_lo + size for r in range(out))
+  """Whether kernel offset ``i`` reads any unpadded input row (else its patch is all zeros)."""
+  return any(pad_lo <= i + stride * r < pad_lo + size for r in range(out))
 
 
 def _live_taps(x, w, strides, pads, out_hw):
-    return [
-        (i, j)
-        for i in range(w.shape[0])
-        for j in range(w.shape[1])
-        if _tap_sees_input(i, pads[0][0], x.shape[1], strides[0], out_hw[0])
-        and _tap_sees_input(j, pads[1][0], x.shape[2], strides[1], out_hw[1])
-    ]
+  return [
+    (i, j)
+    for i in range(w.shape[0])
+    for j in range(w.shape[1])
+    if _tap_sees_input(i, pads[0][0], x.shape[1], strides[0], out_hw[0])
+    and _tap_sees_input(j, pads[1][0], x.shape[2], strides[1], out_hw[1])
+  ]
 
 
 def _tap_matmul_forward(x, w, strides, pads, groups, precision):
-    """``y = sum_ij X_ij @ w[i, j]`` (per group), skipping offsets that only see padding."""
-    n = x.shape[0]
-    _, _, cg, o = w.shape
-    ho, wo = _out_hw(x, w, strides, pads)
-    xp = _pad_input(x, pads)
-    y = jnp.zeros((n, ho, wo, groups, o // groups), jnp.float32)
-    for i, j in _live_taps(x, w, strides, pads, (ho, wo)):
-        xs = _patches(xp, i, j, (ho, wo), strides).reshape(n, ho, wo, groups, cg)
-        y = y + jnp.einsum(
-            "nhwgc,cgo->nhwgo", xs, w[i, j].reshape(cg, groups, o // groups),
-            precision=precision, preferred_element_type=jnp.float32,
-        )
-    return y.reshape(n, ho, wo, o).astype(jnp.result_type(x.dtype, w.dtype))
+  """``y = sum_ij X_ij @ w[i, j]`` (per group), skipping offsets that only see padding."""
+  n = x.shape[0]
+  _, _, cg, o = w.shape
+  ho, wo = _out_hw(x, w, strides, pads)
+  xp = _pad_input(x, pads)
+  y = jnp.zeros((n, ho, wo, groups, o // groups), jnp.float32)
+  for i, j in _live_taps(x, w, strides, pads, (ho, wo)):
+    xs = _patches(xp, i, j, (ho, wo), strides).reshape(n, ho, wo, groups, cg)
+    y = y + jnp.einsum(
+      "nhwgc,cgo->nhwgo",
+      xs,
+      w[i, j].reshape(cg, groups, o // groups),
+      precision=precision,
+      preferred_element_type=jnp.float32,
+    )
+  return y.reshape(n, ho, wo, o).astype(jnp.result_type(x.dtype, w.dtype))
 
 
 def _depthwise_forward(x, w, strides, pads, groups):
-    """``y[..., g*m + o] = sum_ij X_ij[..., g] * w[i, j, 0, g*m + o]``: kh*kw fused multiply-adds."""
-    kh, kw, _, o = w.shape
-    mult = o // groups
-    ho, wo = _out_hw(x, w, strides, pads)
-    xp = _pad_input(x, pads)
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            xs = _patches(xp, i, j, (ho, wo), strides).astype(jnp.float32)
-            wij = w[i, j, 0].reshape(groups, mult).astype(jnp.float32)
-            tap = xs[..., None] * wij
-            y = tap if y is None else y + tap
-    return y.reshape(*y.shape[:3], o).astype(jnp.result_type(x.dtype, w.dtype))
+  """``y[..., g*m + o] = sum_ij X_ij[..., g] * w[i, j, 0, g*m + o]``: kh*kw fused multiply-adds."""
+  kh, kw, _, o = w.shape
+  mult = o // groups
+  ho, wo = _out_hw(x, w, strides, pads)
+  xp = _pad_input(x, pads)
+  y = None
+  for i in range(kh):
+    for j in range(kw):
+      xs = _patches(xp, i, j, (ho, wo), strides).astype(jnp.float32)
+      wij = w[i, j, 0].reshape(groups, mult).astype(jnp.float32)
+      tap = xs[..., None] * wij
+      y = tap if y is None else y + tap
+  return y.reshape(*y.shape[:3], o).astype(jnp.result_type(x.dtype, w.dtype))
 
 
 def _kernel_grad(x, w, g, strides, pads, groups, precision):
-    depthwise_multiplier_1 = _is_depthwise(w, groups) and w.shape[3] == groups
-    # the C++ kernels compute in float32: float64 keeps the HLO formulations
-    at_most_f32 = all(jnp.finfo(a.dtype).bits <= 32 for a in (x, w, g))
-    if (groups == 1 or depthwise_multiplier_1) and at_most_f32 and native_kernels.available():
-        return _native_kernel_grad(x, w, g, strides, pads, groups, precision)
-    return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
+  depthwise_multiplier_1 = _is_depthwise(w, groups) and w.shape[3] == groups
+  # the C++ kernels compute in float32: float64 keeps the HLO formulations
+  at_most_f32 = all(jnp.finfo(a.dtype).bits <= 32 for a in (x, w, g))
+  if (groups == 1 or depthwise_multiplier_1) and at_most_f32 and native_kernels.available():
+    return _native_kernel_grad(x, w, g, strides, pads, groups, precision)
+  return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
 
 
 def _native_kernel_grad(x, w, g, strides, pads, groups, precision):
-    """The C++ kernels (``native_kernels``) on CPU; elsewhere (``fast_cpu=True``) the HLO ones."""
-    kernel = (native_kernels.conv_kernel_grad if groups == 1
-              else native_kernels.depthwise_conv_kernel_grad)
+  """The C++ kernels (``native_kernels``) on CPU; elsewhere (``fast_cpu=True``) the HLO ones."""
+  kernel = (
+    native_kernels.conv_kernel_grad if groups == 1 else native_kernels.depthwise_conv_kernel_grad
+  )
 
-    def native(x, g):
-        return kernel(x, g, w.shape[:2], strides, pads).astype(w.dtype)
+  def native(x, g):
+    return kernel(x, g, w.shape[:2], strides, pads).astype(w.dtype)
 
-    def portable(x, g):
-        return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
+  def portable(x, g):
+    return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
 
-    return lax.platform_dependent(x, g, cpu=native, default=portable)
+  return lax.platform_dependent(x, g, cpu=native, default=portable)
 
 
 def _matmul_kernel_grad(x, w, g, strides, pads, groups, precision):
-    kh, kw, cg, o = w.shape
-    depthwise = _is_depthwise(w, groups)
-    small_dense = (kh, kw) != (1, 1) and cg * o < TAP_MATMUL_MIN_CHANNEL_PRODUCT
-    if not depthwise and small_dense and not _is_smaller_than_kernel(x, w):
-        _, vjp = jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads, groups, precision), w)
-        return vjp(g)[0]
-    n, ho, wo, _ = g.shape
-    m = n * ho * wo
-    og = o // groups
-    xp = _pad_input(x, pads)
-    gm = g.reshape(m, groups, og)
-    live = set(_live_taps(x, w, strides, pads, (ho, wo)))
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            if (i, j) not in live:  # the patch is all padding: zero gradient
-                taps.append(jnp.zeros((cg, o), jnp.float32))
-                continue
-            xm = _patches(xp, i, j, (ho, wo), strides).reshape(m, groups, cg)
-            if groups == 1:
-                tap = lax.dot_general(
-                    xm[:, 0], gm[:, 0], (((0,), (0,)), ((), ())), precision=precision,
-                    preferred_element_type=jnp.float32,
-                )
-            elif depthwise:  # no contraction over channels: a weighted sum over M per channel
-                tap = jnp.einsum(
-                    "mg,mgo->go", xm[:, :, 0], gm, precision=precision,
-                    preferred_element_type=jnp.float32,
-                )
-            else:
-                tap = jnp.einsum(
-                    "mgc,mgo->cgo", xm, gm, precision=precision,
-                    preferred_element_type=jnp.float32,
-                )
-            taps.append(tap.reshape(cg, o))
-    return jnp.stack(taps).reshape(kh, kw, cg, o).astype(w.dtype)
+  kh, kw, cg, o = w.shape
+  depthwise = _is_depthwise(w, groups)
+  small_dense = (kh, kw) != (1, 1) and cg * o < TAP_MATMUL_MIN_CHANNEL_PRODUCT
+  if not depthwise and small_dense and not _is_smaller_than_kernel(x, w):
+    _, vjp = jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads, groups, precision), w)
+    return vjp(g)[0]
+  n, ho, wo, _ = g.shape
+  m = n * ho * wo
+  og = o // groups
+  xp = _pad_input(x, pads)
+  gm = g.reshape(m, groups, og)
+  live = set(_live_taps(x, w, strides, pads, (ho, wo)))
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      if (i, j) not in live:  # the patch is all padding: zero gradient
+        taps.append(jnp.zeros((cg, o), jnp.float32))
+        continue
+      xm = _patches(xp, i, j, (ho, wo), strides).reshape(m, groups, cg)
+      if groups == 1:
+        tap = lax.dot_general(
+          xm[:, 0],
+          gm[:, 0],
+          (((0,), (0,)), ((), ())),
+          precision=precision,
+          preferred_element_type=jnp.float32,
+        )
+      elif depthwise:  # no contraction over channels: a weighted sum over M per channel
+        tap = jnp.einsum(
+          "mg,mgo->go", xm[:, :, 0], gm, precision=precision, preferred_element_type=jnp.float32
+        )
+      else:
+        tap = jnp.einsum(
+          "mgc,mgo->cgo", xm, gm, precision=precision, preferred_element_type=jnp.float32
+        )
+      taps.append(tap.reshape(cg, o))
+  return jnp.stack(taps).reshape(kh, kw, cg, o).astype(w.dtype)
 
 
 def _input_grad(x, w, g, strides, pads, groups, precision):
-    if _is_depthwise(w, groups) or _is_smaller_than_kernel(x, w):
-        return _scatter_input_grad(x, w, g, strides, pads, groups, precision)
-    _, vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, groups, precision), x)
-    return vjp(g)[0]
+  if _is_depthwise(w, groups) or _is_smaller_than_kernel(x, w):
+    return _scatter_input_grad(x, w, g, strides, pads, groups, precision)
+  _, vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, groups, precision), x)
+  return vjp(g)[0]
 
 
 def _scatter_input_grad(x, w, g, strides, pads, groups, precision):
-    """``dx = crop(sum_ij scatter_s(g @ w[i, j]^T))`` (per group), see the module docstring."""
-    n, h, wd, c = x.shape
-    cg, o = w.shape[2:]
-    _, ho, wo, _ = g.shape
-    og = o // groups
-    (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
-    hp, wp = h + pt + pb, wd + pl + pr
-    gm = g.reshape(n, ho, wo, groups, og)
-    zero = jnp.zeros((), jnp.float32)
-    dxp = jnp.zeros((n, hp, wp, c), jnp.float32)
-    for i, j in _live_taps(x, w, strides, pads, (ho, wo)):  # others only reach the padding
-        wij = w[i, j].reshape(cg, groups, og)
-        if cg == 1:  # depthwise: a multiply-add per channel
-            tap = jnp.sum(gm.astype(jnp.float32) * wij[0].astype(jnp.float32), axis=-1)
-        else:
-            tap = jnp.einsum(
-                "nhwgo,cgo->nhwgc", gm, wij, precision=precision,
-                preferred_element_type=jnp.float32,
-            )
-        tap = tap.reshape(n, ho, wo, c)
-        # rows i, i+sh, ..., i+sh*(ho-1) of the padded input (interior padding sh-1)
-        cfg = (
-            (0, 0, 0),
-            (i, hp - i - sh * (ho - 1) - 1, sh - 1),
-            (j, wp - j - sw * (wo - 1) - 1, sw - 1),
-            (0, 0, 0),
-        )
-        dxp = dxp + lax.pad(tap, zero, cfg)
-    dx = lax.pad(dxp, zero, ((0, 0, 0), (-pt, -pb, 0), (-pl, -pr, 0), (0, 0, 0)))
-    return dx.astype(x.dtype)
+  """``dx = crop(sum_ij scatter_s(g @ w[i, j]^T))`` (per group), see the module docstring."""
+  n, h, wd, c = x.shape
+  cg, o = w.shape[2:]
+  _, ho, wo, _ = g.shape
+  og = o // groups
+  (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
+  hp, wp = h + pt + pb, wd + pl + pr
+  gm = g.reshape(n, ho, wo, groups, og)
+  zero = jnp.zeros((), jnp.float32)
+  dxp = jnp.zeros((n, hp, wp, c), jnp.float32)
+  for i, j in _live_taps(x, w, strides, pads, (ho, wo)):  # others only reach the padding
+    wij = w[i, j].reshape(cg, groups, og)
+    if cg == 1:  # depthwise: a multiply-add per channel
+      tap = jnp.sum(gm.astype(jnp.float32) * wij[0].astype(jnp.float32), axis=-1)
+    else:
+      tap = jnp.einsum(
+        "nhwgo,cgo->nhwgc", gm, wij, precision=precision, preferred_element_type=jnp.float32
+      )
+    tap = tap.reshape(n, ho, wo, c)
+    # rows i, i+sh, ..., i+sh*(ho-1) of the padded input (interior padding sh-1)
+    cfg = (
+      (0, 0, 0),
+      (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+      (j, wp - j - sw * (wo - 1) - 1, sw - 1),
+      (0, 0, 0),
+    )
+    dxp = dxp + lax.pad(tap, zero, cfg)
+  dx = lax.pad(dxp, zero, ((0, 0, 0), (-pt, -pb, 0), (-pl, -pr, 0), (0, 0, 0)))
+  return dx.astype(x.dtype)

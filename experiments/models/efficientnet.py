@@ -36,8 +36,15 @@ from flax import nnx
 
 from experiments.models import layers
 
-B0_CONFIG = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-             (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+B0_CONFIG = (
+  (1, 3, 1, 16, 1),
+  (6, 3, 2, 24, 2),
+  (6, 5, 2, 40, 2),
+  (6, 3, 2, 80, 3),
+  (6, 5, 1, 112, 3),
+  (6, 5, 2, 192, 4),
+  (6, 3, 1, 320, 1),
+)
 
 DENSE_LAYERS = (r"^stem_conv/",)
 
@@ -45,8 +52,18 @@ DENSE_LAYERS = (r"^stem_conv/",)
 class MBConv(nnx.Module):
   """Mobile inverted bottleneck with squeeze-excitation and optional stochastic depth."""
 
-  def __init__(self, in_planes: int, out_planes: int, expansion: int, kernel: int, stride: int,
-               drop_path_rate: float, *, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_planes: int,
+    out_planes: int,
+    expansion: int,
+    kernel: int,
+    stride: int,
+    drop_path_rate: float,
+    *,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
     planes = in_planes * expansion
     squeeze = max(1, in_planes // 4)
     expand_conv = expand_bn = None
@@ -54,13 +71,23 @@ class MBConv(nnx.Module):
       expand_conv = layers.conv(in_planes, planes, 1, padding=0, dtype=dtype, rngs=rngs)
       expand_bn = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
     self.expand_conv, self.expand_bn = expand_conv, expand_bn
-    self.dw_conv = layers.conv(planes, planes, kernel, strides=stride, padding=(kernel - 1) // 2,
-                               feature_group_count=planes, dtype=dtype, rngs=rngs)
+    self.dw_conv = layers.conv(
+      planes,
+      planes,
+      kernel,
+      strides=stride,
+      padding=(kernel - 1) // 2,
+      feature_group_count=planes,
+      dtype=dtype,
+      rngs=rngs,
+    )
     self.dw_bn = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
-    self.se_reduce = layers.conv(planes, squeeze, 1, padding=0, use_bias=True, dtype=dtype,
-                                 rngs=rngs)
-    self.se_expand = layers.conv(squeeze, planes, 1, padding=0, use_bias=True, dtype=dtype,
-                                 rngs=rngs)
+    self.se_reduce = layers.conv(
+      planes, squeeze, 1, padding=0, use_bias=True, dtype=dtype, rngs=rngs
+    )
+    self.se_expand = layers.conv(
+      squeeze, planes, 1, padding=0, use_bias=True, dtype=dtype, rngs=rngs
+    )
     self.project_conv = layers.conv(planes, out_planes, 1, padding=0, dtype=dtype, rngs=rngs)
     self.project_bn = layers.batch_norm(out_planes, dtype=dtype, rngs=rngs)
     self.residual = stride == 1 and in_planes == out_planes
@@ -82,8 +109,16 @@ class MBConv(nnx.Module):
 class EfficientNet(nnx.Module):
   """EfficientNet with the given MBConv configuration (B0 by default)."""
 
-  def __init__(self, config=B0_CONFIG, *, num_classes: int, dropout_rate: float = 0.0,
-               drop_path_rate: float = 0.0, dtype=None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config=B0_CONFIG,
+    *,
+    num_classes: int,
+    dropout_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
     for name, rate in (("dropout_rate", dropout_rate), ("drop_path_rate", drop_path_rate)):
       if not 0.0 <= rate < 1.0:
         raise ValueError(f"`{name}` must be in [0, 1); got {rate}.")
@@ -94,8 +129,18 @@ class EfficientNet(nnx.Module):
     for expansion, kernel, first_stride, out_planes, repeats in config:
       for i in range(repeats):
         rate = drop_path_rate * len(blocks) / total
-        blocks.append(MBConv(in_planes, out_planes, expansion, kernel,
-                             first_stride if i == 0 else 1, rate, dtype=dtype, rngs=rngs))
+        blocks.append(
+          MBConv(
+            in_planes,
+            out_planes,
+            expansion,
+            kernel,
+            first_stride if i == 0 else 1,
+            rate,
+            dtype=dtype,
+            rngs=rngs,
+          )
+        )
         in_planes = out_planes
     self.blocks = nnx.List(blocks)
     head = 4 * in_planes
@@ -103,8 +148,14 @@ class EfficientNet(nnx.Module):
     self.head_bn = layers.batch_norm(head, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout_rate)
     limit = 1.0 / math.sqrt(num_classes)
-    self.classifier = layers.linear(head, num_classes, kernel_init=layers.uniform_init(limit),
-                                    bias_init=layers.zeros_init, dtype=dtype, rngs=rngs)
+    self.classifier = layers.linear(
+      head,
+      num_classes,
+      kernel_init=layers.uniform_init(limit),
+      bias_init=layers.zeros_init,
+      dtype=dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x, *, rngs: nnx.Rngs | None = None):
     x = jax.nn.silu(self.stem_bn(self.stem_conv(x)))
@@ -115,7 +166,19 @@ class EfficientNet(nnx.Module):
     return layers.to_float32(self.classifier(x))
 
 
-def efficientnet_b0(*, num_classes: int, dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
-                    dtype=None, rngs: nnx.Rngs) -> EfficientNet:
-  return EfficientNet(B0_CONFIG, num_classes=num_classes, dropout_rate=dropout_rate,
-                      drop_path_rate=drop_path_rate, dtype=dtype, rngs=rngs)
+def efficientnet_b0(
+  *,
+  num_classes: int,
+  dropout_rate: float = 0.0,
+  drop_path_rate: float = 0.0,
+  dtype=None,
+  rngs: nnx.Rngs,
+) -> EfficientNet:
+  return EfficientNet(
+    B0_CONFIG,
+    num_classes=num_classes,
+    dropout_rate=dropout_rate,
+    drop_path_rate=drop_path_rate,
+    dtype=dtype,
+    rngs=rngs,
+  )

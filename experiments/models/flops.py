@@ -69,8 +69,11 @@ def layer_macs(model: nnx.Module, input_shape, dtype=jnp.float32) -> dict[str, i
   def trace(state):
     copy = nnx.merge(graphdef, state)
     copy.eval()  # deterministic: no dropout keys needed; shapes are the same in both modes
-    paths = {id(node): path for path, node in nnx.iter_graph(copy)
-             if isinstance(node, (layers.Conv, layers.Linear))}
+    paths = {
+      id(node): path
+      for path, node in nnx.iter_graph(copy)
+      if isinstance(node, (layers.Conv, layers.Linear))
+    }
     with layers.record_shapes() as records:
       copy(jnp.zeros(input_shape, dtype))
     for module, _, output_shape in records:

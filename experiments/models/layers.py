@@ -81,11 +81,13 @@ def conv_general_dilated_impl():
   ``S2SAM_FAST_CPU_CONV=0`` (read when a step is traced).
   """
   from experiments.models import cpu_conv  # pylint: disable=g-import-not-at-top
+
   return cpu_conv.conv_general_dilated
 
 
 _SHAPE_RECORD: contextvars.ContextVar[list | None] = contextvars.ContextVar(
-    "experiments_models_shape_record", default=None)
+  "experiments_models_shape_record", default=None
+)
 
 
 @contextlib.contextmanager
@@ -123,10 +125,20 @@ class Linear(nnx.Linear):
     return outputs
 
 
-def conv(in_features: int, out_features: int, kernel_size, *, strides=1, padding="SAME",
-         feature_group_count: int = 1, use_bias: bool = False,
-         kernel_init=kaiming_normal_fan_out, bias_init=zeros_init, dtype=None,
-         rngs: nnx.Rngs) -> Conv:
+def conv(
+  in_features: int,
+  out_features: int,
+  kernel_size,
+  *,
+  strides=1,
+  padding="SAME",
+  feature_group_count: int = 1,
+  use_bias: bool = False,
+  kernel_init=kaiming_normal_fan_out,
+  bias_init=zeros_init,
+  dtype=None,
+  rngs: nnx.Rngs,
+) -> Conv:
   """A convolution with kernel ``(*kernel_size, in_features // groups, out_features)``.
 
   ``padding`` is anything ``nnx.Conv`` accepts; an int ``p`` pads ``p`` on both sides of every
@@ -134,31 +146,71 @@ def conv(in_features: int, out_features: int, kernel_size, *, strides=1, padding
   """
   if isinstance(kernel_size, int):
     kernel_size = (kernel_size, kernel_size)
-  return Conv(in_features, out_features, tuple(kernel_size), strides=strides, padding=padding,
-              feature_group_count=feature_group_count, use_bias=use_bias,
-              kernel_init=kernel_init, bias_init=bias_init, dtype=dtype,
-              param_dtype=jnp.float32, conv_general_dilated=conv_general_dilated_impl(),
-              rngs=rngs)
+  return Conv(
+    in_features,
+    out_features,
+    tuple(kernel_size),
+    strides=strides,
+    padding=padding,
+    feature_group_count=feature_group_count,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    conv_general_dilated=conv_general_dilated_impl(),
+    rngs=rngs,
+  )
 
 
-def linear(in_features: int, out_features: int, *, use_bias: bool = True,
-           kernel_init=torch_default_kernel_init, bias_init=None, dtype=None,
-           rngs: nnx.Rngs) -> Linear:
+def linear(
+  in_features: int,
+  out_features: int,
+  *,
+  use_bias: bool = True,
+  kernel_init=torch_default_kernel_init,
+  bias_init=None,
+  dtype=None,
+  rngs: nnx.Rngs,
+) -> Linear:
   """A dense layer with kernel ``(in_features, out_features)``.
 
   Defaults to PyTorch's ``nn.Linear`` init (``bias_init=None`` means ``U(+-1/sqrt(in))``).
   """
   if bias_init is None:
     bias_init = torch_default_bias_init(in_features)
-  return Linear(in_features, out_features, use_bias=use_bias, kernel_init=kernel_init,
-                bias_init=bias_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+  return Linear(
+    in_features,
+    out_features,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+  )
 
 
-def batch_norm(num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
-               scale_init=ones_init, dtype=None, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def batch_norm(
+  num_features: int,
+  *,
+  momentum: float = 0.9,
+  epsilon: float = 1e-5,
+  scale_init=ones_init,
+  dtype=None,
+  rngs: nnx.Rngs,
+) -> nnx.BatchNorm:
   """BatchNorm over the last axis; starts in training mode (batch statistics)."""
-  return nnx.BatchNorm(num_features, momentum=momentum, epsilon=epsilon, scale_init=scale_init,
-                       bias_init=zeros_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+  return nnx.BatchNorm(
+    num_features,
+    momentum=momentum,
+    epsilon=epsilon,
+    scale_init=scale_init,
+    bias_init=zeros_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+  )
 
 
 def global_avg_pool(x):

@@ -34,10 +34,18 @@ DENSE_LAYERS = ()
 
 def _conv1d(in_features, out_features, kernel, *, dtype, rngs):
   fan_in = in_features * kernel
-  return layers.conv(in_features, out_features, (1, kernel), strides=(1, 2),
-                     padding=((0, 0), (1, 1)), use_bias=True,
-                     kernel_init=layers.torch_default_kernel_init,
-                     bias_init=layers.torch_default_bias_init(fan_in), dtype=dtype, rngs=rngs)
+  return layers.conv(
+    in_features,
+    out_features,
+    (1, kernel),
+    strides=(1, 2),
+    padding=((0, 0), (1, 1)),
+    use_bias=True,
+    kernel_init=layers.torch_default_kernel_init,
+    bias_init=layers.torch_default_bias_init(fan_in),
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
 def conv_output_length(length: int, kernel: int, stride: int = 2, pad: int = 1) -> int:
@@ -47,8 +55,15 @@ def conv_output_length(length: int, kernel: int, stride: int = 2, pad: int = 1) 
 class MNIST1DCNN(nnx.Module):
   """Three stride-2 1-D convs (25 channels) and a linear classifier."""
 
-  def __init__(self, *, num_classes: int, input_length: int = 40, channels: int = 25,
-               dtype=None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    input_length: int = 40,
+    channels: int = 25,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
     length = input_length
     for kernel in (5, 3, 3):
       length = conv_output_length(length, kernel)
@@ -60,7 +75,7 @@ class MNIST1DCNN(nnx.Module):
     self.linear = layers.linear(channels * length, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    h = x.reshape(x.shape[0], 1, x.shape[-1], 1)   # (N, L) -> NHWC (N, 1, L, 1)
+    h = x.reshape(x.shape[0], 1, x.shape[-1], 1)  # (N, L) -> NHWC (N, 1, L, 1)
     for conv in (self.conv1, self.conv2, self.conv3):
       h = jax.nn.relu(conv(h))
     return layers.to_float32(self.linear(h.reshape(h.shape[0], -1)))
@@ -69,8 +84,9 @@ class MNIST1DCNN(nnx.Module):
 class MNIST1DMLP(nnx.Module):
   """Two hidden ReLU layers of width 100."""
 
-  def __init__(self, *, num_classes: int, input_length: int = 40, hidden: int = 100,
-               dtype=None, rngs: nnx.Rngs):
+  def __init__(
+    self, *, num_classes: int, input_length: int = 40, hidden: int = 100, dtype=None, rngs: nnx.Rngs
+  ):
     self.linear1 = layers.linear(input_length, hidden, dtype=dtype, rngs=rngs)
     self.linear2 = layers.linear(hidden, hidden, dtype=dtype, rngs=rngs)
     self.linear3 = layers.linear(hidden, num_classes, dtype=dtype, rngs=rngs)
@@ -91,4 +107,3 @@ def mnist1d_cnn64(*, num_classes: int, dtype=None, rngs: nnx.Rngs, **kw) -> MNIS
 
 def mnist1d_mlp(*, num_classes: int, dtype=None, rngs: nnx.Rngs, **kw) -> MNIST1DMLP:
   return MNIST1DMLP(num_classes=num_classes, dtype=dtype, rngs=rngs, **kw)
-

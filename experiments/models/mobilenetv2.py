@@ -29,8 +29,15 @@ from flax import nnx
 
 from experiments.models import layers
 
-CIFAR_CONFIG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1))
+CIFAR_CONFIG = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 1),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
 
 DENSE_LAYERS = (r"^conv1/", r"^linear/")
 
@@ -38,14 +45,23 @@ DENSE_LAYERS = (r"^conv1/", r"^linear/")
 class InvertedResidual(nnx.Module):
   """Expand (1x1) -> depthwise (3x3) -> project (1x1), residual when the stride is 1."""
 
-  def __init__(self, in_planes: int, out_planes: int, expansion: int, stride: int, *, dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, in_planes: int, out_planes: int, expansion: int, stride: int, *, dtype, rngs: nnx.Rngs
+  ):
     planes = expansion * in_planes
     self.stride = stride
     self.conv1 = layers.conv(in_planes, planes, 1, padding=0, dtype=dtype, rngs=rngs)
     self.bn1 = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
-    self.conv2 = layers.conv(planes, planes, 3, strides=stride, padding=1,
-                             feature_group_count=planes, dtype=dtype, rngs=rngs)
+    self.conv2 = layers.conv(
+      planes,
+      planes,
+      3,
+      strides=stride,
+      padding=1,
+      feature_group_count=planes,
+      dtype=dtype,
+      rngs=rngs,
+    )
     self.bn2 = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
     self.conv3 = layers.conv(planes, out_planes, 1, padding=0, dtype=dtype, rngs=rngs)
     self.bn3 = layers.batch_norm(out_planes, dtype=dtype, rngs=rngs)
@@ -76,14 +92,21 @@ class MobileNetV2(nnx.Module):
     for expansion, out_planes, repeats, first_stride in config:
       for i in range(repeats):
         stride = first_stride if i == 0 else 1
-        blocks.append(InvertedResidual(in_planes, out_planes, expansion, stride, dtype=dtype,
-                                       rngs=rngs))
+        blocks.append(
+          InvertedResidual(in_planes, out_planes, expansion, stride, dtype=dtype, rngs=rngs)
+        )
         in_planes = out_planes
     self.layers = nnx.List(blocks)
     self.conv2 = layers.conv(in_planes, 1280, 1, padding=0, dtype=dtype, rngs=rngs)
     self.bn2 = layers.batch_norm(1280, dtype=dtype, rngs=rngs)
-    self.linear = layers.linear(1280, num_classes, kernel_init=layers.normal_init(0.01),
-                                bias_init=layers.zeros_init, dtype=dtype, rngs=rngs)
+    self.linear = layers.linear(
+      1280,
+      num_classes,
+      kernel_init=layers.normal_init(0.01),
+      bias_init=layers.zeros_init,
+      dtype=dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x):
     x = jax.nn.relu(self.bn1(self.conv1(x)))

@@ -49,10 +49,12 @@ def blocks_per_stage(depth: int) -> int:
 class BasicBlock(nnx.Module):
   """Two 3x3 conv-BN layers plus a shortcut ('projection', 'pad' (option A) or identity)."""
 
-  def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str, *, dtype,
-               rngs: nnx.Rngs):
-    self.conv1 = layers.conv(in_planes, planes, 3, strides=stride, padding=1, dtype=dtype,
-                             rngs=rngs)
+  def __init__(
+    self, in_planes: int, planes: int, stride: int, shortcut: str, *, dtype, rngs: nnx.Rngs
+  ):
+    self.conv1 = layers.conv(
+      in_planes, planes, 3, strides=stride, padding=1, dtype=dtype, rngs=rngs
+    )
     self.bn1 = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
     self.conv2 = layers.conv(planes, planes, 3, strides=1, padding=1, dtype=dtype, rngs=rngs)
     self.bn2 = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
@@ -61,8 +63,9 @@ class BasicBlock(nnx.Module):
     pad_channels = 0
     if stride != 1 or in_planes != planes:
       if shortcut == "projection":
-        shortcut_conv = layers.conv(in_planes, planes, 1, strides=stride, padding=0,
-                                    dtype=dtype, rngs=rngs)
+        shortcut_conv = layers.conv(
+          in_planes, planes, 1, strides=stride, padding=0, dtype=dtype, rngs=rngs
+        )
         shortcut_bn = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
       else:
         pad_channels = planes - in_planes
@@ -73,7 +76,7 @@ class BasicBlock(nnx.Module):
     if self.shortcut_conv is not None:
       return self.shortcut_bn(self.shortcut_conv(x))
     if self.stride != 1 or self.pad_channels:
-      x = x[:, ::self.stride, ::self.stride, :]
+      x = x[:, :: self.stride, :: self.stride, :]
       half = self.pad_channels // 2
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (half, self.pad_channels - half)))
     return x
@@ -87,8 +90,16 @@ class BasicBlock(nnx.Module):
 class CifarResNet(nnx.Module):
   """CIFAR ResNet of depth ``6n + 2`` with the given stage widths and shortcut type."""
 
-  def __init__(self, depth: int, *, num_classes: int, widths=GRASP_WIDTHS,
-               shortcut: str = "projection", dtype=None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    depth: int,
+    *,
+    num_classes: int,
+    widths=GRASP_WIDTHS,
+    shortcut: str = "projection",
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
     if shortcut not in ("projection", "pad"):
       raise ValueError(f"`shortcut` must be 'projection' or 'pad'; got {shortcut!r}.")
     n = blocks_per_stage(depth)
@@ -104,8 +115,14 @@ class CifarResNet(nnx.Module):
         in_planes = planes
       stages.append(nnx.List(blocks))
     self.layer1, self.layer2, self.layer3 = stages
-    self.linear = layers.linear(widths[-1], num_classes, kernel_init=layers.normal_init(0.01),
-                                bias_init=layers.zeros_init, dtype=dtype, rngs=rngs)
+    self.linear = layers.linear(
+      widths[-1],
+      num_classes,
+      kernel_init=layers.normal_init(0.01),
+      bias_init=layers.zeros_init,
+      dtype=dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x):
     x = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -117,11 +134,18 @@ class CifarResNet(nnx.Module):
 
 def grasp_resnet(depth: int, *, num_classes: int, dtype=None, rngs: nnx.Rngs) -> CifarResNet:
   """The S2-SAM/GraSP CIFAR ResNet (widths 32/64/128, projection shortcuts)."""
-  return CifarResNet(depth, num_classes=num_classes, widths=GRASP_WIDTHS,
-                     shortcut="projection", dtype=dtype, rngs=rngs)
+  return CifarResNet(
+    depth,
+    num_classes=num_classes,
+    widths=GRASP_WIDTHS,
+    shortcut="projection",
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
 def classic_resnet(depth: int, *, num_classes: int, dtype=None, rngs: nnx.Rngs) -> CifarResNet:
   """He et al.'s CIFAR ResNet (widths 16/32/64, option-A zero-padding shortcuts)."""
-  return CifarResNet(depth, num_classes=num_classes, widths=CLASSIC_WIDTHS, shortcut="pad",
-                     dtype=dtype, rngs=rngs)
+  return CifarResNet(
+    depth, num_classes=num_classes, widths=CLASSIC_WIDTHS, shortcut="pad", dtype=dtype, rngs=rngs
+  )

@@ -31,8 +31,9 @@ class BasicBlock(nnx.Module):
   expansion = 1
 
   def __init__(self, in_planes: int, planes: int, stride: int, *, dtype, rngs: nnx.Rngs):
-    self.conv1 = layers.conv(in_planes, planes, 3, strides=stride, padding=1, dtype=dtype,
-                             rngs=rngs)
+    self.conv1 = layers.conv(
+      in_planes, planes, 3, strides=stride, padding=1, dtype=dtype, rngs=rngs
+    )
     self.bn1 = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
     self.conv2 = layers.conv(planes, planes, 3, padding=1, dtype=dtype, rngs=rngs)
     self.bn2 = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
@@ -51,13 +52,13 @@ class Bottleneck(nnx.Module):
     out_planes = planes * self.expansion
     self.conv1 = layers.conv(in_planes, planes, 1, padding=0, dtype=dtype, rngs=rngs)
     self.bn1 = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
-    self.conv2 = layers.conv(planes, planes, 3, strides=stride, padding=1, dtype=dtype,
-                             rngs=rngs)
+    self.conv2 = layers.conv(planes, planes, 3, strides=stride, padding=1, dtype=dtype, rngs=rngs)
     self.bn2 = layers.batch_norm(planes, dtype=dtype, rngs=rngs)
     self.conv3 = layers.conv(planes, out_planes, 1, padding=0, dtype=dtype, rngs=rngs)
     self.bn3 = layers.batch_norm(out_planes, dtype=dtype, rngs=rngs)
-    self.downsample_conv, self.downsample_bn = _downsample(in_planes, out_planes, stride, dtype,
-                                                           rngs)
+    self.downsample_conv, self.downsample_bn = _downsample(
+      in_planes, out_planes, stride, dtype, rngs
+    )
 
   def __call__(self, x):
     out = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -69,9 +70,10 @@ class Bottleneck(nnx.Module):
 def _downsample(in_planes, out_planes, stride, dtype, rngs):
   if stride == 1 and in_planes == out_planes:
     return None, None
-  return (layers.conv(in_planes, out_planes, 1, strides=stride, padding=0, dtype=dtype,
-                      rngs=rngs),
-          layers.batch_norm(out_planes, dtype=dtype, rngs=rngs))
+  return (
+    layers.conv(in_planes, out_planes, 1, strides=stride, padding=0, dtype=dtype, rngs=rngs),
+    layers.batch_norm(out_planes, dtype=dtype, rngs=rngs),
+  )
 
 
 def _shortcut(block, x):

@@ -22,8 +22,28 @@ from flax import nnx
 
 from experiments.models import layers
 
-VGG19_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-                512, 512, 512, 512, "M", 512, 512, 512, 512)
+VGG19_CONFIG = (
+  64,
+  64,
+  "M",
+  128,
+  128,
+  "M",
+  256,
+  256,
+  256,
+  256,
+  "M",
+  512,
+  512,
+  512,
+  512,
+  "M",
+  512,
+  512,
+  512,
+  512,
+)
 
 DENSE_LAYERS = (r"^convs/0/", r"^classifier/")
 
@@ -45,9 +65,14 @@ class VGG(nnx.Module):
     self.convs = nnx.List(convs)
     self.bns = nnx.List(bns)
     self.pool_after = tuple(pool_after)
-    self.classifier = layers.linear(in_features, num_classes,
-                                    kernel_init=layers.normal_init(0.01),
-                                    bias_init=layers.zeros_init, dtype=dtype, rngs=rngs)
+    self.classifier = layers.linear(
+      in_features,
+      num_classes,
+      kernel_init=layers.normal_init(0.01),
+      bias_init=layers.zeros_init,
+      dtype=dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x):
     for conv, bn, pool in zip(self.convs, self.bns, self.pool_after):

@@ -26,7 +26,8 @@ factored moments) cannot be zeroed elementwise and are left unchanged.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,7 @@ from s2sam_jax.sparse import distributions
 
 MaskTree = _masks.MaskTree
 # A mask tree, or a function ``params -> mask tree`` called by ``init``.
-MasksOrFn = Union[MaskTree, Callable[[Any], MaskTree]]
+MasksOrFn = MaskTree | Callable[[Any], MaskTree]
 
 
 def _is_none(x) -> bool:
@@ -53,6 +54,7 @@ class SparseState(NamedTuple):
     masks: mask tree (bool array per masked leaf, ``None`` for dense leaves).
     inner_state: state of the wrapped optimizer.
   """
+
   count: jax.Array
   masks: MaskTree
   inner_state: optax.OptState
@@ -61,6 +63,7 @@ class SparseState(NamedTuple):
 class DynamicSparseState(NamedTuple):
   """State of :func:`set_` and :func:`rigl`: :class:`SparseState` plus ``key``
   (raw ``uint32`` PRNG key for random growth)."""
+
   count: jax.Array
   masks: MaskTree
   inner_state: optax.OptState
@@ -82,14 +85,14 @@ def check_sparsity(sparsity, name: str = "sparsity") -> float:
 
 def check_distribution(distribution) -> str:
   if distribution not in distributions.DISTRIBUTIONS:
-    raise ValueError(f"`distribution` must be one of "
-                     f"{distributions.DISTRIBUTIONS}; got {distribution!r}.")
+    raise ValueError(
+      f"`distribution` must be one of {distributions.DISTRIBUTIONS}; got {distribution!r}."
+    )
   return distribution
 
 
 def check_int(value, name: str, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-      or value < minimum:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
     raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
   return int(value)
 
@@ -113,20 +116,18 @@ def raw_key(key) -> jax.Array:
   try:
     key = key if isinstance(key, jax.Array) else jnp.asarray(key)
   except (TypeError, ValueError):
-    raise ValueError(
-        f"`key` must be an int seed or a JAX PRNG key; got {key!r}.") from None
+    raise ValueError(f"`key` must be an int seed or a JAX PRNG key; got {key!r}.") from None
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     return jax.random.key_data(key)
   if key.dtype != jnp.uint32 or key.shape != (2,):
-    raise ValueError(
-        f"`key` must be an int seed or a JAX PRNG key; got {key!r}.")
+    raise ValueError(f"`key` must be an int seed or a JAX PRNG key; got {key!r}.")
   return key
 
 
 # ---------------------------------------------------------------- mask setup
 
 
-def check_user_masks(masks: Optional[MasksOrFn]) -> Optional[MasksOrFn]:
+def check_user_masks(masks: MasksOrFn | None) -> MasksOrFn | None:
   """Checks the values of a given mask tree at construction (a function
   ``params -> masks`` is checked when ``init`` calls it)."""
   if masks is not None and not callable(masks):
@@ -134,8 +135,9 @@ def check_user_masks(masks: Optional[MasksOrFn]) -> Optional[MasksOrFn]:
   return masks
 
 
-def initial_masks(params, masks: Optional[MasksOrFn], *, sparsity, distribution,
-                  key, power, overrides, prunable) -> MaskTree:
+def initial_masks(
+  params, masks: MasksOrFn | None, *, sparsity, distribution, key, power, overrides, prunable
+) -> MaskTree:
   """Explicit ``masks`` (tree or ``params -> tree``), else random masks with
   exactly ``count_for_density(n, d_l)`` active weights per layer.
 
@@ -148,17 +150,19 @@ def initial_masks(params, masks: Optional[MasksOrFn], *, sparsity, distribution,
     _masks.validate_masks(tree, params, "masks")
     return _masks.as_bool(tree)
   densities = distributions.layer_densities(
-      params, sparsity, distribution, power=power, overrides=overrides,
-      prunable=prunable)
+    params, sparsity, distribution, power=power, overrides=overrides, prunable=prunable
+  )
   return distributions.random_masks(key, params, densities)
 
 
 def check_mask_source(sparsity, masks, name: str = "sparsity") -> None:
   """Exactly one of ``sparsity`` and ``masks`` must be given."""
   if (sparsity is None) == (masks is None):
-    raise ValueError(f"Give exactly one of `{name}` (random masks at init) and "
-                     f"`masks` (a mask tree or params -> masks); got "
-                     f"{name}={sparsity!r}, masks={'given' if masks is not None else None}.")
+    raise ValueError(
+      f"Give exactly one of `{name}` (random masks at init) and "
+      f"`masks` (a mask tree or params -> masks); got "
+      f"{name}={sparsity!r}, masks={'given' if masks is not None else None}."
+    )
   if sparsity is not None:
     check_sparsity(sparsity, name)
   check_user_masks(masks)
@@ -191,8 +195,7 @@ def _zero_where(x, reset):
   return jnp.where(reset, jnp.zeros_like(x), x)
 
 
-def zero_inner_state(inner: optax.GradientTransformation, inner_state,
-                     reset: MaskTree):
+def zero_inner_state(inner: optax.GradientTransformation, inner_state, reset: MaskTree):
   """Zeroes every per-param leaf of ``inner_state`` where ``reset`` is True.
 
   ``reset`` is a mask tree (``None`` leaves untouched). The per-param parts of
@@ -201,8 +204,8 @@ def zero_inner_state(inner: optax.GradientTransformation, inner_state,
   ``optax.masked`` and ``optax.multi_transform``.
   """
   return optax.tree.map_params(
-      inner, _zero_where, inner_state, reset,
-      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    inner, _zero_where, inner_state, reset, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+  )
 
 
 def _final_update(u, p, new_m, old_m):
@@ -213,15 +216,15 @@ def _final_update(u, p, new_m, old_m):
   return jnp.where(new_m, jnp.where(old_m, u, u + minus_p), minus_p)
 
 
-def masked_updates(updates, params, new_masks: MaskTree,
-                   old_masks: Optional[MaskTree] = None):
+def masked_updates(updates, params, new_masks: MaskTree, old_masks: MaskTree | None = None):
   """``m' ⊙ (p + u) − p`` with grown weights (``m' ∧ ¬m``) started at 0."""
   if old_masks is None:
-    return _masks.map_masked(lambda m, u, p: _final_update(u, p, m, None),
-                             new_masks, updates, params)
+    return _masks.map_masked(
+      lambda m, u, p: _final_update(u, p, m, None), new_masks, updates, params
+    )
   return _masks.map_masked(
-      lambda m, u, p, old: _final_update(u, p, m, old),
-      new_masks, updates, params, old_masks)
+    lambda m, u, p, old: _final_update(u, p, m, old), new_masks, updates, params, old_masks
+  )
 
 
 class Topology(NamedTuple):
@@ -234,18 +237,19 @@ class Topology(NamedTuple):
     skip_inner_step: on update steps, return a zero update and leave the
       inner state unchanged (besides zeroing), as RigL's code does.
   """
+
   is_update_step: Callable[[jax.Array], jax.Array]
   update: Callable[..., Any]
   skip_inner_step: bool
 
 
 def sparse_wrapper(
-    inner: optax.GradientTransformation,
-    *,
-    state_cls,
-    init: Callable[[Any], tuple],
-    topology: Optional[Topology],
-    mask_gradients: bool,
+  inner: optax.GradientTransformation,
+  *,
+  state_cls,
+  init: Callable[[Any], tuple],
+  topology: Topology | None,
+  mask_gradients: bool,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a sparse wrapper (see the module docstring for one step's math).
 
@@ -263,13 +267,11 @@ def sparse_wrapper(
   def init_fn(params):
     masks, extras = init(params)
     inner_state = inner.init(_masks.mask_tree(params, masks))
-    return state_cls(count=jnp.zeros([], jnp.int32), masks=masks,
-                     inner_state=inner_state, **extras)
+    return state_cls(count=jnp.zeros([], jnp.int32), masks=masks, inner_state=inner_state, **extras)
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
-      raise ValueError("Sparse wrappers need `params` in "
-                       "update(grads, state, params).")
+      raise ValueError("Sparse wrappers need `params` in update(grads, state, params).")
     old_masks = state.masks
 
     def inner_step(masks, inner_state):
@@ -279,15 +281,15 @@ def sparse_wrapper(
     if topology is None:
       u, inner_state = inner_step(old_masks, state.inner_state)
       updates = masked_updates(u, params, old_masks)
-      return updates, state._replace(count=optax.safe_increment(state.count),
-                                     inner_state=inner_state)
+      return updates, state._replace(
+        count=optax.safe_increment(state.count), inner_state=inner_state
+      )
 
     extras = {f: getattr(state, f) for f in extra_fields}
 
     # One lax.cond per step: ordinary steps run only the inner step.
     def update_step():
-      masks, new_extras = topology.update(old_masks, params, grads,
-                                          state.count, extras)
+      masks, new_extras = topology.update(old_masks, params, grads, state.count, extras)
       changed = _masks.map_masked(jnp.not_equal, masks, old_masks)
       inner_state = zero_inner_state(inner, state.inner_state, changed)
       u, stepped_state = inner_step(masks, inner_state)
@@ -300,11 +302,12 @@ def sparse_wrapper(
       return old_masks, extras, u, inner_state
 
     masks, extras, u, inner_state = jax.lax.cond(
-        topology.is_update_step(state.count), update_step, ordinary_step)
+      topology.is_update_step(state.count), update_step, ordinary_step
+    )
     updates = masked_updates(u, params, masks, old_masks)
     return updates, state._replace(
-        count=optax.safe_increment(state.count), masks=masks,
-        inner_state=inner_state, **extras)
+      count=optax.safe_increment(state.count), masks=masks, inner_state=inner_state, **extras
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -329,7 +332,7 @@ def apply_masks(params, state):
   return _masks.mask_tree(params, _masks.find_masks(state))
 
 
-def get_masks(state) -> Optional[MaskTree]:
+def get_masks(state) -> MaskTree | None:
   """The mask tree held anywhere in a (nested) optimizer ``state``, or None."""
   return _masks.find_masks(state)
 
@@ -342,8 +345,7 @@ def drop_scores(weights, mask):
 
 def grow_scores(scores, kept):
   """``scores`` (>= 0) on entries not kept, -1 on kept ones."""
-  s = jnp.nan_to_num(jnp.asarray(scores, jnp.float32), nan=0.0,
-                     posinf=jnp.finfo(jnp.float32).max)
+  s = jnp.nan_to_num(jnp.asarray(scores, jnp.float32), nan=0.0, posinf=jnp.finfo(jnp.float32).max)
   return jnp.where(kept, -1.0, s)
 
 

@@ -51,7 +51,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,13 +106,13 @@ def _check_sparsity(sparsity, name="sparsity") -> float:
 def compile_pattern(pattern, name: str) -> "re.Pattern":
   """``re.compile(pattern)``, or ``ValueError`` naming ``name`` and the pattern."""
   if not isinstance(pattern, str):
-    raise ValueError(f"`{name}` keys must be regex strings; got "
-                     f"{pattern!r} ({type(pattern).__name__}).")
+    raise ValueError(
+      f"`{name}` keys must be regex strings; got {pattern!r} ({type(pattern).__name__})."
+    )
   try:
     return re.compile(pattern)
   except re.error as e:
-    raise ValueError(
-        f"`{name}` has an invalid regex {pattern!r}: {e}.") from None
+    raise ValueError(f"`{name}` has an invalid regex {pattern!r}: {e}.") from None
 
 
 def check_overrides(overrides, name: str = "overrides") -> dict:
@@ -126,11 +127,13 @@ def check_overrides(overrides, name: str = "overrides") -> dict:
   try:
     items = list(dict(overrides).items())
   except (TypeError, ValueError):
-    raise ValueError(f"`{name}` must be a mapping {{regex: sparsity}}; got "
-                     f"{overrides!r}.") from None
-  return {compile_pattern(pattern, name):
-          _check_sparsity(value, f"{name}[{pattern!r}]")
-          for pattern, value in items}
+    raise ValueError(
+      f"`{name}` must be a mapping {{regex: sparsity}}; got {overrides!r}."
+    ) from None
+  return {
+    compile_pattern(pattern, name): _check_sparsity(value, f"{name}[{pattern!r}]")
+    for pattern, value in items
+  }
 
 
 def check_power(power) -> float:
@@ -144,7 +147,7 @@ def check_power(power) -> float:
   return value
 
 
-def _override_for(path: str, overrides) -> Optional[float]:
+def _override_for(path: str, overrides) -> float | None:
   for pattern, value in overrides.items():
     if pattern.search(path):
       return value
@@ -155,8 +158,9 @@ def _raw_score(shape, distribution: str, power: float, path: str) -> float:
   if distribution == "er":
     if len(shape) < 2:
       raise ValueError(
-          f"distribution='er' needs kernels of rank >= 2 (it reads the last two "
-          f"dims); the prunable leaf {path!r} has shape {tuple(shape)}.")
+        f"distribution='er' needs kernels of rank >= 2 (it reads the last two "
+        f"dims); the prunable leaf {path!r} has shape {tuple(shape)}."
+      )
     n_in, n_out = shape[-2], shape[-1]
     score = (n_in + n_out) / (n_in * n_out)
   else:
@@ -171,8 +175,9 @@ def _solve_scale(sizes, scores, sparsity):
     free = [i for i in range(len(sizes)) if i not in capped]
     if not free:
       return 0.0, capped
-    rhs = (sum(sizes[i] - math.floor(sparsity * sizes[i]) for i in free)
-           - sum(math.floor(sparsity * sizes[i]) for i in capped))
+    rhs = sum(sizes[i] - math.floor(sparsity * sizes[i]) for i in free) - sum(
+      math.floor(sparsity * sizes[i]) for i in capped
+    )
     div = sum(scores[i] * sizes[i] for i in free)
     eps = rhs / div
     max_score = max(scores[i] for i in free)
@@ -182,10 +187,15 @@ def _solve_scale(sizes, scores, sparsity):
       return eps, capped
 
 
-def layer_densities(params, sparsity: float, distribution: str = "erk", *,
-                    power: float = 1.0,
-                    overrides: Optional[Mapping[str, float]] = None,
-                    prunable: Prunable = default_prunable):
+def layer_densities(
+  params,
+  sparsity: float,
+  distribution: str = "erk",
+  *,
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: Prunable = default_prunable,
+):
   """Per-layer densities: a float per prunable leaf, ``None`` elsewhere.
 
   Args:
@@ -212,8 +222,7 @@ def layer_densities(params, sparsity: float, distribution: str = "erk", *,
   """
   sparsity = _check_sparsity(sparsity)
   if distribution not in DISTRIBUTIONS:
-    raise ValueError(
-        f"`distribution` must be one of {DISTRIBUTIONS}; got {distribution!r}.")
+    raise ValueError(f"`distribution` must be one of {DISTRIBUTIONS}; got {distribution!r}.")
   power = check_power(power)
   overrides = check_overrides(overrides)
 
@@ -231,12 +240,13 @@ def layer_densities(params, sparsity: float, distribution: str = "erk", *,
       continue
     if len(shape) == 0:
       raise ValueError(
-          f"`prunable` selected the scalar leaf {name!r}; prunable leaves "
-          f"must have rank >= 1.")
+        f"`prunable` selected the scalar leaf {name!r}; prunable leaves must have rank >= 1."
+      )
     free_idx.append(i)
     sizes.append(int(np.prod(shape)))
-    scores.append(1.0 if distribution == "uniform"
-                  else _raw_score(shape, distribution, power, name))
+    scores.append(
+      1.0 if distribution == "uniform" else _raw_score(shape, distribution, power, name)
+    )
 
   if distribution == "uniform":
     for i in free_idx:
@@ -254,7 +264,8 @@ def _check_budget(densities, sizes, sparsity) -> None:
   budget = sum(count_for_density(n, 1.0 - sparsity) for n in sizes)
   if abs(kept - budget) > 1.5 * len(sizes):
     raise RuntimeError(  # an invariant of the solver, not a user error
-        f"layer densities keep {kept} weights, the uniform budget is {budget}.")
+      f"layer densities keep {kept} weights, the uniform budget is {budget}."
+    )
 
 
 def random_masks(key, params, densities):
@@ -280,7 +291,7 @@ def random_masks(key, params, densities):
     param_leaves = density_def.flatten_up_to(params)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        f"`densities` must have the structure of `params`; got a mismatch: {e}"
+      f"`densities` must have the structure of `params`; got a mismatch: {e}"
     ) from None
   keys = jax.random.split(key, max(len(density_leaves), 1))
   masks = []

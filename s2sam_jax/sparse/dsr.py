@@ -36,7 +36,8 @@ last start ``<= t``, as DSR's ``(i + current_iteration) % rewire_period``.
 from __future__ import annotations
 
 import numbers
-from typing import Mapping, NamedTuple, Optional, Union
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,9 +45,7 @@ import numpy as np
 import optax
 
 from s2sam_jax import _masks
-from s2sam_jax.sparse import _wrapper
-from s2sam_jax.sparse import distributions
-
+from s2sam_jax.sparse import _wrapper, distributions
 
 # DSR's N_target is 20,000 weights for WRN-28-2 on CIFAR-10 at 90% sparsity
 # (IntelAI/dynamic-reparameterization experiments/wrnet_experiments.yaml,
@@ -54,7 +53,7 @@ from s2sam_jax.sparse import distributions
 # 32/64/128, 4 blocks per group; stem, 1x1 shortcuts and fc dense): 69,120 +
 # 276,480 + 1,105,920 = 1,451,520 weights, 145,152 active at 90%. The default
 # ``target_fraction`` carries that fraction to other models and sparsities.
-TARGET_FRACTION = 20_000 / 145_152   # 0.1378
+TARGET_FRACTION = 20_000 / 145_152  # 0.1378
 
 
 class DSRState(NamedTuple):
@@ -67,6 +66,7 @@ class DSRState(NamedTuple):
     target_count: ``N_target`` (int32 scalar), the number of weights to
       reallocate per update that ``H`` adapts to.
   """
+
   count: jax.Array
   masks: _masks.MaskTree
   inner_state: optax.OptState
@@ -114,8 +114,9 @@ def adapt_threshold(threshold, removed, target_count):
   """``H/2`` if ``K > 1.1 N_target``; ``2H`` if ``K < 0.9 N_target``."""
   k = removed.astype(jnp.float32)
   target = target_count.astype(jnp.float32)
-  return jnp.where(k > 1.1 * target, threshold / 2,
-                   jnp.where(k < 0.9 * target, threshold * 2, threshold))
+  return jnp.where(
+    k > 1.1 * target, threshold / 2, jnp.where(k < 0.9 * target, threshold * 2, threshold)
+  )
 
 
 def dsr_topology_update(masks, params, threshold, target_count, key):
@@ -134,8 +135,7 @@ def dsr_topology_update(masks, params, threshold, target_count, key):
     dropped[i] = m & ~survivors[i]
   n = jnp.stack([jnp.sum(survivors[i], dtype=jnp.int32) for i in layers])
   removed = sum(jnp.sum(dropped[i], dtype=jnp.int32) for i in layers)
-  sizes = jnp.asarray([_wrapper.leaf_size(mask_leaves[i]) for i in layers],
-                      jnp.int32)
+  sizes = jnp.asarray([_wrapper.leaf_size(mask_leaves[i]) for i in layers], jnp.int32)
   quota = reallocate(removed, n, sizes, alloc_key)
   new = list(mask_leaves)
   for j, i in enumerate(layers):
@@ -152,11 +152,16 @@ def _check_period_schedule(update_every) -> dict:
   if not isinstance(update_every, Mapping):
     return {0: _wrapper.check_int(update_every, "update_every", 1)}
   if 0 not in update_every:
-    raise ValueError("`update_every` as a schedule must map step 0 to the "
-                     f"first period; got {dict(update_every)!r}.")
-  return {_wrapper.check_int(s, "update_every (start step)", 0):
-          _wrapper.check_int(p, "update_every (period)", 1)
-          for s, p in sorted(update_every.items())}
+    raise ValueError(
+      "`update_every` as a schedule must map step 0 to the "
+      f"first period; got {dict(update_every)!r}."
+    )
+  return {
+    _wrapper.check_int(s, "update_every (start step)", 0): _wrapper.check_int(
+      p, "update_every (period)", 1
+    )
+    for s, p in sorted(update_every.items())
+  }
 
 
 def rewire_period(count, schedule: Mapping[int, int]):
@@ -169,21 +174,21 @@ def rewire_period(count, schedule: Mapping[int, int]):
 
 
 def dsr(
-    inner: optax.GradientTransformation,
-    sparsity: Optional[float] = None,
-    *,
-    update_every: Union[int, Mapping[int, int]] = 100,
-    end_step: Optional[int] = None,
-    target_fraction: float = TARGET_FRACTION,
-    target_count: Optional[int] = None,
-    init_threshold: float = 1e-3,
-    distribution: str = "uniform",
-    masks: Optional[_wrapper.MasksOrFn] = None,
-    key: Union[int, jax.Array] = 0,
-    power: float = 1.0,
-    overrides: Optional[Mapping[str, float]] = None,
-    prunable: distributions.Prunable = distributions.default_prunable,
-    mask_gradients: bool = True,
+  inner: optax.GradientTransformation,
+  sparsity: float | None = None,
+  *,
+  update_every: int | Mapping[int, int] = 100,
+  end_step: int | None = None,
+  target_fraction: float = TARGET_FRACTION,
+  target_count: int | None = None,
+  init_threshold: float = 1e-3,
+  distribution: str = "uniform",
+  masks: _wrapper.MasksOrFn | None = None,
+  key: int | jax.Array = 0,
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: distributions.Prunable = distributions.default_prunable,
+  mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """DSR around any optax transformation (math in the module docstring).
 
@@ -231,27 +236,37 @@ def dsr(
     _wrapper.check_open_fraction(target_fraction, "target_fraction")
   else:
     _wrapper.check_int(target_count, "target_count", 1)
-  if not (isinstance(init_threshold, numbers.Real)
-          and not isinstance(init_threshold, bool) and init_threshold > 0
-          and np.isfinite(init_threshold)):
-    raise ValueError(f"`init_threshold` must be a finite float > 0; "
-                     f"got {init_threshold!r}.")
+  if not (
+    isinstance(init_threshold, numbers.Real)
+    and not isinstance(init_threshold, bool)
+    and init_threshold > 0
+    and np.isfinite(init_threshold)
+  ):
+    raise ValueError(f"`init_threshold` must be a finite float > 0; got {init_threshold!r}.")
   key = _wrapper.raw_key(key)
 
   def init(params):
     mask_key, state_key = jax.random.split(key)
     tree = _wrapper.initial_masks(
-        params, masks, sparsity=sparsity, distribution=distribution,
-        key=mask_key, power=power, overrides=overrides, prunable=prunable)
+      params,
+      masks,
+      sparsity=sparsity,
+      distribution=distribution,
+      key=mask_key,
+      power=power,
+      overrides=overrides,
+      prunable=prunable,
+    )
     if target_count is None:
       active = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(tree))
-      target = jnp.maximum(
-          jnp.round(target_fraction * jnp.asarray(active, jnp.float32)), 1)
+      target = jnp.maximum(jnp.round(target_fraction * jnp.asarray(active, jnp.float32)), 1)
     else:
       target = target_count
-    return tree, {"key": state_key,
-                  "threshold": jnp.asarray(init_threshold, jnp.float32),
-                  "target_count": jnp.asarray(target, jnp.int32)}
+    return tree, {
+      "key": state_key,
+      "threshold": jnp.asarray(init_threshold, jnp.float32),
+      "target_count": jnp.asarray(target, jnp.int32),
+    }
 
   def is_update_step(t):
     ok = (t > 0) & (t % rewire_period(t, periods) == 0)
@@ -261,11 +276,11 @@ def dsr(
     del grads, count
     next_key, sub = jax.random.split(extras["key"])
     new, threshold, _ = dsr_topology_update(
-        old_masks, params, extras["threshold"], extras["target_count"], sub)
+      old_masks, params, extras["threshold"], extras["target_count"], sub
+    )
     return new, dict(extras, key=next_key, threshold=threshold)
 
-  topology = _wrapper.Topology(is_update_step=is_update_step, update=update,
-                               skip_inner_step=False)
-  return _wrapper.sparse_wrapper(inner, state_cls=DSRState, init=init,
-                                 topology=topology,
-                                 mask_gradients=mask_gradients)
+  topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
+  return _wrapper.sparse_wrapper(
+    inner, state_cls=DSRState, init=init, topology=topology, mask_gradients=mask_gradients
+  )

@@ -18,15 +18,14 @@ to even, float64), tabulated on the host for every pruning step.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from s2sam_jax import _masks
-from s2sam_jax.sparse import _wrapper
-from s2sam_jax.sparse import distributions
+from s2sam_jax.sparse import _wrapper, distributions
 
 
 def gmp_sparsity(t, final_sparsity, initial_sparsity, begin_step, end_step):
@@ -41,8 +40,7 @@ def gmp_sparsity(t, final_sparsity, initial_sparsity, begin_step, end_step):
     0.7875
   """
   _check_schedule(final_sparsity, initial_sparsity, begin_step, end_step)
-  p = jnp.clip((jnp.asarray(t, jnp.float32) - begin_step)
-               / float(end_step - begin_step), 0.0, 1.0)
+  p = jnp.clip((jnp.asarray(t, jnp.float32) - begin_step) / float(end_step - begin_step), 0.0, 1.0)
   return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
 
 
@@ -51,8 +49,7 @@ def _check_schedule(final_sparsity, initial_sparsity, begin_step, end_step):
   _wrapper.check_sparsity(initial_sparsity, "initial_sparsity")
   _wrapper.check_int(begin_step, "begin_step", 0)
   if _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(f"`end_step` must be > begin_step={begin_step}; "
-                     f"got {end_step}.")
+    raise ValueError(f"`end_step` must be > begin_step={begin_step}; got {end_step}.")
 
 
 def gmp_sparsity_np(t, final_sparsity, initial_sparsity, begin_step, end_step):
@@ -62,18 +59,18 @@ def gmp_sparsity_np(t, final_sparsity, initial_sparsity, begin_step, end_step):
 
 
 def gmp(
-    inner: optax.GradientTransformation,
-    sparsity: float,
-    *,
-    end_step: int,
-    update_every: int = 100,
-    begin_step: int = 0,
-    initial_sparsity: float = 0.0,
-    distribution: str = "uniform",
-    power: float = 1.0,
-    overrides: Optional[Mapping[str, float]] = None,
-    prunable: distributions.Prunable = distributions.default_prunable,
-    mask_gradients: bool = True,
+  inner: optax.GradientTransformation,
+  sparsity: float,
+  *,
+  end_step: int,
+  update_every: int = 100,
+  begin_step: int = 0,
+  initial_sparsity: float = 0.0,
+  distribution: str = "uniform",
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: distributions.Prunable = distributions.default_prunable,
+  mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Gradual magnitude pruning around any optax transformation.
 
@@ -106,8 +103,7 @@ def gmp(
   sparsity = _wrapper.check_sparsity(sparsity)
   initial_sparsity = _wrapper.check_sparsity(initial_sparsity, "initial_sparsity")
   if initial_sparsity > sparsity:
-    raise ValueError(f"`initial_sparsity` must be <= sparsity={sparsity}; "
-                     f"got {initial_sparsity}.")
+    raise ValueError(f"`initial_sparsity` must be <= sparsity={sparsity}; got {initial_sparsity}.")
   _wrapper.check_distribution(distribution)
   _wrapper.check_density_args(power, overrides)
   _wrapper.check_int(update_every, "update_every", 1)
@@ -118,14 +114,17 @@ def gmp(
   def final_densities(params):
     # From shapes only, so a state restored from a checkpoint needs nothing else.
     return distributions.layer_densities(
-        params, sparsity, distribution, power=power, overrides=overrides,
-        prunable=prunable)
+      params, sparsity, distribution, power=power, overrides=overrides, prunable=prunable
+    )
 
   def init(params):
     densities = final_densities(params)
     masks = jax.tree.map(
-        lambda d, p: None if d is None else jnp.ones(jnp.shape(p), bool),
-        densities, params, is_leaf=lambda x: x is None)
+      lambda d, p: None if d is None else jnp.ones(jnp.shape(p), bool),
+      densities,
+      params,
+      is_leaf=lambda x: x is None,
+    )
     return masks, {}
 
   def is_update_step(t):
@@ -133,22 +132,27 @@ def gmp(
     return in_range & (((t - begin_step) % update_every == 0) | (t == end_step))
 
   n_updates = -(-(end_step - begin_step) // update_every)  # ceil
-  update_steps = [min(begin_step + j * update_every, end_step)
-                  for j in range(n_updates + 1)]
+  update_steps = [min(begin_step + j * update_every, end_step) for j in range(n_updates + 1)]
 
   def keep_table(size, density):
     # Exact counts on the host (float64, round half to even) per update step.
-    return jnp.asarray([
-        distributions.count_for_density(size, 1.0 - float(gmp_sparsity_np(
-            t, 1.0 - density, initial_sparsity, begin_step, end_step)))
-        for t in update_steps], jnp.int32)
+    return jnp.asarray(
+      [
+        distributions.count_for_density(
+          size,
+          1.0 - float(gmp_sparsity_np(t, 1.0 - density, initial_sparsity, begin_step, end_step)),
+        )
+        for t in update_steps
+      ],
+      jnp.int32,
+    )
 
   def update(old_masks, params, grads, count, extras):
     del grads
-    treedef, mask_leaves, (param_leaves, density_leaves) = \
-        _wrapper.flatten_masked(old_masks, params, final_densities(params))
-    j = jnp.where(count >= end_step, n_updates,
-                  (count - begin_step) // update_every)
+    treedef, mask_leaves, (param_leaves, density_leaves) = _wrapper.flatten_masked(
+      old_masks, params, final_densities(params)
+    )
+    j = jnp.where(count >= end_step, n_updates, (count - begin_step) // update_every)
     new = []
     for m, p, d in zip(mask_leaves, param_leaves, density_leaves):
       if m is None:
@@ -159,8 +163,11 @@ def gmp(
       new.append(_masks.keep_top_k(_wrapper.drop_scores(p, m), keep))
     return jax.tree.unflatten(treedef, new), extras
 
-  topology = _wrapper.Topology(is_update_step=is_update_step, update=update,
-                               skip_inner_step=False)
-  return _wrapper.sparse_wrapper(inner, state_cls=_wrapper.SparseState,
-                                 init=init, topology=topology,
-                                 mask_gradients=mask_gradients)
+  topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
+  return _wrapper.sparse_wrapper(
+    inner,
+    state_cls=_wrapper.SparseState,
+    init=init,
+    topology=topology,
+    mask_gradients=mask_gradients,
+  )

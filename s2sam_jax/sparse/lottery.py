@@ -40,16 +40,19 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import List, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from s2sam_jax import _masks
-from s2sam_jax.sparse.distributions import (Prunable, _check_sparsity,
-                                            _keep_top_k_host, count_for_density,
-                                            default_prunable)
+from s2sam_jax.sparse.distributions import (
+  Prunable,
+  _check_sparsity,
+  _keep_top_k_host,
+  count_for_density,
+  default_prunable,
+)
 from s2sam_jax.sparse.pruning_at_init import _global_masks
 
 SCOPES = ("global", "layer")
@@ -66,7 +69,7 @@ def _check_fraction(value, name: str) -> float:
   return value
 
 
-def imp_schedule(target_sparsity: float, prune_fraction: float = 0.2) -> List[float]:
+def imp_schedule(target_sparsity: float, prune_fraction: float = 0.2) -> list[float]:
   """Sparsity after each pruning round: ``1 - (1-p)^r``, last one clipped.
 
   The number of rounds is the smallest ``R`` with ``1 - (1-p)^R >=
@@ -92,15 +95,22 @@ def dense_masks(params, prunable: Prunable = default_prunable):
   The masks of round 0 (dense training), where IMP starts.
   """
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-  return jax.tree.unflatten(treedef, [
-      jnp.ones(np.shape(x), bool) if prunable(path, x) else None
-      for path, x in leaves_with_path])
+  return jax.tree.unflatten(
+    treedef,
+    [jnp.ones(np.shape(x), bool) if prunable(path, x) else None for path, x in leaves_with_path],
+  )
 
 
-def imp_next_round(trained_params, masks=None, *, prune_fraction: float = 0.2,
-                   scope: str = "global", rewind_params=None,
-                   target_sparsity: Optional[float] = None,
-                   prunable: Prunable = default_prunable):
+def imp_next_round(
+  trained_params,
+  masks=None,
+  *,
+  prune_fraction: float = 0.2,
+  scope: str = "global",
+  rewind_params=None,
+  target_sparsity: float | None = None,
+  prunable: Prunable = default_prunable,
+):
   """One IMP step: prune the trained weights, return the next round's start.
 
   Args:
@@ -126,8 +136,7 @@ def imp_next_round(trained_params, masks=None, *, prune_fraction: float = 0.2,
   p = _check_fraction(prune_fraction, "prune_fraction")
   if scope not in SCOPES:
     raise ValueError(f"`scope` must be one of {SCOPES}; got {scope!r}.")
-  target = None if target_sparsity is None else _check_sparsity(
-      target_sparsity, "target_sparsity")
+  target = None if target_sparsity is None else _check_sparsity(target_sparsity, "target_sparsity")
   if masks is None:
     masks = dense_masks(trained_params, prunable)
   _masks.validate_masks(masks, trained_params)
@@ -157,13 +166,21 @@ def imp_next_round(trained_params, masks=None, *, prune_fraction: float = 0.2,
     size = sum(int(np.size(m)) for m in mask_leaves)
     selected = jax.tree.map(lambda m: m is not None, masks, is_leaf=_is_none)
     next_masks = _global_masks(
-        jax.tree.map(lambda s, w: np.zeros(np.shape(w)) if s is None else s,
-                     scores, trained_params, is_leaf=_is_none),
-        selected, keep_count(n_active, size))
+      jax.tree.map(
+        lambda s, w: np.zeros(np.shape(w)) if s is None else s,
+        scores,
+        trained_params,
+        is_leaf=_is_none,
+      ),
+      selected,
+      keep_count(n_active, size),
+    )
   else:
     next_masks = _masks.map_masked(
-        lambda m, s: _keep_top_k_host(s, keep_count(int(np.sum(np.asarray(m))),
-                                                    int(np.size(m)))),
-        masks, scores, dense_fn=lambda x: None)
+      lambda m, s: _keep_top_k_host(s, keep_count(int(np.sum(np.asarray(m))), int(np.size(m)))),
+      masks,
+      scores,
+      dense_fn=lambda x: None,
+    )
   start = trained_params if rewind_params is None else rewind_params
   return next_masks, _masks.mask_tree(start, next_masks)

@@ -37,21 +37,20 @@ decay).
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from s2sam_jax import _masks
-from s2sam_jax.sparse import _wrapper
-from s2sam_jax.sparse import distributions
+from s2sam_jax.sparse import _wrapper, distributions
 
 VARIANTS = ("em", "ems")
 PROFILE_MODELS = ("resnet32", "vgg19")
 _PROFILE_SUFFIX = {"em": "without", "ems": "with"}
-_PROFILE_STEM = {"resnet32": "resnet32_LTH/irregular/resnet",
-                 "vgg19": "vgg19_LTH/irregular/vgg"}
+_PROFILE_STEM = {"resnet32": "resnet32_LTH/irregular/resnet", "vgg19": "vgg19_LTH/irregular/vgg"}
 
 
 def _pattern(variant: str, s: float):
@@ -83,14 +82,14 @@ def _build_profiles():
 PROFILES = _build_profiles()
 
 
-def profile_file(model: str, variant: str, sparsity: float) -> Optional[str]:
+def profile_file(model: str, variant: str, sparsity: float) -> str | None:
   """The authors' yaml a :data:`PROFILES` entry was read from, or None where
   the repository has no such file (the entry follows the pattern)."""
   if (model == "resnet32" and sparsity == 0.9) or (
-      model == "vgg19" and variant == "ems" and sparsity < 0.95):
+    model == "vgg19" and variant == "ems" and sparsity < 0.95
+  ):
     return None
-  return (f"profiles/{_PROFILE_STEM[model]}_{sparsity:g}_"
-          f"{_PROFILE_SUFFIX[variant]}.yaml")
+  return f"profiles/{_PROFILE_STEM[model]}_{sparsity:g}_{_PROFILE_SUFFIX[variant]}.yaml"
 
 
 def profile_offsets(variant: str, sparsity: float, model: str = "resnet32"):
@@ -110,8 +109,10 @@ def profile_offsets(variant: str, sparsity: float, model: str = "resnet32"):
   levels = sorted(s for (m, v, s) in PROFILES if m == model and v == variant)
   nearest = min(levels, key=lambda s: (abs(s - sparsity), -s))
   low, up = PROFILES[model, variant, nearest]
-  return (tuple(round(b - nearest, 6) + 0.0 for b in low),
-          tuple(round(b - nearest, 6) + 0.0 for b in up))
+  return (
+    tuple(round(b - nearest, 6) + 0.0 for b in low),
+    tuple(round(b - nearest, 6) + 0.0 for b in up),
+  )
 
 
 class MESTState(NamedTuple):
@@ -124,6 +125,7 @@ class MESTState(NamedTuple):
     bound_deltas: per masked leaf, int32 ``(2, phases)``: ``round(δL_k N_l)``
       and ``round(δU_k N_l)`` (None for dense).
   """
+
   count: jax.Array
   masks: _masks.MaskTree
   inner_state: optax.OptState
@@ -138,8 +140,10 @@ def _check_offsets(offsets, name, n_phases):
   except TypeError:
     raise ValueError(f"`{name}` must be a sequence of floats; got {offsets!r}.") from None
   if len(values) != n_phases:
-    raise ValueError(f"`{name}` must have len(decay_steps) + 1 = {n_phases} "
-                     f"entries (one per phase); got {len(values)}.")
+    raise ValueError(
+      f"`{name}` must have len(decay_steps) + 1 = {n_phases} "
+      f"entries (one per phase); got {len(values)}."
+    )
   if any(not -1.0 <= v <= 1.0 for v in values):
     raise ValueError(f"`{name}` entries must be in [-1, 1]; got {values}.")
   return values
@@ -155,8 +159,9 @@ def phase(count, decay_steps: Sequence[int]):
 
 def bound_deltas(size: int, prune_offsets, grow_offsets) -> jax.Array:
   """``[[round(δL_k N)], [round(δU_k N)]]`` for a layer of ``N = size``."""
-  return jnp.asarray([[round(d * size) for d in prune_offsets],
-                      [round(d * size) for d in grow_offsets]], jnp.int32)
+  return jnp.asarray(
+    [[round(d * size) for d in prune_offsets], [round(d * size) for d in grow_offsets]], jnp.int32
+  )
 
 
 def bounds(target_count, size: int, k, deltas):
@@ -171,9 +176,10 @@ def _realised_sparsity(masks) -> float:
   leaves = jax.tree.leaves(masks)
   if any(isinstance(m, jax.core.Tracer) for m in leaves):
     raise ValueError(
-        "mest: with `masks=` and no `prune_offsets`/`grow_offsets`, the default "
-        "offsets depend on the masks' sparsity, which is unknown while `init` "
-        "is traced (jit): call `init` outside jit or pass the offsets.")
+      "mest: with `masks=` and no `prune_offsets`/`grow_offsets`, the default "
+      "offsets depend on the masks' sparsity, which is unknown while `init` "
+      "is traced (jit): call `init` outside jit or pass the offsets."
+    )
   size = sum(m.size for m in leaves)
   return 1.0 - sum(int(jnp.sum(m)) for m in leaves) / max(size, 1)
 
@@ -183,8 +189,7 @@ def check_layer_bounds(masks, prune_offsets, grow_offsets) -> None:
   active weight (``c − round(δL_k N) < 1``) or more than it has
   (``c − round(δU_k N) > N``), ``c`` its active weights. Traced masks
   (``init`` under jit) cannot be checked; their counts are clipped."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(
-      masks, is_leaf=lambda x: x is None)
+  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda x: x is None)
   for path, m in flat:
     if m is None or isinstance(m, jax.core.Tracer):
       continue
@@ -194,34 +199,36 @@ def check_layer_bounds(masks, prune_offsets, grow_offsets) -> None:
       keep, grow_to = count - round(low * size), count - round(up * size)
       if keep < 1:
         raise ValueError(
-            f"mest: prune_offsets[{k}] = {low} would prune layer {name!r} "
-            f"({count} of {size} weights active) to {max(keep, 0)} active "
-            f"weights; it must be below the layer's density {count / size:.4g} "
-            "(sparse.mest_profile_offsets gives the authors' offsets per sparsity).")
+          f"mest: prune_offsets[{k}] = {low} would prune layer {name!r} "
+          f"({count} of {size} weights active) to {max(keep, 0)} active "
+          f"weights; it must be below the layer's density {count / size:.4g} "
+          "(sparse.mest_profile_offsets gives the authors' offsets per sparsity)."
+        )
       if grow_to > size:
         raise ValueError(
-            f"mest: grow_offsets[{k}] = {up} would grow layer {name!r} "
-            f"({count} of {size} weights active) to {grow_to} > {size} "
-            "active weights.")
+          f"mest: grow_offsets[{k}] = {up} would grow layer {name!r} "
+          f"({count} of {size} weights active) to {grow_to} > {size} "
+          "active weights."
+        )
 
 
 def mest(
-    inner: optax.GradientTransformation,
-    sparsity: Optional[float] = None,
-    *,
-    variant: str = "em",
-    update_every: int,
-    decay_steps: Sequence[int] = (),
-    prune_offsets: Optional[Sequence[float]] = None,
-    grow_offsets: Optional[Sequence[float]] = None,
-    end_step: Optional[int] = None,
-    distribution: str = "uniform",
-    masks: Optional[_wrapper.MasksOrFn] = None,
-    key: Union[int, jax.Array] = 0,
-    power: float = 1.0,
-    overrides: Optional[Mapping[str, float]] = None,
-    prunable: distributions.Prunable = distributions.default_prunable,
-    mask_gradients: bool = True,
+  inner: optax.GradientTransformation,
+  sparsity: float | None = None,
+  *,
+  variant: str = "em",
+  update_every: int,
+  decay_steps: Sequence[int] = (),
+  prune_offsets: Sequence[float] | None = None,
+  grow_offsets: Sequence[float] | None = None,
+  end_step: int | None = None,
+  distribution: str = "uniform",
+  masks: _wrapper.MasksOrFn | None = None,
+  key: int | jax.Array = 0,
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: distributions.Prunable = distributions.default_prunable,
+  mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """MEST EM / EM&S around any optax transformation (math in the module doc).
 
@@ -278,43 +285,57 @@ def mest(
   defaults = prune_offsets is None or grow_offsets is None
   if defaults and n_phases != 3:
     raise ValueError(
-        f"The default offsets of variant={variant!r} have 3 phases: give "
-        f"`decay_steps` two steps, or give `prune_offsets` and `grow_offsets` "
-        f"with len(decay_steps) + 1 = {n_phases} entries; got "
-        f"decay_steps={decay_steps}.")
+      f"The default offsets of variant={variant!r} have 3 phases: give "
+      f"`decay_steps` two steps, or give `prune_offsets` and `grow_offsets` "
+      f"with len(decay_steps) + 1 = {n_phases} entries; got "
+      f"decay_steps={decay_steps}."
+    )
 
-  def resolve_offsets(level: Optional[float]):
+  def resolve_offsets(level: float | None):
     default_prune = default_grow = None
-    if defaults:   # the profile's, growing at most to dense
+    if defaults:  # the profile's, growing at most to dense
       default_prune, default_grow = profile_offsets(variant, level)
       default_grow = tuple(max(u, -level) for u in default_grow)
-    low = _check_offsets(default_prune if prune_offsets is None
-                         else prune_offsets, "prune_offsets", n_phases)
-    up = _check_offsets(default_grow if grow_offsets is None
-                        else grow_offsets, "grow_offsets", n_phases)
+    low = _check_offsets(
+      default_prune if prune_offsets is None else prune_offsets, "prune_offsets", n_phases
+    )
+    up = _check_offsets(
+      default_grow if grow_offsets is None else grow_offsets, "grow_offsets", n_phases
+    )
     if any(u > l for l, u in zip(low, up)):
-      raise ValueError(f"`grow_offsets` must be <= `prune_offsets` phase-wise "
-                       f"(grow back at most to the pruned level); got "
-                       f"{up} vs {low}.")
+      raise ValueError(
+        f"`grow_offsets` must be <= `prune_offsets` phase-wise "
+        f"(grow back at most to the pruned level); got "
+        f"{up} vs {low}."
+      )
     return low, up
 
   # Known now, unless the defaults depend on the masks that init makes.
-  offsets = (resolve_offsets(sparsity)
-             if sparsity is not None or not defaults else None)
+  offsets = resolve_offsets(sparsity) if sparsity is not None or not defaults else None
   key = _wrapper.raw_key(key)
 
   def init(params):
     mask_key, state_key = jax.random.split(key)
     tree = _wrapper.initial_masks(
-        params, masks, sparsity=sparsity, distribution=distribution,
-        key=mask_key, power=power, overrides=overrides, prunable=prunable)
+      params,
+      masks,
+      sparsity=sparsity,
+      distribution=distribution,
+      key=mask_key,
+      power=power,
+      overrides=overrides,
+      prunable=prunable,
+    )
     low, up = offsets or resolve_offsets(_realised_sparsity(tree))
     check_layer_bounds(tree, low, up)
     deltas = _masks.map_masked(
-        lambda m, _: bound_deltas(_wrapper.leaf_size(m), low, up), tree, tree,
-        dense_fn=lambda x: None)
-    return tree, {"key": state_key, "target_counts": _masks.count_active(tree),
-                  "bound_deltas": deltas}
+      lambda m, _: bound_deltas(_wrapper.leaf_size(m), low, up), tree, tree, dense_fn=lambda x: None
+    )
+    return tree, {
+      "key": state_key,
+      "target_counts": _masks.count_active(tree),
+      "bound_deltas": deltas,
+    }
 
   def is_update_step(t):
     ok = t % update_every == 0
@@ -324,12 +345,11 @@ def mest(
     del grads
     next_key, sub = jax.random.split(extras["key"])
     k = phase(count, decay_steps)
-    treedef, mask_leaves, (param_leaves, targets, deltas) = (
-        _wrapper.flatten_masked(old_masks, params, extras["target_counts"],
-                                extras["bound_deltas"]))
+    treedef, mask_leaves, (param_leaves, targets, deltas) = _wrapper.flatten_masked(
+      old_masks, params, extras["target_counts"], extras["bound_deltas"]
+    )
     new = []
-    for i, (m, p, c, d) in enumerate(
-        zip(mask_leaves, param_leaves, targets, deltas)):
+    for i, (m, p, c, d) in enumerate(zip(mask_leaves, param_leaves, targets, deltas)):
       if m is None:
         new.append(None)
         continue
@@ -337,13 +357,11 @@ def mest(
       keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
       kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), keep)
       u = jax.random.uniform(jax.random.fold_in(sub, i), m.shape)
-      grown = _masks.keep_top_k(_wrapper.grow_scores(u, kept),
-                                jnp.maximum(grow_to - keep, 0))
+      grown = _masks.keep_top_k(_wrapper.grow_scores(u, kept), jnp.maximum(grow_to - keep, 0))
       new.append(kept | grown)
     return jax.tree.unflatten(treedef, new), dict(extras, key=next_key)
 
-  topology = _wrapper.Topology(is_update_step=is_update_step, update=update,
-                               skip_inner_step=False)
-  return _wrapper.sparse_wrapper(inner, state_cls=MESTState, init=init,
-                                 topology=topology,
-                                 mask_gradients=mask_gradients)
+  topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
+  return _wrapper.sparse_wrapper(
+    inner, state_cls=MESTState, init=init, topology=topology, mask_gradients=mask_gradients
+  )

@@ -49,16 +49,19 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from s2sam_jax import _masks
-from s2sam_jax.sparse.distributions import (Prunable, _check_sparsity,
-                                            _keep_top_k_host, count_for_density,
-                                            default_prunable)
+from s2sam_jax.sparse.distributions import (
+  Prunable,
+  _check_sparsity,
+  _keep_top_k_host,
+  count_for_density,
+  default_prunable,
+)
 
 SCOPES = ("layer", "global")
 
@@ -79,9 +82,10 @@ def _check_finite_loss(loss, what: str) -> None:
   value = float(np.asarray(loss))
   if not math.isfinite(value):
     raise ValueError(
-        f"{what}: the loss is not finite ({value}) at the given params/batch; "
-        f"the scores would be NaN and the masks meaningless (whole layers "
-        f"cut). Check the params, the batch and `loss_fn`.")
+      f"{what}: the loss is not finite ({value}) at the given params/batch; "
+      f"the scores would be NaN and the masks meaningless (whole layers "
+      f"cut). Check the params, the batch and `loss_fn`."
+    )
 
 
 def _check_finite_scores(scores, what: str, cause: str) -> None:
@@ -94,9 +98,10 @@ def _check_finite_scores(scores, what: str, cause: str) -> None:
     bad = int(np.sum(~np.isfinite(values)))
     if bad:
       raise ValueError(
-          f"{what}: {bad} of {values.size} scores of leaf "
-          f"{_masks.leaf_name(path)} are not finite: {cause} is not finite "
-          f"at the given params/batch.")
+        f"{what}: {bad} of {values.size} scores of leaf "
+        f"{_masks.leaf_name(path)} are not finite: {cause} is not finite "
+        f"at the given params/batch."
+      )
 
 
 def _prunable_flags(params, prunable: Prunable):
@@ -119,7 +124,7 @@ def _global_masks(scores, selected, keep: int):
       out.append(None)
       continue
     size = int(np.size(s))
-    out.append(jnp.asarray(kept[start:start + size].reshape(np.shape(s))))
+    out.append(jnp.asarray(kept[start : start + size].reshape(np.shape(s))))
     start += size
   return jax.tree.unflatten(treedef, out)
 
@@ -147,8 +152,9 @@ def _check_densities(densities, params) -> None:
     treedef.flatten_up_to(params)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        f"`densities` must have the structure of `params` (a float in [0, 1] or "
-        f"None per leaf); got a mismatch: {e}") from None
+      f"`densities` must have the structure of `params` (a float in [0, 1] or "
+      f"None per leaf); got a mismatch: {e}"
+    ) from None
   for d in leaves:
     if d is not None and not 0.0 <= float(d) <= 1.0:
       raise ValueError(f"`densities` entries must be in [0, 1] or None; got {d}.")
@@ -157,9 +163,10 @@ def _check_densities(densities, params) -> None:
 def _layer_or_global(scores, params, sparsity, densities, prunable, what):
   if (sparsity is None) == (densities is None):
     raise ValueError(
-        f"{what}: pass exactly one of `sparsity` (global ranking) or "
-        f"`densities` (layer-wise); got sparsity={sparsity!r}, "
-        f"densities={'None' if densities is None else 'a tree'}.")
+      f"{what}: pass exactly one of `sparsity` (global ranking) or "
+      f"`densities` (layer-wise); got sparsity={sparsity!r}, "
+      f"densities={'None' if densities is None else 'a tree'}."
+    )
   if densities is not None:
     return _layer_masks(scores, densities)
   sparsity = _check_sparsity(sparsity)
@@ -168,8 +175,14 @@ def _layer_or_global(scores, params, sparsity, densities, prunable, what):
   return _global_masks(scores, selected, keep)
 
 
-def magnitude_masks(params, densities=None, *, sparsity: Optional[float] = None,
-                    scope: str = "layer", prunable: Prunable = default_prunable):
+def magnitude_masks(
+  params,
+  densities=None,
+  *,
+  sparsity: float | None = None,
+  scope: str = "layer",
+  prunable: Prunable = default_prunable,
+):
   """Keeps the largest ``|w|``: per layer or ranked globally.
 
   Args:
@@ -204,8 +217,9 @@ def magnitude_masks(params, densities=None, *, sparsity: Optional[float] = None,
     return _layer_or_global(scores, params, sparsity, None, prunable, "magnitude_masks")
   if densities is None and sparsity is not None:
     sparsity = _check_sparsity(sparsity)
-    densities = jax.tree.map(lambda f: (1.0 - sparsity) if f else None,
-                             _prunable_flags(params, prunable))
+    densities = jax.tree.map(
+      lambda f: (1.0 - sparsity) if f else None, _prunable_flags(params, prunable)
+    )
     sparsity = None
   return _layer_or_global(scores, params, sparsity, densities, prunable, "magnitude_masks")
 
@@ -223,8 +237,15 @@ def snip_scores(loss_fn, params, batch):
   return scores
 
 
-def snip_masks(loss_fn, params, batch, sparsity: Optional[float] = None, *,
-               densities=None, prunable: Prunable = default_prunable):
+def snip_masks(
+  loss_fn,
+  params,
+  batch,
+  sparsity: float | None = None,
+  *,
+  densities=None,
+  prunable: Prunable = default_prunable,
+):
   """SNIP (Lee et al. 2019): keep the largest ``|g ⊙ w|``.
 
   Args:
@@ -264,13 +285,19 @@ def grasp_scores(loss_fn, params, batch, temperature: float = 200.0):
   g = jax.lax.stop_gradient(g)
   _, hg = jax.jvp(grad_fn, (params,), (g,))
   scores = jax.tree.map(lambda w, h: -w * h, params, hg)
-  _check_finite_scores(scores, "GraSP",
-                       "the Hessian-gradient product (or a weight)")
+  _check_finite_scores(scores, "GraSP", "the Hessian-gradient product (or a weight)")
   return scores
 
 
-def grasp_masks(loss_fn, params, batch, sparsity: float, *,
-                temperature: float = 200.0, prunable: Prunable = default_prunable):
+def grasp_masks(
+  loss_fn,
+  params,
+  batch,
+  sparsity: float,
+  *,
+  temperature: float = 200.0,
+  prunable: Prunable = default_prunable,
+):
   """GraSP (Wang et al. 2020): remove the ``int(sparsity * N)`` largest scores.
 
   Ranks ``-w ⊙ (H g)`` globally over the prunable leaves and removes the

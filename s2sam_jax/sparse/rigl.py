@@ -33,22 +33,21 @@ Choices where the reference codes differ:
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from s2sam_jax import _masks
-from s2sam_jax.sparse import _wrapper
-from s2sam_jax.sparse import distributions
+from s2sam_jax.sparse import _wrapper, distributions
 
 DROP_SCHEDULES = ("cosine", "constant")
 
 
-def drop_fraction_schedule(drop_fraction: float, begin_step: int,
-                           end_step: Optional[int],
-                           schedule: str = "cosine") -> Callable:
+def drop_fraction_schedule(
+  drop_fraction: float, begin_step: int, end_step: int | None, schedule: str = "cosine"
+) -> Callable:
   """``t -> f_t``: ``α`` (constant) or ``α/2 (1 + cos(π min(t−b, T)/T))``.
 
   ``α`` must be in ``(0, 1)`` and, for the cosine, ``end_step > begin_step
@@ -66,8 +65,10 @@ def drop_fraction_schedule(drop_fraction: float, begin_step: int,
     return lambda t: jnp.full([], alpha, jnp.float32)
   _wrapper.check_int(begin_step, "begin_step", 0)
   if end_step is None or _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(f"`end_step` must be an integer > begin_step={begin_step} "
-                     f"for the cosine schedule; got {end_step!r}.")
+    raise ValueError(
+      f"`end_step` must be an integer > begin_step={begin_step} "
+      f"for the cosine schedule; got {end_step!r}."
+    )
   span = float(end_step - begin_step)
 
   def cosine(t):
@@ -77,8 +78,7 @@ def drop_fraction_schedule(drop_fraction: float, begin_step: int,
   return cosine
 
 
-def periodic_update_steps(update_every: int, begin_step: int,
-                          end_step: Optional[int]) -> Callable:
+def periodic_update_steps(update_every: int, begin_step: int, end_step: int | None) -> Callable:
   """``t -> (begin <= t < end) & ((t − begin) % update_every == 0)``."""
 
   def is_update_step(t):
@@ -90,19 +90,18 @@ def periodic_update_steps(update_every: int, begin_step: int,
   return is_update_step
 
 
-def check_schedule_args(update_every, drop_fraction, begin_step, end_step,
-                        drop_schedule):
+def check_schedule_args(update_every, drop_fraction, begin_step, end_step, drop_schedule):
   _wrapper.check_int(update_every, "update_every", 1)
   _wrapper.check_open_fraction(drop_fraction, "drop_fraction")
   _wrapper.check_int(begin_step, "begin_step", 0)
   _wrapper.check_choice(drop_schedule, "drop_schedule", DROP_SCHEDULES)
   if end_step is None:
     if drop_schedule == "cosine":
-      raise ValueError("`end_step` is required with drop_schedule='cosine' "
-                       "(an integer > begin_step).")
+      raise ValueError(
+        "`end_step` is required with drop_schedule='cosine' (an integer > begin_step)."
+      )
   elif _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(f"`end_step` must be > begin_step={begin_step}; "
-                     f"got {end_step}.")
+    raise ValueError(f"`end_step` must be > begin_step={begin_step}; got {end_step}.")
 
 
 def swap_count(fraction, n_active):
@@ -119,8 +118,7 @@ def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
   ``grow_score_fn(grad_leaf, key, shape) -> scores >= 0``; ``k =
   floor(fraction · n)``. Returns the new mask tree.
   """
-  treedef, mask_leaves, (param_leaves, grad_leaves) = _wrapper.flatten_masked(
-      masks, params, grads)
+  treedef, mask_leaves, (param_leaves, grad_leaves) = _wrapper.flatten_masked(masks, params, grads)
   keys = _wrapper.layer_keys(key, len(mask_leaves))
   new = []
   for m, p, g, k in zip(mask_leaves, param_leaves, grad_leaves, keys):
@@ -135,39 +133,64 @@ def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
   return jax.tree.unflatten(treedef, new)
 
 
-def prune_regrow_wrapper(inner, sparsity, *, grow_score_fn, distribution,
-                         update_every, drop_fraction, drop_schedule,
-                         begin_step, end_step, masks, key, power, overrides,
-                         prunable, mask_gradients, skip_update_step):
+def prune_regrow_wrapper(
+  inner,
+  sparsity,
+  *,
+  grow_score_fn,
+  distribution,
+  update_every,
+  drop_fraction,
+  drop_schedule,
+  begin_step,
+  end_step,
+  masks,
+  key,
+  power,
+  overrides,
+  prunable,
+  mask_gradients,
+  skip_update_step,
+):
   """Shared constructor of :func:`rigl` and :func:`set_`."""
   _wrapper.check_mask_source(sparsity, masks)
   _wrapper.check_density_args(power, overrides)
   _wrapper.check_distribution(distribution)
-  check_schedule_args(update_every, drop_fraction, begin_step, end_step,
-                      drop_schedule)
+  check_schedule_args(update_every, drop_fraction, begin_step, end_step, drop_schedule)
   key = _wrapper.raw_key(key)
-  fraction_fn = drop_fraction_schedule(drop_fraction, begin_step, end_step,
-                                       drop_schedule)
+  fraction_fn = drop_fraction_schedule(drop_fraction, begin_step, end_step, drop_schedule)
 
   def init(params):
     mask_key, state_key = jax.random.split(key)
     tree = _wrapper.initial_masks(
-        params, masks, sparsity=sparsity, distribution=distribution,
-        key=mask_key, power=power, overrides=overrides, prunable=prunable)
+      params,
+      masks,
+      sparsity=sparsity,
+      distribution=distribution,
+      key=mask_key,
+      power=power,
+      overrides=overrides,
+      prunable=prunable,
+    )
     return tree, {"key": state_key}
 
   def update(old_masks, params, grads, count, extras):
     next_key, layer_key = jax.random.split(extras["key"])
-    new = prune_and_regrow(old_masks, params, grads, fraction_fn(count),
-                           layer_key, grow_score_fn)
+    new = prune_and_regrow(old_masks, params, grads, fraction_fn(count), layer_key, grow_score_fn)
     return new, {"key": next_key}
 
   topology = _wrapper.Topology(
-      is_update_step=periodic_update_steps(update_every, begin_step, end_step),
-      update=update, skip_inner_step=skip_update_step)
-  return _wrapper.sparse_wrapper(inner, state_cls=_wrapper.DynamicSparseState,
-                                 init=init, topology=topology,
-                                 mask_gradients=mask_gradients)
+    is_update_step=periodic_update_steps(update_every, begin_step, end_step),
+    update=update,
+    skip_inner_step=skip_update_step,
+  )
+  return _wrapper.sparse_wrapper(
+    inner,
+    state_cls=_wrapper.DynamicSparseState,
+    init=init,
+    topology=topology,
+    mask_gradients=mask_gradients,
+  )
 
 
 def _gradient_magnitude(grad, key, shape):
@@ -176,22 +199,22 @@ def _gradient_magnitude(grad, key, shape):
 
 
 def rigl(
-    inner: optax.GradientTransformation,
-    sparsity: Optional[float] = None,
-    *,
-    end_step: Optional[int],
-    distribution: str = "erk",
-    update_every: int = 100,
-    drop_fraction: float = 0.3,
-    drop_schedule: str = "cosine",
-    begin_step: int = 0,
-    masks: Optional[_wrapper.MasksOrFn] = None,
-    key: Union[int, jax.Array] = 0,
-    power: float = 1.0,
-    overrides: Optional[Mapping[str, float]] = None,
-    prunable: distributions.Prunable = distributions.default_prunable,
-    mask_gradients: bool = True,
-    skip_update_step: bool = True,
+  inner: optax.GradientTransformation,
+  sparsity: float | None = None,
+  *,
+  end_step: int | None,
+  distribution: str = "erk",
+  update_every: int = 100,
+  drop_fraction: float = 0.3,
+  drop_schedule: str = "cosine",
+  begin_step: int = 0,
+  masks: _wrapper.MasksOrFn | None = None,
+  key: int | jax.Array = 0,
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: distributions.Prunable = distributions.default_prunable,
+  mask_gradients: bool = True,
+  skip_update_step: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """RigL around any optax transformation (math in the module docstring).
 
@@ -232,9 +255,20 @@ def rigl(
     16
   """
   return prune_regrow_wrapper(
-      inner, sparsity, grow_score_fn=_gradient_magnitude,
-      distribution=distribution, update_every=update_every,
-      drop_fraction=drop_fraction, drop_schedule=drop_schedule,
-      begin_step=begin_step, end_step=end_step, masks=masks, key=key,
-      power=power, overrides=overrides, prunable=prunable,
-      mask_gradients=mask_gradients, skip_update_step=skip_update_step)
+    inner,
+    sparsity,
+    grow_score_fn=_gradient_magnitude,
+    distribution=distribution,
+    update_every=update_every,
+    drop_fraction=drop_fraction,
+    drop_schedule=drop_schedule,
+    begin_step=begin_step,
+    end_step=end_step,
+    masks=masks,
+    key=key,
+    power=power,
+    overrides=overrides,
+    prunable=prunable,
+    mask_gradients=mask_gradients,
+    skip_update_step=skip_update_step,
+  )

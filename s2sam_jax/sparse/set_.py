@@ -18,13 +18,12 @@ is skipped on update iterations as jaxpruner does (RigL's TF SET takes it:
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from collections.abc import Mapping
 
 import jax
 import optax
 
-from s2sam_jax.sparse import _wrapper
-from s2sam_jax.sparse import distributions
+from s2sam_jax.sparse import _wrapper, distributions
 from s2sam_jax.sparse.rigl import prune_regrow_wrapper
 
 
@@ -34,22 +33,22 @@ def _uniform_scores(grad, key, shape):
 
 
 def set_(
-    inner: optax.GradientTransformation,
-    sparsity: Optional[float] = None,
-    *,
-    end_step: Optional[int],
-    distribution: str = "erk",
-    update_every: int = 100,
-    drop_fraction: float = 0.3,
-    drop_schedule: str = "cosine",
-    begin_step: int = 0,
-    masks: Optional[_wrapper.MasksOrFn] = None,
-    key: Union[int, jax.Array] = 0,
-    power: float = 1.0,
-    overrides: Optional[Mapping[str, float]] = None,
-    prunable: distributions.Prunable = distributions.default_prunable,
-    mask_gradients: bool = True,
-    skip_update_step: bool = True,
+  inner: optax.GradientTransformation,
+  sparsity: float | None = None,
+  *,
+  end_step: int | None,
+  distribution: str = "erk",
+  update_every: int = 100,
+  drop_fraction: float = 0.3,
+  drop_schedule: str = "cosine",
+  begin_step: int = 0,
+  masks: _wrapper.MasksOrFn | None = None,
+  key: int | jax.Array = 0,
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: distributions.Prunable = distributions.default_prunable,
+  mask_gradients: bool = True,
+  skip_update_step: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """SET around any optax transformation; arguments as :func:`rigl`.
 
@@ -69,9 +68,20 @@ def set_(
     32
   """
   return prune_regrow_wrapper(
-      inner, sparsity, grow_score_fn=_uniform_scores,
-      distribution=distribution, update_every=update_every,
-      drop_fraction=drop_fraction, drop_schedule=drop_schedule,
-      begin_step=begin_step, end_step=end_step, masks=masks, key=key,
-      power=power, overrides=overrides, prunable=prunable,
-      mask_gradients=mask_gradients, skip_update_step=skip_update_step)
+    inner,
+    sparsity,
+    grow_score_fn=_uniform_scores,
+    distribution=distribution,
+    update_every=update_every,
+    drop_fraction=drop_fraction,
+    drop_schedule=drop_schedule,
+    begin_step=begin_step,
+    end_step=end_step,
+    masks=masks,
+    key=key,
+    power=power,
+    overrides=overrides,
+    prunable=prunable,
+    mask_gradients=mask_gradients,
+    skip_update_step=skip_update_step,
+  )

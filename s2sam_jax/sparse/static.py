@@ -12,19 +12,15 @@ handling beyond masking.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import optax
 
-from s2sam_jax.sparse import _wrapper
-from s2sam_jax.sparse import distributions
+from s2sam_jax.sparse import _wrapper, distributions
 
 
 def static_masks(
-    inner: optax.GradientTransformation,
-    masks: _wrapper.MasksOrFn,
-    *,
-    mask_gradients: bool = True,
+  inner: optax.GradientTransformation, masks: _wrapper.MasksOrFn, *, mask_gradients: bool = True
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` with fixed ``masks``.
 
@@ -56,30 +52,36 @@ def static_masks(
            [0. , 0.9]], dtype=float32)
   """
   if masks is None:
-    raise ValueError("`masks` must be a mask tree or a function params -> "
-                     "masks; got None.")
+    raise ValueError("`masks` must be a mask tree or a function params -> masks; got None.")
   _wrapper.check_user_masks(masks)
 
   def init(params):
     return _wrapper.initial_masks(
-        params, masks, sparsity=None, distribution=None, key=None, power=None,
-        overrides=None, prunable=None), {}
+      params,
+      masks,
+      sparsity=None,
+      distribution=None,
+      key=None,
+      power=None,
+      overrides=None,
+      prunable=None,
+    ), {}
 
-  return _wrapper.sparse_wrapper(inner, state_cls=_wrapper.SparseState,
-                                 init=init, topology=None,
-                                 mask_gradients=mask_gradients)
+  return _wrapper.sparse_wrapper(
+    inner, state_cls=_wrapper.SparseState, init=init, topology=None, mask_gradients=mask_gradients
+  )
 
 
 def static_random(
-    inner: optax.GradientTransformation,
-    sparsity: float,
-    *,
-    distribution: str = "erk",
-    key=0,
-    power: float = 1.0,
-    overrides: Optional[Mapping[str, float]] = None,
-    prunable: distributions.Prunable = distributions.default_prunable,
-    mask_gradients: bool = True,
+  inner: optax.GradientTransformation,
+  sparsity: float,
+  *,
+  distribution: str = "erk",
+  key=0,
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: distributions.Prunable = distributions.default_prunable,
+  mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Static random masks: per-layer densities from ``distribution``.
 
@@ -109,7 +111,14 @@ def static_random(
 
   def masks_fn(params):
     return _wrapper.initial_masks(
-        params, None, sparsity=sparsity, distribution=distribution, key=key,
-        power=power, overrides=overrides, prunable=prunable)
+      params,
+      None,
+      sparsity=sparsity,
+      distribution=distribution,
+      key=key,
+      power=power,
+      overrides=overrides,
+      prunable=prunable,
+    )
 
   return static_masks(inner, masks_fn, mask_gradients=mask_gradients)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,8 +27,18 @@ from s2sam_jax import _masks
 from s2sam_jax.sparse.distributions import Prunable, default_prunable, path_str
 
 SAM_OPTIMIZERS = ("base", "s2sam", "sam")
-SPARSE_COST_METHODS = ("static", "random", "magnitude", "snip", "grasp", "set",
-                       "dsr", "mest", "lottery", "lrr")
+SPARSE_COST_METHODS = (
+  "static",
+  "random",
+  "magnitude",
+  "snip",
+  "grasp",
+  "set",
+  "dsr",
+  "mest",
+  "lottery",
+  "lrr",
+)
 METHODS = ("dense",) + SPARSE_COST_METHODS + ("rigl", "gmp")
 
 
@@ -36,8 +47,9 @@ def _is_none(x) -> bool:
 
 
 def _flat_with_paths(tree):
-  return [(path_str(p), x) for p, x in
-          jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]]
+  return [
+    (path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+  ]
 
 
 def nnz(tree) -> int:
@@ -45,15 +57,17 @@ def nnz(tree) -> int:
 
   ``None`` leaves (dense entries of a mask tree) are skipped.
   """
-  return sum(int(np.count_nonzero(np.asarray(x))) for _, x in _flat_with_paths(tree)
-             if x is not None)
+  return sum(
+    int(np.count_nonzero(np.asarray(x))) for _, x in _flat_with_paths(tree) if x is not None
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerSparsity:
   """One leaf: ``nnz`` active entries out of ``size``."""
+
   path: str
-  shape: Tuple[int, ...]
+  shape: tuple[int, ...]
   size: int
   nnz: int
 
@@ -75,7 +89,8 @@ class SparsitySummary:
   sparse-training papers report; ``total_size`` / ``total_nnz`` add every
   other leaf, counted as it is (dense leaves fully).
   """
-  layers: Tuple[LayerSparsity, ...]
+
+  layers: tuple[LayerSparsity, ...]
   size: int
   nnz: int
   total_size: int
@@ -92,29 +107,40 @@ class SparsitySummary:
   def as_dict(self) -> dict:
     """Plain dict (JSON-serialisable) with per-layer and global numbers."""
     return {
-        "layers": {l.path: {"shape": list(l.shape), "size": l.size, "nnz": l.nnz,
-                            "density": l.density} for l in self.layers},
-        "size": self.size, "nnz": self.nnz, "density": self.density,
-        "sparsity": self.sparsity, "total_size": self.total_size,
-        "total_nnz": self.total_nnz,
+      "layers": {
+        l.path: {"shape": list(l.shape), "size": l.size, "nnz": l.nnz, "density": l.density}
+        for l in self.layers
+      },
+      "size": self.size,
+      "nnz": self.nnz,
+      "density": self.density,
+      "sparsity": self.sparsity,
+      "total_size": self.total_size,
+      "total_nnz": self.total_nnz,
     }
 
   def __str__(self) -> str:
     width = max([len(l.path) for l in self.layers] + [13])
     rows = [f"{'layer':<{width}}  {'shape':<18} {'size':>10} {'nnz':>10} {'density':>8}"]
     for l in self.layers:
-      rows.append(f"{l.path:<{width}}  {str(l.shape):<18} {l.size:>10} {l.nnz:>10} "
-                  f"{l.density:>8.4f}")
-    rows.append(f"{'sparse layers':<{width}}  {'':<18} {self.size:>10} {self.nnz:>10} "
-                f"{self.density:>8.4f}  (sparsity {self.sparsity:.4f})")
+      rows.append(
+        f"{l.path:<{width}}  {str(l.shape):<18} {l.size:>10} {l.nnz:>10} {l.density:>8.4f}"
+      )
+    rows.append(
+      f"{'sparse layers':<{width}}  {'':<18} {self.size:>10} {self.nnz:>10} "
+      f"{self.density:>8.4f}  (sparsity {self.sparsity:.4f})"
+    )
     total_d = self.total_nnz / self.total_size if self.total_size else 1.0
-    rows.append(f"{'all leaves':<{width}}  {'':<18} {self.total_size:>10} "
-                f"{self.total_nnz:>10} {total_d:>8.4f}")
+    rows.append(
+      f"{'all leaves':<{width}}  {'':<18} {self.total_size:>10} "
+      f"{self.total_nnz:>10} {total_d:>8.4f}"
+    )
     return "\n".join(rows)
 
 
-def sparsity_summary(params, masks=None, *,
-                     prunable: Prunable = default_prunable) -> SparsitySummary:
+def sparsity_summary(
+  params, masks=None, *, prunable: Prunable = default_prunable
+) -> SparsitySummary:
   """Sparsity of a params tree, or of the masks held for it.
 
   Args:
@@ -155,13 +181,15 @@ def sparsity_summary(params, masks=None, *,
       total_nnz += count
       if prunable(path, x):
         layers.append(LayerSparsity(path_str(path), tuple(np.shape(x)), size, count))
-  return SparsitySummary(tuple(layers), sum(l.size for l in layers),
-                         sum(l.nnz for l in layers), total_size, total_nnz)
+  return SparsitySummary(
+    tuple(layers), sum(l.size for l in layers), sum(l.nnz for l in layers), total_size, total_nnz
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerOverlap:
   """Overlap of two boolean masks of one layer."""
+
   path: str
   active_a: int
   active_b: int
@@ -182,7 +210,8 @@ class LayerOverlap:
 @dataclasses.dataclass(frozen=True)
 class MaskOverlap:
   """Per-layer and global (all masked layers pooled) mask overlap."""
-  layers: Tuple[LayerOverlap, ...]
+
+  layers: tuple[LayerOverlap, ...]
   total: LayerOverlap
 
   @property
@@ -195,12 +224,16 @@ class MaskOverlap:
 
   def __str__(self) -> str:
     width = max([len(l.path) for l in self.layers] + [6])
-    rows = [f"{'layer':<{width}}  {'|a|':>10} {'|b|':>10} {'|a&b|':>10} {'|a|b|':>10} "
-            f"{'IoU':>7} {'shared':>7}"]
+    rows = [
+      f"{'layer':<{width}}  {'|a|':>10} {'|b|':>10} {'|a&b|':>10} {'|a|b|':>10} "
+      f"{'IoU':>7} {'shared':>7}"
+    ]
     for l in self.layers + (self.total,):
-      rows.append(f"{l.path:<{width}}  {l.active_a:>10} {l.active_b:>10} "
-                  f"{l.intersection:>10} {l.union:>10} {l.iou:>7.4f} "
-                  f"{l.shared_fraction:>7.4f}")
+      rows.append(
+        f"{l.path:<{width}}  {l.active_a:>10} {l.active_b:>10} "
+        f"{l.intersection:>10} {l.union:>10} {l.iou:>7.4f} "
+        f"{l.shared_fraction:>7.4f}"
+      )
     return "\n".join(rows)
 
 
@@ -238,10 +271,15 @@ def mask_overlap(masks_a, masks_b) -> MaskOverlap:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     if a.shape != b.shape:
       raise ValueError(f"`masks_b` leaf {path!r} has shape {b.shape}, `masks_a` {a.shape}.")
-    layers.append(LayerOverlap(path, int(a.sum()), int(b.sum()), int((a & b).sum()),
-                               int((a | b).sum())))
-  total = LayerOverlap("global", *(sum(getattr(l, f) for l in layers) for f in
-                                   ("active_a", "active_b", "intersection", "union")))
+    layers.append(
+      LayerOverlap(path, int(a.sum()), int(b.sum()), int((a & b).sum()), int((a | b).sum()))
+    )
+  total = LayerOverlap(
+    "global",
+    *(
+      sum(getattr(l, f) for l in layers) for f in ("active_a", "active_b", "intersection", "union")
+    ),
+  )
   return MaskOverlap(tuple(layers), total)
 
 
@@ -253,6 +291,7 @@ class FlopsEstimate:
   ``relative_to_dense`` divides by dense training with the base optimizer
   (``3 · forward_dense · steps``), so dense SAM is ``2.0``.
   """
+
   method: str
   optimizer: str
   steps: int
@@ -269,10 +308,12 @@ class FlopsEstimate:
     return self.total / (3.0 * self.forward_dense * self.steps)
 
   def __str__(self) -> str:
-    return (f"{self.method} + {self.optimizer}: {self.total:.4g} FLOPs over "
-            f"{self.steps} steps ({self.per_step:.4g}/step, "
-            f"{self.relative_to_dense:.4f}x dense training; forward dense "
-            f"{self.forward_dense:.4g}, sparse {self.forward_sparse:.4g})")
+    return (
+      f"{self.method} + {self.optimizer}: {self.total:.4g} FLOPs over "
+      f"{self.steps} steps ({self.per_step:.4g}/step, "
+      f"{self.relative_to_dense:.4f}x dense training; forward dense "
+      f"{self.forward_dense:.4g}, sparse {self.forward_sparse:.4g})"
+    )
 
 
 def _density_by_path(densities) -> dict:
@@ -293,11 +334,18 @@ def _density_by_path(densities) -> dict:
   return out
 
 
-def training_flops(forward_flops: Mapping[str, float], densities: Any = None, *,
-                   method: str = "static", optimizer: str = "base", steps: int = 1,
-                   update_every: int = 100, begin_step: int = 0,
-                   end_step: Optional[int] = None,
-                   initial_sparsity: float = 0.0) -> FlopsEstimate:
+def training_flops(
+  forward_flops: Mapping[str, float],
+  densities: Any = None,
+  *,
+  method: str = "static",
+  optimizer: str = "base",
+  steps: int = 1,
+  update_every: int = 100,
+  begin_step: int = 0,
+  end_step: int | None = None,
+  initial_sparsity: float = 0.0,
+) -> FlopsEstimate:
   """Training FLOPs of a sparse-training method, dense vs sparse.
 
   With ``F_l`` the dense forward FLOPs of layer ``l`` (per example or per
@@ -352,14 +400,18 @@ def training_flops(forward_flops: Mapping[str, float], densities: Any = None, *,
     raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
   if optimizer not in SAM_OPTIMIZERS:
     raise ValueError(f"`optimizer` must be one of {SAM_OPTIMIZERS}; got {optimizer!r}.")
-  for name, value, low in (("steps", steps, 1), ("update_every", update_every, 1),
-                           ("begin_step", begin_step, 0)):
+  for name, value, low in (
+    ("steps", steps, 1),
+    ("update_every", update_every, 1),
+    ("begin_step", begin_step, 0),
+  ):
     if not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f"`{name}` must be an integer >= {low}; got {value!r}.")
   flops = {k: float(v) for k, v in forward_flops.items()}
   if not flops or not all(math.isfinite(v) and v >= 0 for v in flops.values()):
-    raise ValueError("`forward_flops` must map layer paths to finite FLOPs "
-                     f">= 0; got {forward_flops!r}.")
+    raise ValueError(
+      f"`forward_flops` must map layer paths to finite FLOPs >= 0; got {forward_flops!r}."
+    )
   dens = {} if densities is None or method == "dense" else _density_by_path(densities)
   unknown = sorted(set(dens) - set(flops))
   if unknown:
@@ -372,18 +424,20 @@ def training_flops(forward_flops: Mapping[str, float], densities: Any = None, *,
     total = per_step * steps
   elif method == "rigl":
     if end_step is not None and (
-        not isinstance(end_step, (int, np.integer)) or isinstance(end_step, bool)
-        or end_step <= begin_step):
-      raise ValueError(f"method='rigl' needs `end_step` None or an integer > "
-                       f"begin_step={begin_step}; got {end_step!r}.")
+      not isinstance(end_step, (int, np.integer))
+      or isinstance(end_step, bool)
+      or end_step <= begin_step
+    ):
+      raise ValueError(
+        f"method='rigl' needs `end_step` None or an integer > "
+        f"begin_step={begin_step}; got {end_step!r}."
+      )
     t = np.arange(steps)
     stop = steps if end_step is None else end_step
-    n_updates = int(np.sum((t >= begin_step) & (t < stop)
-                           & ((t - begin_step) % update_every == 0)))
+    n_updates = int(np.sum((t >= begin_step) & (t < stop) & ((t - begin_step) % update_every == 0)))
     total = (steps - n_updates) * 3.0 * f_sparse + n_updates * (2.0 * f_sparse + f_dense)
   else:
-    total = _gmp_total(flops, dens, steps, update_every, begin_step, end_step,
-                       initial_sparsity)
+    total = _gmp_total(flops, dens, steps, update_every, begin_step, end_step, initial_sparsity)
   if optimizer == "sam":
     total *= 2.0
   return FlopsEstimate(method, optimizer, int(steps), f_dense, f_sparse, float(total))
@@ -391,8 +445,7 @@ def training_flops(forward_flops: Mapping[str, float], densities: Any = None, *,
 
 def _gmp_total(flops, dens, steps, update_every, begin, end, initial_sparsity):
   if end is None or not isinstance(end, (int, np.integer)) or end <= begin:
-    raise ValueError(f"method='gmp' needs an integer `end_step` > begin_step={begin}; "
-                     f"got {end!r}.")
+    raise ValueError(f"method='gmp' needs an integer `end_step` > begin_step={begin}; got {end!r}.")
   if not 0.0 <= initial_sparsity < 1.0:
     raise ValueError(f"`initial_sparsity` must be in [0, 1); got {initial_sparsity}.")
   prune_steps = np.unique(np.append(np.arange(begin, end + 1, update_every), end))
@@ -404,6 +457,7 @@ def _gmp_total(flops, dens, steps, update_every, begin, end, initial_sparsity):
   masked_flops = sum(flops[k] for k in dens)
   final_pruned_flops = sum(flops[k] * (1.0 - d) for k, d in dens.items())
   # Σ_l s_l(t) F_l = (1 - cube) Σ_l s_l F_l + cube · s_i Σ_l F_l over masked layers
-  removed = np.where(pruned, (1 - cube) * final_pruned_flops
-                     + cube * initial_sparsity * masked_flops, 0.0)
+  removed = np.where(
+    pruned, (1 - cube) * final_pruned_flops + cube * initial_sparsity * masked_flops, 0.0
+  )
   return float(np.sum(3.0 * (sum(flops.values()) - removed)))
