@@ -182,8 +182,8 @@ class TrainConfig:
     return dataclasses.replace(self, **changes)
 
 
-def validate(cfg: TrainConfig) -> None:
-  """Raises ``ValueError`` naming the bad field and what it allows."""
+def _checker(cfg: TrainConfig):
+  """``check(ok, field, allowed)``: raises ``ValueError`` naming ``--field``."""
 
   def check(ok, field, allowed):
     if not ok:
@@ -191,11 +191,23 @@ def validate(cfg: TrainConfig) -> None:
         f"--{field.replace('_', '-')} must be {allowed}; got {getattr(cfg, field)!r}."
       )
 
+  return check
+
+
+def validate(cfg: TrainConfig) -> None:
+  """Raises ``ValueError`` naming the bad field and what it allows."""
+  check = _checker(cfg)
   for field in dataclasses.fields(cfg):  # no NaN or inf anywhere
     values = getattr(cfg, field.name)
     for v in values if isinstance(values, tuple) else (values,):
       if isinstance(v, float):
         check(math.isfinite(v), field.name, "a finite number")
+  _check_training(cfg, check)
+  _check_methods(cfg, check)
+
+
+def _check_training(cfg: TrainConfig, check) -> None:
+  """Model, data, optimizer, schedule and run fields."""
   check(cfg.method in METHODS, "method", f"one of {', '.join(METHODS)}")
   check(
     cfg.optimizer_mode in OPTIMIZER_MODES, "optimizer_mode", f"one of {', '.join(OPTIMIZER_MODES)}"
@@ -236,6 +248,10 @@ def validate(cfg: TrainConfig) -> None:
   check(cfg.eval_batch_size >= 1, "eval_batch_size", ">= 1")
   check(cfg.train_subset >= 0, "train_subset", ">= 0 (0: all)")
   check(cfg.test_subset >= 0, "test_subset", ">= 0 (0: all)")
+
+
+def _check_methods(cfg: TrainConfig, check) -> None:
+  """The sparse methods' fields, and the run's process layout."""
   check(cfg.snip_batch >= 1, "snip_batch", ">= 1")
   check(cfg.grasp_samples_per_class >= 1, "grasp_samples_per_class", ">= 1")
   check(cfg.grasp_temperature > 0.0, "grasp_temperature", "> 0")

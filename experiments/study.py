@@ -46,6 +46,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_PATH = (
   "s2sam_jax",
   "experiments/train.py",
+  "experiments/flags.py",
+  "experiments/recipes.py",
+  "experiments/steps.py",
+  "experiments/run_state.py",
+  "experiments/progress.py",
   "experiments/configs.py",
   "experiments/checkpoint.py",
   "experiments/metrics.py",
@@ -242,8 +247,7 @@ def run_study(
     cell_dir = os.path.join(work_dir, name, cell.name)
     argv = flags_to_argv(dict(cell.flags, out_dir=cell_dir, progress=False))
     cfg, _ = train.config_from_args(argv)
-    resume = bool(train.finished_steps(os.path.join(cell_dir, "checkpoints")))
-    summary = train.run(cfg.replace(resume=resume))
+    summary = train.run(cfg)  # the work dir: resumes an interrupted cell
     if summary["finished"]:
       append_row(runs_path, row(name, cell, summary, recorded["commit"]))
       finished += 1

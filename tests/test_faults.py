@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from test_train import REPO, TINY, leaves, run, tiny_cfg
 
-from experiments import train
+from experiments import datasets, flags, train
 from experiments.checkpoint import Checkpointer, finished_steps
 from experiments.metrics import write_json
 
@@ -105,8 +105,8 @@ def test_bad_image_folders_name_the_problem(tmp_path, capsys, monkeypatch, layou
 
   assert re.search(match, err), err
   if "image-size" in match:  # the flag it names exists and fixes it
-    assert "--image-size" in train.build_parser().format_help()
-    source, _ = train.load_data(
+    assert "--image-size" in flags.build_parser().format_help()
+    source, _ = datasets.load_data(
       train.config_from_args(
         TINY + ["--dataset", f"imagefolder:{tmp_path / 'folder'}", "--image-size", "8"]
       )[0]
@@ -129,10 +129,9 @@ def test_resume_needs_only_the_out_dir(tmp_path, capsys):
   code, _ = _main(capsys, "--out-dir", tmp_path / "cut", "--resume", "--no-progress")
   assert code == 0
   restored = Checkpointer(str(tmp_path / "cut" / "checkpoints"))
-  state, _ = restored.restore(dict(full.final_state, rng=full.step_key))
+  state, _ = restored.restore(full.state.arrays())
   restored.close()
-  state.pop("rng")
-  for a, b in zip(leaves(full.final_state), leaves(state)):
+  for a, b in zip(leaves(full.state.arrays()), leaves(state)):
     assert np.array_equal(a, b)
 
 
@@ -189,7 +188,7 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_an_intact_one(tmp_path, dam
     (_truncate if damage == "truncate" else _flip)(_checkpoint_files(ckpt_dir, 12, "state")[-1])
   with pytest.warns(UserWarning, match="checkpoint 12 .* cannot be read"):
     resumed, _ = run(tmp_path / "cut", *flags, "--resume")
-  for a, b in zip(leaves(full.final_state), leaves(resumed.final_state)):
+  for a, b in zip(leaves(full.state), leaves(resumed.state)):
     assert np.array_equal(a, b)
 
 
@@ -251,17 +250,9 @@ def test_final_accuracy_is_the_final_models(tmp_path):
   # LT: round 0's last evaluation is the dense model; the summary must score
   # the pruned model the run ends with.
   runner, summary = run(tmp_path, "--method", "lt", "--sparsity", "0.36", "--eval-every", "1")
-  state = runner.final_state
-  ev = train.evaluate(
-    runner.eval_step,
-    state["params"],
-    state["stats"],
-    state["opt_state"],
-    runner.test_source,
-    runner.eval_batch_size,
-    runner.sharded,
-  )
-  assert summary["final_test_accuracy"] == ev["accuracy"]
+  exp, _, _ = train.setup(tiny_cfg(tmp_path / "fresh", "--method", "lt", "--sparsity", "0.36"))
+  ev = train.evaluate(exp, runner.state)
+  assert runner.state.round == 2 and summary["final_test_accuracy"] == ev["accuracy"]
 
 
 def _start(out_dir, *flags):
@@ -294,6 +285,6 @@ def test_a_signal_checkpoints_and_resume_is_bit_exact(tmp_path, signum):
     return
   resumed, _ = run(tmp_path / "cut", *flags, "--resume")
   full, _ = run(tmp_path / "full", *flags)
-  for a, b in zip(leaves(full.final_state), leaves(resumed.final_state)):
+  for a, b in zip(leaves(full.state), leaves(resumed.state)):
     assert np.array_equal(a, b)
   assert _rows(tmp_path / "cut") == _rows(tmp_path / "full")

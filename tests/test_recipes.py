@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments import configs, train
+from experiments import configs, recipes, train
 from experiments import models as models_lib
 from s2sam_jax import sparse
 
@@ -114,7 +114,7 @@ def _resnet32_at_98():
   model = models_lib.create_model("resnet32", num_classes=10, rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   cfg = train.TrainConfig(model="resnet32", dataset="cifar10")
-  prunable = train.make_prunable(cfg)  # keep_dense="paper": block convs
+  prunable = recipes.make_prunable(cfg)  # keep_dense="paper": block convs
   densities = sparse.layer_densities(params, 0.98, "uniform", prunable=prunable)
   return params, sparse.magnitude_masks(params, densities)
 
@@ -225,9 +225,9 @@ def test_dsr_recipe_carries_the_wrn_fraction_and_schedule():
   cfg, _ = train.config_from_args(["--config", "table1/cifar10/resnet32/dsr/0.98/s2sam"])
   assert (cfg.distribution, cfg.dsr_target) == ("uniform", 0)
   assert cfg.dsr_target_fraction == pytest.approx(0.13779, abs=1e-5)
-  sched = train.Schedule(steps_per_epoch=781, total_steps=781 * 160)
+  sched = recipes.Schedule(steps_per_epoch=781, total_steps=781 * 160)
   # 100 steps; 200 from epoch 20, 400 from 64, 800 from 112 (25/80/140 of 200)
-  assert train.dsr_periods(cfg, sched) == {0: 100, 20 * 781: 200, 64 * 781: 400, 112 * 781: 800}
+  assert recipes.dsr_periods(cfg, sched) == {0: 100, 20 * 781: 200, 64 * 781: 400, 112 * 781: 800}
   imagenet = configs.get_config("table2/imagenet2012/resnet50/dsr")
   assert (imagenet["dsr_target"], imagenet["update_every"]) == (400_000, 1000)
 
@@ -257,10 +257,10 @@ def test_describe_shows_the_fixed_recipes(name, field, value, capsys):
 
 def test_global_methods_count_every_kernel():
   cfg = train.TrainConfig(**configs.get_config("table1/cifar10/resnet32/snip"))
-  assert train.dense_patterns(cfg) == ()
-  assert "every conv and linear kernel" in train.counted_over(cfg)
+  assert recipes.dense_patterns(cfg) == ()
+  assert "every conv and linear kernel" in recipes.counted_over(cfg)
   cfg = train.TrainConfig(**configs.get_config("table1/cifar10/resnet32/rigl-erk"))
-  assert "'^conv1/'" in train.counted_over(cfg)
+  assert "'^conv1/'" in recipes.counted_over(cfg)
 
 
 # jjsrf/SSAM-NEURIPS2024 scripts/run_mag_prune_irregular_sp_0.9.sh (original)
@@ -356,12 +356,12 @@ def test_authors_protocol_trains_end_to_end(tmp_path):
       str(tmp_path),
     ]
   )
-  runner = train.Runner(cfg)
-  summary = runner.run()
+  runner = train.train_and_evaluate(*train.setup(cfg))
+  summary = runner.summary
   assert np.isfinite(summary["final_test_accuracy"])
   clean, masks = clean_params_and_masks(runner)
   for name, m, p in masked_pairs(clean, masks):
     assert np.all(p[~m] == 0), name
-  eps = jax.device_get(s2sam_jax.S2SAMState(*runner.final_state["opt_state"]).perturbation)
+  eps = jax.device_get(s2sam_jax.S2SAMState(*runner.state.opt_state).perturbation)
   eps_masked = [e[~m] for _, m, e in masked_pairs(eps, masks)]
   assert any(np.any(e != 0) for e in eps_masked)  # the dense perturbation

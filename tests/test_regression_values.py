@@ -75,9 +75,7 @@ def _runs(tmp):
 def _measure(name, flags, tmp):
   if name == "resnet20_20" and not os.path.isdir(os.path.join(tmp, "cifar_like")):
     _image_folder(os.path.join(tmp, "cifar_like"))
-  cfg, _ = train.config_from_args(
-    flags + ["--no-progress", "--out-dir", os.path.join(tmp, name)]
-  )
+  cfg, _ = train.config_from_args(flags + ["--no-progress", "--out-dir", os.path.join(tmp, name)])
   summary = train.run(cfg)
   rows = [{k: r[k] for k in TRACKED if k in r} for r in summary_rows(os.path.join(tmp, name))]
   return {

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import s2sam_jax
-from experiments import configs, train
+from experiments import configs, datasets, recipes, train
 from experiments.checkpoint import Checkpointer
 from s2sam_jax import sparse
 
@@ -60,18 +60,26 @@ def tiny_cfg(out_dir, *flags):
 
 
 def run(out_dir, *flags):
-  runner = train.Runner(tiny_cfg(out_dir, *flags))
-  return runner, runner.run()
+  """``(train.Result, summary)`` of a tiny run."""
+  result = train.train_and_evaluate(*train.setup(tiny_cfg(out_dir, *flags)))
+  return result, result.summary
 
 
 def leaves(tree):
-  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+  """Every array of ``tree`` as NumPy (PRNG keys as their key data)."""
+
+  def as_np(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    return np.asarray(x)
+
+  return [as_np(x) for x in jax.tree.leaves(tree)]
 
 
-def clean_params_and_masks(runner):
-  state = runner.final_state
-  clean = jax.device_get(s2sam_jax.unperturbed(state["params"], state["opt_state"]))
-  return clean, jax.device_get(sparse.get_masks(state["opt_state"]))
+def clean_params_and_masks(result):
+  state = result.state
+  clean = jax.device_get(s2sam_jax.unperturbed(state.params, state.opt_state))
+  return clean, jax.device_get(sparse.get_masks(state.opt_state))
 
 
 def masked_pairs(params, masks):
@@ -166,11 +174,12 @@ def test_lottery_rounds_run_inside_the_command(tmp_path, method):
   assert summary["steps"] == STEPS_PER_EPOCH
 
 
-def test_train_step_compiles_once(tmp_path):
-  runner, _ = run(
-    tmp_path, "--method", "rigl", "--optimizer-mode", "s2sam", "--epochs", "2"
-  )  # topology updates at steps 0, 3, ...
-  assert runner.train_step._cache_size() == 1
+@pytest.mark.parametrize("flags", [["--method", "rigl"], ["--method", "lt", "--sparsity", "0.36"]])
+def test_train_step_compiles_once(tmp_path, flags):
+  # RigL: topology updates at steps 0, 3, ...; LT: three rounds, one step function
+  exp, state, saved = train.setup(tiny_cfg(tmp_path, *flags, "--epochs", "2"))
+  result = train.train_and_evaluate(exp, state, saved)
+  assert result.summary["finished"] and exp.steps.train._cache_size() == 1
 
 
 @pytest.mark.parametrize(
@@ -186,7 +195,7 @@ def test_resume_is_bit_exact(tmp_path, method, extra):
   # Interrupt mid-epoch (step 5), then resume to the end.
   run(tmp_path / "cut", *flags, "--max-steps", "5")
   resumed, resumed_summary = run(tmp_path / "cut", *flags, "--resume")
-  for a, b in zip(leaves(full.final_state), leaves(resumed.final_state)):
+  for a, b in zip(leaves(full.state), leaves(resumed.state)):
     assert a.dtype == b.dtype and np.array_equal(a, b)
   assert resumed_summary["final_test_accuracy"] == full_summary["final_test_accuracy"]
   assert resumed_summary["rounds"] == full_summary["rounds"]
@@ -220,7 +229,7 @@ def test_one_vs_eight_devices(tmp_path):
   summary = json.loads(open(tmp_path / "eight" / "summary.json").read())
   assert summary["devices"] == 8 and one_summary["devices"] == 1
   ckpt = Checkpointer(str(tmp_path / "eight" / "checkpoints"))
-  one_state = dict(one.final_state, rng=one.step_key)
+  one_state = one.state.arrays()
   eight_state, _ = ckpt.restore(one_state)
   ckpt.close()
   assert np.array_equal(
@@ -237,14 +246,14 @@ def test_one_vs_eight_devices(tmp_path):
 
 def test_learning_rate_matches_closed_form():
   cfg = train.TrainConfig(lr=0.1, lr_end=4e-8, epochs=3, schedule="cosine")
-  lr = train.learning_rate(cfg, 10)
+  lr = recipes.learning_rate(cfg, 10)
   for t in (0, 7, 29):
     # the authors' scheduler.step() runs before each update: update t uses lr(t + 1)
     want = 4e-8 + (0.1 - 4e-8) * 0.5 * (1 + math.cos(math.pi * (t + 1) / 30))
     assert float(lr(t)) == pytest.approx(want, rel=1e-5)
-  step = train.learning_rate(cfg.replace(schedule="step", lr_milestones=(1, 2)), 10)
+  step = recipes.learning_rate(cfg.replace(schedule="step", lr_milestones=(1, 2)), 10)
   assert [float(step(t)) for t in (9, 10, 19, 20)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
-  warm = train.learning_rate(cfg.replace(schedule="constant", warmup_epochs=1), 10)
+  warm = recipes.learning_rate(cfg.replace(schedule="constant", warmup_epochs=1), 10)
   assert float(warm(0)) == pytest.approx(0.01) and float(warm(15)) == pytest.approx(0.1)
 
 
@@ -316,13 +325,13 @@ def test_default_job_is_mnist1d_cnn_rigl_s2sam():
 )
 def test_clear_errors(tmp_path, flags, error, match):
   with pytest.raises(error, match=match):
-    train.Runner(tiny_cfg(tmp_path, *flags))
+    train.setup(tiny_cfg(tmp_path, *flags))
 
 
 def test_missing_tfds_data_says_how_to_get_it(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="tfds build cifar10"):
-    train.Runner(
+    train.setup(
       tiny_cfg(tmp_path / "run", "--dataset", "cifar10", "--data-dir", tmp_path / "empty")
     )
 
@@ -340,7 +349,7 @@ def test_unknown_method_is_rejected(capsys):
 def test_bf16_computes_in_bf16_and_keeps_f32_params(tmp_path):
   f32, f32_summary = run(tmp_path / "f32", "--method", "static")
   bf16, bf16_summary = run(tmp_path / "bf16", "--method", "static", "--bf16")
-  assert {x.dtype for x in leaves(bf16.final_state["params"])} == {np.dtype("float32")}
+  assert {x.dtype for x in leaves(bf16.state.params)} == {np.dtype("float32")}
   loss = lambda r: r.history[-1]["train_loss"]
   # same run up to bf16 rounding: close, but not bit-identical
   assert loss(bf16) != loss(f32) and abs(loss(bf16) - loss(f32)) < 0.05
@@ -363,9 +372,9 @@ def test_data_dir_image_folder_is_read_and_checked(tmp_path, monkeypatch):
   _image_folder(tmp_path / "folder", ["a", "b", "c"])
   cfg = tiny_cfg(tmp_path / "run", "--dataset", "cifar10", "--data-dir", tmp_path / "folder")
   with pytest.raises(ValueError, match="3 classes, but --dataset cifar10 has 10"):
-    train.load_data(cfg)
+    datasets.load_data(cfg)
   cfg = cfg.replace(dataset="imagefolder:" + str(tmp_path / "folder"), data_dir=None)
-  source, test = train.load_data(cfg)
+  source, test = datasets.load_data(cfg)
   assert (len(source), len(test), source.info.num_classes) == (6, 6, 3)
 
 
@@ -381,8 +390,21 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     run(tmp_path, "--method", "static", "--resume", "--lr", "0.1")
 
 
-def test_an_earlier_run_is_never_overwritten(tmp_path, capsys):
-  run(tmp_path, "--method", "static", "--max-steps", "2")
-  code = train.main(TINY + ["--method", "static", "--out-dir", str(tmp_path)])
-  err = capsys.readouterr().err
-  assert code == 2 and "--resume" in err and "Traceback" not in err
+def test_the_same_command_resumes_then_reports(tmp_path, capsys):
+  # The out dir is a work dir: the same command continues an interrupted run
+  # to the uninterrupted result, then reports the finished one.
+  full, _ = run(tmp_path / "full", "--method", "static")
+  run(tmp_path / "cut", "--method", "static", "--max-steps", "2")
+  command = TINY + ["--method", "static", "--out-dir", str(tmp_path / "cut")]
+  assert train.main(command) == 0
+  summary = json.loads(open(tmp_path / "cut" / "summary.json").read())
+  assert summary["finished"] and summary["steps"] == STEPS_PER_EPOCH
+  assert summary["final_test_accuracy"] == full.summary["final_test_accuracy"]
+  rows = open(tmp_path / "cut" / "metrics.jsonl").read()
+  capsys.readouterr()
+  assert train.main(command) == 0  # finished: reported, not retrained
+  assert "finished earlier" in capsys.readouterr().err
+  assert open(tmp_path / "cut" / "metrics.jsonl").read() == rows
+  # other settings are refused, as for --resume
+  assert train.main(command + ["--lr", "0.1"]) == 2
+  assert "lr: 0.05 -> 0.1" in capsys.readouterr().err
