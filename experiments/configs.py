@@ -168,6 +168,9 @@ class TrainConfig:
   # epochs between checkpoints (also at the end and at --max-steps); 0: about 50 per run
   checkpoint_every: int = 0
   train_subset: int = 0  # use n training examples, evenly spaced (tests); 0 = all
+  # hold out this fraction of the training set and evaluate on it instead of
+  # the test set (hyperparameter tuning); 0: evaluate on the test set
+  validation_fraction: float = 0.0
   test_subset: int = 0  # likewise for the test set
   extra_eval: tuple[str, ...] = ()  # further test sets evaluated at the end (e.g. ImageNet-C)
   distributed: bool = False  # multi-process: jax.distributed.initialize()
@@ -247,6 +250,7 @@ def _check_training(cfg: TrainConfig, check) -> None:
   )
   check(cfg.eval_batch_size >= 1, "eval_batch_size", ">= 1")
   check(cfg.train_subset >= 0, "train_subset", ">= 0 (0: all)")
+  check(0.0 <= cfg.validation_fraction < 1.0, "validation_fraction", "in [0, 1) (0: none)")
   check(cfg.test_subset >= 0, "test_subset", ">= 0 (0: all)")
 
 

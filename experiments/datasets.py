@@ -9,20 +9,41 @@ import numpy as np
 from experiments import data as data_lib
 from experiments.configs import TrainConfig
 
+# The validation split is one fixed choice for every seed and arm.
+VALIDATION_SEED = 20240
 
-class _Subset:
-  """``n`` examples of a source, evenly spaced over it (so a class-sorted
-  image folder keeps every class)."""
 
-  def __init__(self, source, n: int):
+class _Indexed:
+  """The examples ``indices`` of a source, in that order."""
+
+  def __init__(self, source, indices):
     self.source, self.info = source, source.info
-    self.indices = np.linspace(0, len(source) - 1, min(n, len(source))).astype(np.int64)
+    self.indices = np.asarray(indices, np.int64)
 
   def __len__(self):
     return len(self.indices)
 
   def get_batch(self, indices):
     return self.source.get_batch(self.indices[np.asarray(indices)])
+
+
+def _evenly_spaced(source, n: int) -> _Indexed:
+  """``n`` examples evenly spaced over ``source`` (a class-sorted image
+  folder keeps every class)."""
+  return _Indexed(source, np.linspace(0, len(source) - 1, min(n, len(source))).astype(np.int64))
+
+
+def validation_split(source, fraction: float) -> tuple[_Indexed, _Indexed]:
+  """``(train, validation)``: a random ``fraction`` of ``source`` held out
+  (the same examples for every seed), the rest kept, both in source order."""
+  order = np.random.default_rng(VALIDATION_SEED).permutation(len(source))
+  held = int(round(fraction * len(source)))
+  if not 0 < held < len(source):
+    raise ValueError(
+      f"--validation-fraction {fraction} holds out {held} of {len(source)} training examples; "
+      "it must leave at least one on each side."
+    )
+  return _Indexed(source, np.sort(order[held:])), _Indexed(source, np.sort(order[:held]))
 
 
 def _dataset_name(cfg: TrainConfig) -> str:
@@ -37,7 +58,9 @@ _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 
 
 def load_data(cfg: TrainConfig):
-  """``(train, test)`` sources of ``cfg`` (``--train-subset``/``--test-subset`` applied)."""
+  """``(train, test)`` sources of ``cfg``. With ``--validation-fraction`` the
+  "test" source is the validation split carved from the training set (the
+  test set is not read); then ``--train-subset``/``--test-subset`` apply."""
   if cfg.data_dir and cfg.dataset == "mnist1d":
     raise ValueError(
       "--data-dir: mnist1d is generated offline and reads no data folder; "
@@ -56,10 +79,12 @@ def load_data(cfg: TrainConfig):
       f"--data-dir {cfg.data_dir} is an image folder with {train.info.num_classes} classes, "
       f"but --dataset {cfg.dataset} has {expected}."
     )
+  if cfg.validation_fraction:
+    train, test = validation_split(train, cfg.validation_fraction)
   if cfg.train_subset:
-    train = _Subset(train, cfg.train_subset)
+    train = _evenly_spaced(train, cfg.train_subset)
   if cfg.test_subset:
-    test = _Subset(test, cfg.test_subset)
+    test = _evenly_spaced(test, cfg.test_subset)
   return train, test
 
 

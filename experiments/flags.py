@@ -79,6 +79,8 @@ HELP = {
   "weights (DSR's WRN-28-2 value)",
   "dsr_period_doublings": "fractions of the epochs at which DSR's rewiring period doubles",
   "train_subset": "train on n evenly spaced examples only (0: all)",
+  "validation_fraction": "hold out this fraction of the training set (the same examples for "
+  "every seed) and evaluate on it instead of the test set, for tuning (0: test set)",
   "test_subset": "evaluate on n evenly spaced test examples only (0: all)",
   "extra_eval": "further test sets evaluated at the end",
   "distributed": "call jax.distributed.initialize() (multi-host)",

@@ -408,3 +408,20 @@ def test_the_same_command_resumes_then_reports(tmp_path, capsys):
   # other settings are refused, as for --resume
   assert train.main(command + ["--lr", "0.1"]) == 2
   assert "lr: 0.05 -> 0.1" in capsys.readouterr().err
+
+
+def test_validation_split_is_held_out_of_training_and_fixed_across_seeds(tmp_path):
+  cfg = tiny_cfg(
+    tmp_path, "--validation-fraction", "0.25", "--train-subset", "0", "--test-subset", "0"
+  )
+  train_part, val = datasets.load_data(cfg)
+  full, test = datasets.load_data(cfg.replace(validation_fraction=0.0))
+  assert len(val) == round(0.25 * len(full)) and len(train_part) + len(val) == len(full)
+  assert not set(train_part.indices) & set(val.indices)  # disjoint, together the whole set
+  np.testing.assert_array_equal(
+    val.get_batch(np.arange(5))["image"], full.get_batch(val.indices[:5])["image"]
+  )
+  again, val_again = datasets.load_data(cfg.replace(seed=3))
+  np.testing.assert_array_equal(val_again.indices, val.indices)
+  with pytest.raises(ValueError, match="--validation-fraction"):
+    datasets.load_data(cfg.replace(validation_fraction=1e-9))
