@@ -105,6 +105,96 @@ def study(name: str):
   return register
 
 
+# ------------------------------------------------------------- the studies
+
+SEEDS = (0, 1, 2, 3, 4)
+MNIST1D = "table1/mnist1d/mnist1d_cnn64/"
+TABLE1_METHODS = (
+  "static", "magnitude", "snip", "grasp", "set", "dsr", "rigl-uniform", "rigl-erk",
+  "mest-em", "mest-ems", "gmp", "lt", "lrr",
+)  # fmt: skip
+LEVELS = (0.9, 0.95, 0.98)
+# Short runs: a few checkpoints each, the newest kept.
+_RUN = dict(checkpoint_every=60, keep_checkpoints=1)
+# LT/LRR train every round; a round is 100 of the 300 epochs of the others.
+_ROUND_EPOCHS = dict(epochs=100)
+
+
+def _seed_major(cells: list[Cell]) -> list[Cell]:
+  """Every cell of seed 0 first, then seed 1, ...: partial results stay paired."""
+  return sorted(cells, key=lambda c: c.flags.get("seed", 0))
+
+
+def _cells(
+  key: str, levels=LEVELS, modes=("original", "s2sam"), seeds=SEEDS, name=None, **extra
+) -> list[Cell]:
+  """MNIST-1D cells of method ``key`` (named ``name or key``/seed=/sparsity=/mode=)."""
+  base = dict(config=MNIST1D + key, **_RUN, **extra)
+  name = name or key
+  if key in ("lt", "lrr"):
+    base.update(_ROUND_EPOCHS)
+  if key == "dense":
+    return grid(name, base, seed=seeds, optimizer_mode=modes)
+  return grid(name, base, seed=seeds, sparsity=levels, optimizer_mode=modes)
+
+
+@study("rho_mnist1d")
+def rho_mnist1d() -> list[Cell]:
+  """S2-SAM's rho on MNIST-1D, chosen on a validation split (20% of the
+  training set, the same examples for every seed; the test set unused):
+  RigL ERK at 90% and 98%, two seeds, and the original arm beside."""
+  val = dict(validation_fraction=0.2)
+  tuned = [
+    c
+    for rho in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+    for c in _cells(
+      "rigl-erk", (0.9, 0.98), ("s2sam",), (0, 1), name=f"rigl-erk/rho={rho}", rho=rho, **val
+    )
+  ]
+  return _seed_major(
+    tuned + _cells("rigl-erk", levels=(0.9, 0.98), modes=("original",), seeds=(0, 1), **val)
+  )
+
+
+@study("table1_mnist1d")
+def table1_mnist1d() -> list[Cell]:
+  """Table 1 on MNIST-1D: every sparse method at 90/95/98%, original vs
+  S2-SAM, and dense, five seeds; two-step SAM for RigL ERK, SNIP and MEST EM."""
+  cells = [c for key in TABLE1_METHODS for c in _cells(key)] + _cells("dense")
+  cells += [c for key in ("rigl-erk", "snip", "mest-em") for c in _cells(key, modes=("sam",))]
+  return _seed_major(cells)
+
+
+@study("sweep_mnist1d")
+def sweep_mnist1d() -> list[Cell]:
+  """The gain against sparsity (a reviewer's question): MEST EM and RigL ERK
+  at 20/40/60/80%, original vs S2-SAM, five seeds. Dense (0%) and 90/95/98%
+  are table1_mnist1d's cells (same flags); the report draws them together."""
+  levels = (0.2, 0.4, 0.6, 0.8)
+  return _seed_major([c for key in ("mest-em", "rigl-erk") for c in _cells(key, levels)])
+
+
+@study("dense_mnist1d")
+def dense_mnist1d() -> list[Cell]:
+  """Dense models (Table 6 with the reviewers' SAM column): the 64-channel
+  and the 25-channel (default job's) MNIST-1D CNNs, original / SAM / S2-SAM."""
+  modes = ("original", "sam", "s2sam")
+  cells = _cells("dense", modes=modes, name="dense/mnist1d_cnn64")
+  cells += _cells("dense", modes=modes, name="dense/mnist1d_cnn", model="mnist1d_cnn")
+  return _seed_major(cells)
+
+
+@study("lt_mnist1d")
+def lt_mnist1d() -> list[Cell]:
+  """Lottery tickets (the rebuttal's tables): LT pruning 20/30/40% of the
+  remaining weights per round and LRR (20%), to 90% sparsity, original vs
+  S2-SAM, five seeds."""
+  cells = [
+    c for f in (0.2, 0.3, 0.4) for c in _cells("lt", (0.9,), name=f"lt/prune={f}", prune_fraction=f)
+  ]
+  return _seed_major(cells + _cells("lrr", (0.9,), name="lrr/prune=0.2"))
+
+
 def _git(*args: str) -> str:
   return subprocess.run(
     ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
@@ -237,6 +327,10 @@ def run_study(
         sort_keys=True,
       )
     recorded = now
+  cells = list(cells)
+  names = [c.name for c in cells]
+  if len(set(names)) != len(names):
+    raise ValueError(f"study {name}: cell names repeat ({len(names) - len(set(names))} times)")
   done = {r["cell"] for r in read_rows(runs_path)}
   finished = 0
   for cell in cells:
@@ -271,8 +365,16 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--restart", action="store_true", help="start the study over at the current commit"
   )
+  parser.add_argument(
+    "--shard",
+    default="0/1",
+    help="K/N: run every N-th cell starting at the K-th (N processes side by side)",
+  )
   args = parser.parse_args(argv)
-  cells = STUDIES[args.study]()
+  k, n = (int(x) for x in args.shard.split("/"))
+  if not 0 <= k < n:
+    parser.error(f"--shard K/N needs 0 <= K < N; got {args.shard}")
+  cells = STUDIES[args.study]()[k::n]
   if args.list:
     for c in cells:
       print(c.name, " ".join(flags_to_argv(c.flags)))
