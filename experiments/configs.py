@@ -755,6 +755,33 @@ def list_configs():
   return sorted(CONFIGS)
 
 
+def summarize_config(name: str) -> str:
+  """One line: what the named config trains, and on which recipe."""
+  v = {**dataclasses.asdict(TrainConfig()), **CONFIGS[name]}
+  global_ranking = v["method"] in ("dense", "snip", "grasp", "lt", "lrr")
+  method = v["method"] + ("" if global_ranking else f" ({v['distribution']})")
+  if name.startswith("authors/"):
+    method += f" at {v['sparsity']:.0%}, {v['optimizer_mode']}, seed {v['seed']}"
+  lr = f"{v['schedule']} lr {v['lr']:g}"
+  return (
+    f"{method}: {v['model']} on {v['dataset']}, {v['epochs']} epochs, batch {v['batch_size']}, "
+    f"{lr}, wd {v['weight_decay']:g}"
+  )
+
+
+def config_listing() -> str:
+  """``--list-configs``: every name with its one-line summary."""
+  lines = [
+    "Named configs (--config NAME). A family name (table1/..., table2/..., table4-6/...) "
+    "takes /<sparsity>/<mode> as a suffix, e.g. table1/cifar10/resnet32/rigl-erk/0.95/s2sam "
+    "(or --sparsity and --optimizer-mode); authors/... names are complete cells.",
+    "",
+  ]
+  width = max(len(n) for n in CONFIGS)
+  lines += [f"{n:<{width}}  {summarize_config(n)}" for n in list_configs()]
+  return "\n".join(lines)
+
+
 def get_config(name: str) -> dict[str, Any]:
   """The field values of a named config.
 

@@ -472,7 +472,7 @@ def main(argv=None) -> int:
   if cfg.distributed:
     sys.excepthook = _exit_at_once_on_error
   if args.list_configs:
-    print("\n".join(configs_lib.list_configs()))
+    print(configs_lib.config_listing())
     return 0
   if args.describe:
     print(describe(cfg))

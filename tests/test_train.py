@@ -300,8 +300,20 @@ def test_flags_override_named_config():
 
 def test_cli_lists_configs(capsys):
   assert train.main(["--list-configs"]) == 0
-  names = capsys.readouterr().out.split()
+  header, _, *rows = capsys.readouterr().out.splitlines()
+  assert "/<sparsity>/<mode>" in header
+  names = [r.split()[0] for r in rows]
   assert "table2/imagenet2012/resnet50/rigl-erk" in names and len(names) == len(configs.CONFIGS)
+  row = rows[names.index("table1/cifar10/resnet32/rigl-erk")]
+  assert "rigl (erk): resnet32 on cifar10, 160 epochs, batch 64, cosine lr 0.1" in row
+
+
+def test_every_flag_says_what_it_does():
+  from experiments import flags
+
+  for action in flags.build_parser()._actions:
+    text = (action.help or "").split(" (default:")[0].strip()
+    assert len(text) > 10, action.option_strings
 
 
 def test_default_job_is_mnist1d_cnn_rigl_s2sam():
