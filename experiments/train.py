@@ -191,6 +191,15 @@ def evaluate(exp: Experiment, state: RunState, source=None) -> dict[str, float]:
   return steps_lib.evaluate(exp.steps.eval, *args)
 
 
+def _densities(state: RunState) -> dict[str, Any]:
+  """``{"density": {layer: active fraction}}`` of a sparse run's masks."""
+  masks = sparse.get_masks(state.opt_state)
+  if masks is None:
+    return {}
+  layers = sparse.sparsity_summary(jax.device_get(state.params), jax.device_get(masks)).layers
+  return {"density": {layer.path: layer.density for layer in layers}}
+
+
 def end_epoch(exp: Experiment, state: RunState, log: Logbook, stopped: bool, interrupted: bool):
   """The epoch's metrics row (evaluated every ``--eval-every`` epochs, at the
   last epoch and at ``--max-steps``) and, when due, a checkpoint."""
@@ -204,7 +213,7 @@ def end_epoch(exp: Experiment, state: RunState, log: Logbook, stopped: bool, int
   label = f"{epoch + 1}/{cfg.epochs}"
   if due or (stopped and not interrupted):
     ev = evaluate(exp, state)
-    row.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
+    row.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"], **_densities(state))
     log.progress.show_eval(label, ev["accuracy"])
     if jax.process_index() == 0 and cfg.progress:
       rate = log.progress.rate

@@ -132,6 +132,12 @@ def test_method_trains_end_to_end(tmp_path, method, mode):
   record = json.loads(open(tmp_path / "metrics.jsonl").read().splitlines()[-1])
   assert math.isfinite(record["train_loss"]) and record["epoch"] == 1
   assert os.path.exists(tmp_path / "summary.json") and os.listdir(tmp_path / "tb")
+  # each evaluated row carries the masks' per-layer density (sparse runs)
+  assert ("density" in record) == (method != "dense") and "test_accuracy" in record
+  if method != "dense":
+    masks = sparse.get_masks(jax.device_get(runner.state.opt_state))
+    final = sparse.sparsity_summary(runner.state.params, masks).layers
+    assert record["density"] == {layer.path: layer.density for layer in final}
   assert summary["training_flops"]["total"] > 0
   params, masks = clean_params_and_masks(runner)
   if method == "dense":
