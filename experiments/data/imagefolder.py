@@ -1,7 +1,7 @@
 """Image folders in the common "ImageFolder" layout, decoded once and cached as .npy.
 
 Layout: `<root>/<split>/<class name>/<image>.{jpg,jpeg,png,bmp,gif,webp}`, e.g.
-`../shared/data/cifar10-jpeg/{train,test}/airplane/0001.jpg`. Classes are the folder
+`/path/to/cifar10/{train,test}/airplane/0001.jpg`. Classes are the folder
 names sorted with Python's `sorted` (alphabetical for ASCII names); label i is the i-th.
 The class list comes from `<root>/train` when it exists, so train and test agree on
 labels even if a test folder lacks a class. Within a class, files are in sorted order.
@@ -22,6 +22,7 @@ Augmentation: "cifar" (pad-4 crop + flip) for images of at most 64 pixels a side
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,14 +88,23 @@ def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def _decode_split(split_dir: Path, files, image_size: int | None) -> np.ndarray:
+  from tqdm.auto import tqdm
+
+  bar = tqdm(total=len(files), desc=f"decoding {split_dir}", unit="image", mininterval=1.0)
+
   def decode(item):
     path = split_dir / item[0]
     try:
-      return host_image.decode_image(path, image_size)
+      image = host_image.decode_image(path, image_size)
     except (OSError, SyntaxError, ValueError) as err:  # what Pillow raises
       raise ValueError(f"cannot decode image {path}: {err}") from None
+    bar.update(1)
+    return image
 
-  images = host_image.decode_many(files, decode)
+  try:
+    images = host_image.decode_many(files, decode)
+  finally:
+    bar.close()
   shapes = {im.shape for im in images}
   if len(shapes) > 1:
     first = {}
@@ -136,6 +146,9 @@ def _load_split(
   mean, std = _channel_stats(images)
   meta = {"root": str(root), "split": split, "classes": classes, "mean": mean, "std": std}
   cache.save_entry(folder, {"images": images, "labels": labels}, meta)
+  if folder.exists():
+    size = (images.nbytes + labels.nbytes) / 2**20
+    print(f"cached {len(files)} decoded images ({size:.0f} MiB) in {folder}", file=sys.stderr)
   return images, labels, meta
 
 
@@ -145,8 +158,8 @@ def load_imagefolder(
   """One split of an image folder as an in-memory uint8 source.
 
   Example:
-    >>> src = load_imagefolder("../shared/data/cifar10-jpeg", "test")
-    >>> len(src), src.info.class_names[:2], src.info.image_shape
+    >>> src = load_imagefolder("/path/to/cifar10", "test")  # doctest: +SKIP
+    >>> len(src), src.info.class_names[:2], src.info.image_shape  # doctest: +SKIP
     (10000, ('airplane', 'automobile'), (32, 32, 3))
   """
   root = Path(root).expanduser()

@@ -6,7 +6,7 @@ Names (DATASET_NAMES lists the base names):
   "imagenet2012"                         tfds, random access, host decode to 256x256
   "imagenet2012_corrupted/<config>"      tfds, e.g. "imagenet2012_corrupted/gaussian_noise_3"
   "imagefolder:<root>"                   <root>/<split>/<class>/*.jpg|png, e.g.
-                                         "imagefolder:../shared/data/cifar10-jpeg"
+                                         "imagefolder:/path/to/cifar10"
 """
 
 from __future__ import annotations

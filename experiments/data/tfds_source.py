@@ -72,7 +72,7 @@ def _prepare_help(name: str, base: str, version_dir: str) -> str:
     "Pass the folder holding it as data_dir (--data-dir)."
   )
   if base == "cifar10":
-    lines.append("Or use the JPEG copy: imagefolder:../shared/data/cifar10-jpeg")
+    lines.append("Or point --data-dir at an image folder: <root>/{train,test}/<class>/*.jpg")
   return "\n".join(lines)
 
 
