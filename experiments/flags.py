@@ -47,7 +47,7 @@ HELP = {
   "out_dir": "work dir: metrics, checkpoints, summary (default runs/<model>-<data>-<method>-<mode>-seed<n>); the same command again resumes or reports the run there",
   "resume": "insist on resuming from --out-dir's checkpoints (an error if there are none); without it a run there resumes anyway",
   "eval_every": "epochs between test evaluations (0: about 20 per run)",
-  "eval_batch_size": "examples per evaluation batch",
+  "eval_batch_size": "examples per evaluation batch (the peak memory of evaluation grows with it)",
   "keep_checkpoints": "checkpoints kept (the newest ones)",
   "checkpoint_every": "epochs between checkpoints, also at the end and at --max-steps (0: about 50 per run)",
   "progress": "progress bar and per-evaluation lines (--no-progress: one JSON line per epoch)",

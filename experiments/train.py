@@ -182,6 +182,7 @@ class Logbook(NamedTuple):
   history: list
   writer: MetricsWriter
   progress: Progress
+  evals: dict  # checkpoint id -> the test evaluation made there
 
 
 def evaluate(exp: Experiment, state: RunState, source=None) -> dict[str, float]:
@@ -203,7 +204,7 @@ def _densities(state: RunState) -> dict[str, Any]:
 def end_epoch(exp: Experiment, state: RunState, log: Logbook, stopped: bool, interrupted: bool):
   """The epoch's metrics row (evaluated every ``--eval-every`` epochs, at the
   last epoch and at ``--max-steps``) and, when due, a checkpoint."""
-  cfg, spe = exp.cfg, exp.sched.steps_per_epoch
+  cfg, (spe, total) = exp.cfg, exp.sched
   epoch, epoch_done = (state.step - 1) // spe, state.step % spe == 0
   lr = recipes.learning_rate(cfg, spe)(max(state.step - 1, 0))
   row: dict[str, Any] = dict(round=state.round, epoch=epoch + 1, epoch_complete=epoch_done)
@@ -211,8 +212,9 @@ def end_epoch(exp: Experiment, state: RunState, log: Logbook, stopped: bool, int
   eval_every = configs_lib.every(cfg.eval_every, cfg.epochs, 20)
   due = epoch_done and ((epoch + 1) % eval_every == 0 or epoch + 1 == cfg.epochs)
   label = f"{epoch + 1}/{cfg.epochs}"
+  at = run_state_lib.checkpoint_id(state.round, state.step, total)
   if due or (stopped and not interrupted):
-    ev = evaluate(exp, state)
+    ev = log.evals[at] = evaluate(exp, state)
     row.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"], **_densities(state))
     log.progress.show_eval(label, ev["accuracy"])
     if jax.process_index() == 0 and cfg.progress:
@@ -222,7 +224,6 @@ def end_epoch(exp: Experiment, state: RunState, log: Logbook, stopped: bool, int
         f" | test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}"
         + ("" if rate is None else f" | {rate:.0f} images/s")
       )
-  at = run_state_lib.checkpoint_id(state.round, state.step, exp.sched.total_steps)
   log.history.append(log.writer.write(step=at, **row))
   if jax.process_index() == 0 and not cfg.progress:
     print(json.dumps(to_python(row)), flush=True)
@@ -333,7 +334,7 @@ def train_and_evaluate(exp: Experiment, state: RunState, saved=None) -> Result:
   if saved:
     progress.restore(saved.throughput)
   progress.start_epoch(saved.epoch_sums if saved else None)
-  log, t0 = Logbook(history, writer, progress), time.time()
+  log, t0 = Logbook(history, writer, progress, {}), time.time()
   try:
     with runtime.StopSignal() as stop:
       while True:
@@ -360,7 +361,8 @@ def summarize(exp: Experiment, state: RunState, log: Logbook, finished, rounds, 
   cfg = exp.cfg
   clean = s2sam_jax.unperturbed(state.params, state.opt_state)
   masks = sparse.get_masks(state.opt_state)
-  final = evaluate(exp, state)
+  at = run_state_lib.checkpoint_id(state.round, state.step, exp.sched.total_steps)
+  final = log.evals.get(at) or evaluate(exp, state)  # the last row's, when it scored this state
   evals = [
     h["test_accuracy"] for h in log.history if "test_accuracy" in h and h["round"] == state.round
   ]
