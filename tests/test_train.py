@@ -443,3 +443,11 @@ def test_validation_split_is_held_out_of_training_and_fixed_across_seeds(tmp_pat
   np.testing.assert_array_equal(val_again.indices, val.indices)
   with pytest.raises(ValueError, match="--validation-fraction"):
     datasets.load_data(cfg.replace(validation_fraction=1e-9))
+
+
+def test_a_one_step_run_reports_no_nan(tmp_path):
+  # one step: nothing timed after compilation, so no rate (never "nan")
+  _, summary = run(tmp_path, "--method", "static", "--max-steps", "1")
+  assert summary["images_per_sec"] is None and summary["steps"] == 1
+  for name in ("summary.json", "metrics.jsonl"):
+    assert "nan" not in open(tmp_path / name).read().lower()
