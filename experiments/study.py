@@ -195,6 +195,43 @@ def lt_mnist1d() -> list[Cell]:
   return _seed_major(cells + _cells("lrr", (0.9,), name="lrr/prune=0.2"))
 
 
+# CIFAR-10: ResNet-20 (16/32/64) on the table1 recipes, a reduced budget of
+# 10 epochs (the cosine schedule over those 10; MEST's epoch knobs scaled as
+# 5, 100, 130 of 160). The data folder comes from $CIFAR10_DIR (an image
+# folder or a tfds data dir), so recorded commands hold no local path.
+CIFAR_EPOCHS = 10
+_CIFAR = dict(
+  model="resnet20_classic",
+  dataset="cifar10",
+  data_dir="$CIFAR10_DIR",
+  epochs=CIFAR_EPOCHS,
+  eval_every=5,
+  checkpoint_every=1,
+  keep_checkpoints=1,
+)
+_CIFAR_MEST = dict(update_every_epochs=5 * CIFAR_EPOCHS / 160, mest_decay_epochs=(6, 8))
+
+
+def _cifar_cells(key, levels, modes, seeds=(0, 1)) -> list[Cell]:
+  base = dict(config="table1/cifar10/resnet32/" + key, **_CIFAR)
+  if key.startswith("mest-"):
+    base.update(_CIFAR_MEST)
+  if key == "dense":
+    return grid(key, base, seed=seeds, optimizer_mode=modes)
+  return grid(key, base, seed=seeds, sparsity=levels, optimizer_mode=modes)
+
+
+@study("table1_cifar10")
+def table1_cifar10() -> list[Cell]:
+  """Table 1 on real CIFAR-10 at a reduced budget: RigL ERK and MEST EM at
+  90% and 98%, original vs S2-SAM, two seeds; dense original vs S2-SAM (Table
+  6's CIFAR column); two-step SAM for RigL ERK at 98%."""
+  pairs = ("original", "s2sam")
+  cells = _cifar_cells("rigl-erk", (0.9, 0.98), pairs) + _cifar_cells("mest-em", (0.9, 0.98), pairs)
+  cells += _cifar_cells("dense", (), pairs + ("sam",)) + _cifar_cells("rigl-erk", (0.98,), ("sam",))
+  return _seed_major(cells)
+
+
 def _git(*args: str) -> str:
   return subprocess.run(
     ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
@@ -339,7 +376,11 @@ def run_study(
     if max_runs and finished >= max_runs:
       break
     cell_dir = os.path.join(work_dir, name, cell.name)
-    argv = flags_to_argv(dict(cell.flags, out_dir=cell_dir, progress=False))
+    argv = [os.path.expandvars(a) for a in flags_to_argv(cell.flags)]
+    unset = [a for a in argv if a.startswith("$")]
+    if unset:
+      raise SystemExit(f"study {name}: set {', '.join(unset)} (e.g. the CIFAR-10 data folder)")
+    argv += ["--out-dir", cell_dir, "--no-progress"]
     cfg, _ = train.config_from_args(argv)
     summary = train.run(cfg)  # the work dir: resumes an interrupted cell
     if summary["finished"]:
