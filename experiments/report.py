@@ -49,7 +49,8 @@ METHOD_LABELS = {
   "lt": "LT",
   "lrr": "LRR",
 }
-CellKey = tuple[str, str, str, str, float]  # dataset, model, method, distribution, sparsity
+# dataset, model, method, distribution, sparsity, variant (e.g. "lt/prune=0.3")
+CellKey = tuple[str, str, str, str, float, str]
 
 
 class Paired(NamedTuple):
@@ -67,15 +68,25 @@ def read_runs(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def row_label(method: str, distribution: str, methods_with_two: Iterable[str] = ("rigl",)) -> str:
+def row_label(
+  method: str, distribution: str, methods_with_two: Iterable[str] = ("rigl",), variant: str = ""
+) -> str:
   label = METHOD_LABELS.get(method, method)
   if method in methods_with_two:
     label += f" ({distribution.upper() if distribution != 'uniform' else 'uniform'})"
-  return label
+  extra = [p for p in variant.split("/")[1:] if "=" in p]  # e.g. lt/prune=0.3 -> prune=0.3
+  return label + (f" [{', '.join(extra)}]" if extra else "")
 
 
 def cell_key(r: dict[str, Any]) -> CellKey:
-  return (r["dataset"], r["model"], r["method"], r["distribution"], float(r["sparsity"]))
+  return (
+    r["dataset"], r["model"], r["method"], r["distribution"], float(r["sparsity"]), _variant(r)
+  )  # fmt: skip
+
+
+def _variant(r: dict[str, Any]) -> str:
+  """The row's variant beyond method and sparsity (prune fraction, rho, ...)."""
+  return r.get("variant", r["method"])
 
 
 def by_cell(rows: Iterable[dict[str, Any]], metric: str = "final_test_accuracy"):
@@ -118,7 +129,7 @@ def table1(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]]:
     keys = [k for k in cells if k[:2] == (dataset, model)]
     levels = sorted({k[4] for k in keys})
     methods = sorted(
-      {k[2:4] for k in keys},
+      {(k[2], k[3], k[5]) for k in keys},
       key=lambda m: (list(METHOD_LABELS).index(m[0]) if m[0] in METHOD_LABELS else 99, m[1]),
     )
     md += [
@@ -127,10 +138,11 @@ def table1(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]]:
       "| method | " + " | ".join(f"{s:g}" for s in levels) + " |",
       "|---|" + "---|" * len(levels),
     ]
-    for method, dist in methods:
+    for method, dist, variant in methods:
+      label = row_label(method, dist, variant=variant)
       entries = []
       for s in levels:
-        arms = cells.get((dataset, model, method, dist, s))
+        arms = cells.get((dataset, model, method, dist, s, variant))
         if not arms:
           entries.append("")
           continue
@@ -146,7 +158,7 @@ def table1(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]]:
           [
             dataset,
             model,
-            row_label(method, dist),
+            label,
             f"{s:g}",
             _mean_std(orig),
             _mean_std(s2),
@@ -155,7 +167,7 @@ def table1(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]]:
             str(len(set(orig) | set(s2))),
           ]
         )
-      md.append(f"| {row_label(method, dist)} | " + " | ".join(entries) + " |")
+      md.append(f"| {label} | " + " | ".join(entries) + " |")
     md.append("")
   return "\n".join(md), table
 
@@ -190,7 +202,7 @@ def paired_table(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]]:
       if p is None:
         continue
       pb = paired(best[key]["original"], best[key][arm])
-      label = row_label(key[2], key[3])
+      label = row_label(key[2], key[3], variant=key[5])
       md.append(
         f"| {key[0]} | {key[1]} | {label} | {key[4]:g} | {arm} | {p.n} | "
         f"{100 * p.mean:+.2f} | [{100 * p.low:+.2f}, {100 * p.high:+.2f}] | "
@@ -223,7 +235,7 @@ def plot_gain_vs_sparsity(rows: list[dict[str, Any]], path: str) -> bool:
     if "original" in arms and "s2sam" in arms:
       p = paired(arms["original"], arms["s2sam"])
       if p is not None:
-        series[key[:4]].append((key[4], p))
+        series[key[:4] + key[5:]].append((key[4], p))
   series = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
   if not series:
     return False
@@ -233,12 +245,13 @@ def plot_gain_vs_sparsity(rows: list[dict[str, Any]], path: str) -> bool:
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  for (dataset, model, method, dist), points in sorted(series.items()):
+  for (dataset, model, method, dist, variant), points in sorted(series.items()):
     s = np.asarray([100 * x for x, _ in points])
     mean = np.asarray([100 * p.mean for _, p in points])
     low = np.asarray([100 * p.low for _, p in points])
     high = np.asarray([100 * p.high for _, p in points])
-    (line,) = ax.plot(s, mean, marker="o", label=f"{row_label(method, dist)} ({model})")
+    label = f"{row_label(method, dist, variant=variant)} ({model})"
+    (line,) = ax.plot(s, mean, marker="o", label=label)
     ax.fill_between(s, low, high, color=line.get_color(), alpha=0.2)
   ax.axhline(0.0, color="black", lw=0.8)
   ax.set_xlabel("sparsity (%)")
@@ -248,6 +261,56 @@ def plot_gain_vs_sparsity(rows: list[dict[str, Any]], path: str) -> bool:
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return True
+
+
+def rho_table(rows: list[dict[str, Any]]) -> str | None:
+  """S2-SAM's validation accuracy per rho (rows whose variant names a
+  ``rho=``) beside the original arm, and the rho with the best mean; None
+  when the study tuned no rho."""
+  tuned = [r for r in rows if "rho=" in _variant(r)]
+  if not tuned:
+    return None
+  levels = sorted({float(r["sparsity"]) for r in tuned})
+  by = collections.defaultdict(dict)
+  for r in rows:
+    by[(float(r["rho"]) if "rho=" in _variant(r) else None, float(r["sparsity"]))][r["seed"]] = (
+      float(r["final_test_accuracy"])
+    )
+  rhos = sorted({float(r["rho"]) for r in tuned})
+  md = [
+    "Validation accuracy (%, mean ± std over seeds; the held-out part of the training set)",
+    "",
+    "| rho | " + " | ".join(f"{s:g}" for s in levels) + " | mean |",
+    "|---|" + "---|" * (len(levels) + 1),
+  ]
+  means = {}
+  for rho in [None] + rhos:
+    cells = [by.get((rho, s), {}) for s in levels]
+    means[rho] = float(np.mean([np.mean(list(c.values())) for c in cells if c]))
+    label = "original" if rho is None else f"{rho:g}"
+    md.append(
+      f"| {label} | " + " | ".join(_mean_std(c) for c in cells) + f" | {100 * means[rho]:.2f} |"
+    )
+  best = max(rhos, key=lambda r: means[r])
+  md += ["", f"Best mean validation accuracy: rho = {best:g}."]
+  return "\n".join(md)
+
+
+def sweep_rows(sweep: list[dict[str, Any]], table1: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The sweep's methods at every sparsity: the sweep's own rows, table1's
+  rows of those methods, and table1's dense rows as each method's 0%."""
+  methods = {(r["method"], r["distribution"], _variant(r)) for r in sweep}
+  models = {r["model"] for r in sweep}
+  out = list(sweep)
+  for r in table1:
+    if r["model"] not in models:
+      continue
+    if (r["method"], r["distribution"], _variant(r)) in methods:
+      out.append(r)
+    elif r["method"] == "dense":
+      for method, dist, variant in methods:
+        out.append(dict(r, method=method, distribution=dist, variant=variant, sparsity=0.0))
+  return out
 
 
 def _write_csv(path: str, table: list[list[str]]) -> None:
@@ -270,6 +333,11 @@ def report_study(study_dir: str) -> list[str]:
   written += ["table.csv", "paired.csv"]
   if plot_gain_vs_sparsity(rows, os.path.join(study_dir, "gain_vs_sparsity.png")):
     written.append("gain_vs_sparsity.png")
+  rho = rho_table(rows)
+  if rho is not None:
+    with open(os.path.join(study_dir, "rho.md"), "w") as f:
+      f.write(rho + "\n")
+    written.append("rho.md")
   return written
 
 
@@ -291,6 +359,12 @@ def main(argv=None) -> int:
   for d in studies:
     files = report_study(os.path.join(args.results, d))
     print(f"{d}: {', '.join(files)}")
+  for sweep, table in (("sweep_mnist1d", "table1_mnist1d"),):
+    if sweep in studies and table in studies:
+      read = lambda d: read_runs(os.path.join(args.results, d, "runs.jsonl"))
+      path = os.path.join(args.results, sweep, "gain_vs_sparsity.png")
+      if plot_gain_vs_sparsity(sweep_rows(read(sweep), read(table)), path):
+        print(f"{sweep}: gain_vs_sparsity.png (with {table}'s 0/90/95/98%)")
   if not studies:
     print(f"no <study>/runs.jsonl under {args.results}")
   return 0

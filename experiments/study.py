@@ -284,9 +284,16 @@ def row(study_name: str, cell: Cell, summary: dict[str, Any], commit: str) -> di
   command = "python -m experiments.train " + " ".join(
     shlex.quote(a) for a in flags_to_argv(cell.flags)
   )
+  # the cell's name without its seed / sparsity / mode axes, e.g. "lt/prune=0.3"
+  variant = "/".join(
+    part
+    for part in cell.name.split("/")
+    if not part.startswith(("seed=", "sparsity=", "optimizer_mode="))
+  )
   return dict(
     study=study_name,
     cell=cell.name,
+    variant=variant,
     dataset=cfg["dataset"],
     model=cfg["model"],
     method=cfg["method"],

@@ -46,10 +46,8 @@ def _synthetic_rows():
 def test_paired_statistics_by_hand():
   rows, gains = _synthetic_rows()
   cells = report.by_cell(rows)
-  p = report.paired(
-    cells[("mnist1d", "m", "rigl", "erk", 0.9)]["original"],
-    cells[("mnist1d", "m", "rigl", "erk", 0.9)]["s2sam"],
-  )
+  key = ("mnist1d", "m", "rigl", "erk", 0.9, "rigl")  # a row without "variant": its method
+  p = report.paired(cells[key]["original"], cells[key]["s2sam"])
   mean = sum(gains) / 5
   sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / 4)
   half = 2.7764451 * sd / math.sqrt(5)
@@ -69,6 +67,19 @@ def test_report_writes_the_tables_and_figure(tmp_path):
   paired = (tmp_path / "t" / "paired.md").read_text()
   assert "| 4/5 |" in paired and "sam" in paired
   assert (tmp_path / "t" / "gain_vs_sparsity.png").stat().st_size > 1000
+
+
+def test_variants_of_one_cell_stay_apart(tmp_path):
+  # LT at one sparsity with two prune fractions: two table rows, never mixed
+  rows = [
+    dict(dataset="d", model="m", method="lt", distribution="erk", sparsity=0.9, mode=mode,
+         seed=seed, final_test_accuracy=acc + 0.01 * (mode == "s2sam"),
+         best_test_accuracy=acc, variant=f"lt/prune={f}")
+    for f, acc in ((0.2, 0.5), (0.4, 0.7)) for seed in (0, 1) for mode in ("original", "s2sam")
+  ]  # fmt: skip
+  md, _ = report.table1(rows)
+  assert "| LT [prune=0.2] | 50.00 ± 0.00 → 51.00 ± 0.00 (+1.00) |" in md
+  assert "| LT [prune=0.4] | 70.00 ± 0.00 → 71.00 ± 0.00 (+1.00) |" in md
 
 
 def test_a_study_runs_resumes_and_records_each_cell_once(tmp_path, monkeypatch):
@@ -127,3 +138,31 @@ def test_a_study_runs_resumes_and_records_each_cell_once(tmp_path, monkeypatch):
   monkeypatch.setattr(study, "training_path_hash", lambda: "changed")
   with pytest.raises(SystemExit, match="one commit"):
     study.run_study("tiny", cells, **kw)
+
+
+def _r(method, sparsity, mode, seed, acc, variant=None, **extra):
+  return dict(dataset="d", model="m", method=method, distribution="erk", sparsity=sparsity,
+              mode=mode, seed=seed, final_test_accuracy=acc, best_test_accuracy=acc,
+              variant=variant or method, rho=extra.pop("rho", 0.05), **extra)  # fmt: skip
+
+
+def test_rho_table_picks_the_best_mean_validation_accuracy():
+  rows = [_r("rigl", 0.9, "original", s, 0.60) for s in (0, 1)]
+  for rho, acc in ((0.02, 0.61), (0.1, 0.65), (0.5, 0.55)):
+    rows += [
+      _r("rigl", 0.9, "s2sam", s, acc + 0.01 * s, f"rigl/rho={rho}", rho=rho) for s in (0, 1)
+    ]
+  md = report.rho_table(rows)
+  assert "| 0.1 | 65.50 ± 0.71 | 65.50 |" in md and "| original | 60.00 ± 0.00 |" in md
+  assert md.endswith("rho = 0.1.")
+  assert report.rho_table([_r("rigl", 0.9, "original", 0, 0.6)]) is None
+
+
+def test_sweep_rows_join_table1s_levels_and_dense_as_zero():
+  sweep = [_r("rigl", 0.4, m, 0, 0.8) for m in ("original", "s2sam")]
+  table = [_r("rigl", 0.9, m, 0, 0.7) for m in ("original", "s2sam")]
+  table += [_r("dense", 0.0, m, 0, 0.9) for m in ("original", "s2sam")]
+  table += [_r("snip", 0.9, "original", 0, 0.5)]  # not a sweep method
+  rows = report.sweep_rows(sweep, table)
+  levels = sorted({(r["method"], r["sparsity"]) for r in rows})
+  assert levels == [("rigl", 0.0), ("rigl", 0.4), ("rigl", 0.9)]
