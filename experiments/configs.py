@@ -16,7 +16,7 @@ cell name may append both, ``table1/cifar10/resnet32/rigl-erk/0.95/s2sam``.
 prints the resolved values of a run; the provenance of each value is in the
 comments of this module.
 
-Provenance follows ``reference/sparse-methods.md`` (§3, §13): ``[code]`` values
+Provenance, in the comment beside each value: ``[code]`` values
 were read in the method's reference code, ``[paper]`` in its paper, and
 ``[UNCONFIRMED]`` ones are choices of ours where neither the S2-SAM code nor
 the method's code says what the S2-SAM paper used. The authors' repository
@@ -314,7 +314,8 @@ def _check_methods(cfg: TrainConfig, check) -> None:
 # --------------------------------------------------------------------------
 # Recipes. Each value carries its provenance in the comment next to it.
 
-# S2-SAM / MEST base recipe (reference §3.1, §13) [code].
+# S2-SAM / MEST base recipe [code]: jjsrf/SSAM-NEURIPS2024
+# scripts/run_mag_prune_irregular_sp_0.9.sh and main_prune_train.py's defaults.
 _MEST_BASE = dict(
   epochs=160,
   batch_size=64,
@@ -326,7 +327,8 @@ _MEST_BASE = dict(
   rho=0.05,
 )
 
-# GraSP-paper protocol for CIFAR (reference §10.6) [code]; SNIP trained so
+# GraSP-paper protocol for CIFAR [code] (alecwangcq/GraSP configs/cifar10/
+# resnet32/GraSP_98.json, main_prune_non_imagenet.py); SNIP trained so
 # [UNCONFIRMED]. wd: 1e-4 ResNet-32, 5e-4 VGG-19.
 _GRASP_CIFAR = dict(
   epochs=160,
@@ -427,7 +429,8 @@ _CIFAR_WD = {  # per model where the reference differs [code]
   ("grasp", "resnet32"): 1e-4,
 }
 
-# ImageNet ResNet-50 (reference §7.6, §8.3, §10.6, §11.6, §12.5).
+# ImageNet ResNet-50: RigL's recipe (google-research/rigl
+# rigl/imagenet_resnet/imagenet_train_eval.py), DSR's, GraSP's, OpenLTH's and Renda et al.'s, as named beside each.
 _RIGL_IMAGENET = dict(  # [code + paper]
   epochs=100,
   batch_size=4096,

@@ -267,7 +267,7 @@ def test_named_configs_resolve_and_carry_reference_values():
   for name in configs.list_configs():
     configs.validate(train.TrainConfig(**configs.get_config(name)))
   mest = configs.get_config("table1/cifar10/resnet32/mest-ems/0.95/s2sam")
-  # reference §3.1: 160 epochs, batch 64, lr 0.1 cosine to 4e-8, momentum 0.9, wd 1e-4
+  # the S2-SAM authors' scripts: 160 epochs, batch 64, lr 0.1 cosine to 4e-8, momentum 0.9, wd 1e-4
   assert (mest["epochs"], mest["batch_size"], mest["lr"], mest["schedule"]) == (
     160,
     64,
@@ -277,7 +277,7 @@ def test_named_configs_resolve_and_carry_reference_values():
   assert (mest["lr_end"], mest["momentum"], mest["weight_decay"]) == (4e-8, 0.9, 1e-4)
   assert (mest["sparsity"], mest["optimizer_mode"], mest["rho"]) == (0.95, "s2sam", 0.05)
   grasp = configs.get_config("table1/cifar100/vgg19/grasp")
-  # reference §10.6: step decay at 80/120, wd 5e-4 for VGG-19, T = 200
+  # GraSP's CIFAR configs: step decay at 80/120, wd 5e-4 for VGG-19, T = 200
   assert grasp["lr_milestones"] == (80, 120) and grasp["weight_decay"] == 5e-4
   assert grasp["grasp_temperature"] == 200.0
   with pytest.raises(ValueError, match="--config"):
