@@ -30,10 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from s2sam_jax._checks import is_traced
+
 MaskTree = Any
 
 
-def _is_none(x) -> bool:
+def is_none(x) -> bool:
+  """``is_leaf`` for mask trees: a ``None`` (dense) entry is a leaf."""
   return x is None
 
 
@@ -49,7 +52,7 @@ def map_masked(fn, masks: MaskTree, tree, *rest, dense_fn=None):
   def per_leaf(m, x, *r):
     return dense_fn(x, *r) if m is None else fn(m, x, *r)
 
-  return jax.tree.map(per_leaf, masks, tree, *rest, is_leaf=_is_none)
+  return jax.tree.map(per_leaf, masks, tree, *rest, is_leaf=is_none)
 
 
 def mask_tree(tree, masks: MaskTree | None):
@@ -84,10 +87,6 @@ def leaf_name(path) -> str:
   return repr(name) if name else "<root>"
 
 
-def _is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
-
-
 def check_mask_values(masks: MaskTree, name: str = "masks") -> None:
   """Raises ``ValueError`` naming ``name`` and the leaf unless every mask leaf
   is ``None``, a ``bool`` array, or a numeric array of exactly 0 and 1.
@@ -105,7 +104,7 @@ def check_mask_values(masks: MaskTree, name: str = "masks") -> None:
     ...
     ValueError: `masks` leaf 'w' is not a mask: ...
   """
-  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)
+  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)
   for path, m in flat:
     if m is None:
       continue
@@ -123,7 +122,7 @@ def check_mask_values(masks: MaskTree, name: str = "masks") -> None:
       )
     if jnp.issubdtype(dtype, jnp.bool_):
       continue
-    if _is_traced(m):
+    if is_traced(m):
       raise ValueError(
         f"{where} is a traced {dtype} array whose values cannot be checked "
         f"to be exactly 0 or 1 (e.g. under jit): give bool masks."
@@ -151,7 +150,7 @@ def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
   values are a mask (:func:`check_mask_values`: ``bool``, or numeric of
   exactly 0 and 1). Leaves are named by their :func:`path_str`.
   """
-  mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=_is_none)
+  mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=is_none)
   try:
     param_subtrees = mask_def.flatten_up_to(params)
   except (ValueError, TypeError) as e:
@@ -160,7 +159,7 @@ def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
       f"or None per leaf); got a mismatch: {e}"
     ) from None
   for path_leaf, m, p in zip(
-    jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)[0], mask_leaves, param_subtrees
+    jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)[0], mask_leaves, param_subtrees
   ):
     if m is None:
       continue
@@ -235,6 +234,56 @@ def keep_top_k(scores: jax.Array, k) -> jax.Array:
   need = k - jnp.sum(greater, dtype=jnp.int32)
   chosen = greater | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= need))
   return chosen.reshape(jnp.shape(scores))
+
+
+def bucket(n: int) -> int:
+  """Next power of two >= n: one compilation serves many layer sizes."""
+  return 1 << max(n - 1, 0).bit_length()
+
+
+_jit_keep_top_k = jax.jit(keep_top_k)
+
+
+def keep_top_k_host(scores, k: int):
+  """:func:`keep_top_k` for one-shot host-side use (mask construction).
+
+  Pads the flattened scores with ``-inf`` to a power-of-two length so that one
+  compilation serves many layer sizes; ties still go to the lower flat index
+  (padding comes last). Returns a bool array of ``scores``' shape.
+  """
+  flat = np.asarray(scores, dtype=np.float32).ravel()
+  n = flat.size
+  padded = np.full(bucket(n), -np.inf, np.float32)
+  padded[:n] = flat
+  keep = np.asarray(_jit_keep_top_k(padded, int(k)))[:n]
+  return jnp.asarray(keep.reshape(np.shape(scores)))
+
+
+def keep_top_k_global(scores, selected, k: int) -> MaskTree:
+  """Keeps the ``k`` highest ``scores`` among the ``selected`` leaves, ranked
+  together (leaves in ``jax.tree`` flatten order, so ties keep the lower
+  position in that order); ``None`` for the leaves not selected.
+
+  Args:
+    scores: a tree of score arrays.
+    selected: a tree of bools with the structure of ``scores``.
+    k: number of entries kept over all selected leaves.
+  """
+  score_leaves, treedef = jax.tree.flatten(scores)
+  flags = treedef.flatten_up_to(selected)
+  chosen = [np.asarray(s, np.float32).ravel() for s, f in zip(score_leaves, flags) if f]
+  if not chosen:
+    raise ValueError("No prunable leaves: `prunable` selected none of the params.")
+  kept = np.asarray(keep_top_k_host(np.concatenate(chosen), k))
+  out, start = [], 0
+  for s, f in zip(score_leaves, flags):
+    if not f:
+      out.append(None)
+      continue
+    size = int(np.size(s))
+    out.append(jnp.asarray(kept[start : start + size].reshape(np.shape(s))))
+    start += size
+  return jax.tree.unflatten(treedef, out)
 
 
 def count_active(masks: MaskTree):

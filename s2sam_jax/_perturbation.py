@@ -35,16 +35,14 @@ does not matter. For finite inputs the result is unchanged, bit for bit.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
@@ -137,28 +135,15 @@ def resolve_rho(rho: ScalarOrSchedule, count: jax.Array):
   return rho(count) if callable(rho) else rho
 
 
-def _is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
-
-
 def _concrete_float(x, name: str) -> float | None:
   """``float(x)`` for a concrete real scalar, ``None`` for a traced one;
   ``ValueError`` naming ``name`` for anything else."""
-  if _is_traced(x):
+  if _checks.is_traced(x):
     return None
-  if isinstance(x, bool) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.bool_)):
-    raise ValueError(f"`{name}` must be a real number; got {x!r}.")
-  if isinstance(x, numbers.Real):
-    return float(x)
-  try:
-    array = np.asarray(x)
-  except (TypeError, ValueError):
-    raise ValueError(f"`{name}` must be a real number; got {x!r}.") from None
-  if array.ndim != 0 or not (
-    jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)
-  ):
+  value = _checks.as_real(x)
+  if value is None:
     raise ValueError(f"`{name}` must be a real scalar; got {x!r}.")
-  return float(array)
+  return value
 
 
 def check_hyperparameters(rho: Any, eps: Any, eta: Any) -> None:

@@ -25,7 +25,6 @@ factored moments) cannot be zeroed elementwise and are left unchanged.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -34,16 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 from s2sam_jax.sparse import distributions
 
 MaskTree = _masks.MaskTree
 # A mask tree, or a function ``params -> mask tree`` called by ``init``.
 MasksOrFn = MaskTree | Callable[[Any], MaskTree]
-
-
-def _is_none(x) -> bool:
-  return x is None
 
 
 class SparseState(NamedTuple):
@@ -68,60 +63,6 @@ class DynamicSparseState(NamedTuple):
   masks: MaskTree
   inner_state: optax.OptState
   key: jax.Array
-
-
-# ----------------------------------------------------------------- validation
-
-
-def _is_number(x) -> bool:
-  return isinstance(x, numbers.Number) and not isinstance(x, bool)
-
-
-def check_sparsity(sparsity, name: str = "sparsity") -> float:
-  if not _is_number(sparsity) or not 0.0 <= float(sparsity) < 1.0:
-    raise ValueError(f"`{name}` must be a float in [0, 1); got {sparsity!r}.")
-  return float(sparsity)
-
-
-def check_distribution(distribution) -> str:
-  if distribution not in distributions.DISTRIBUTIONS:
-    raise ValueError(
-      f"`distribution` must be one of {distributions.DISTRIBUTIONS}; got {distribution!r}."
-    )
-  return distribution
-
-
-def check_int(value, name: str, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
-  return int(value)
-
-
-def check_open_fraction(value, name: str) -> float:
-  if not _is_number(value) or not 0.0 < float(value) < 1.0:
-    raise ValueError(f"`{name}` must be a float in (0, 1); got {value!r}.")
-  return float(value)
-
-
-def check_choice(value, name: str, choices) -> str:
-  if value not in choices:
-    raise ValueError(f"`{name}` must be one of {tuple(choices)}; got {value!r}.")
-  return value
-
-
-def raw_key(key) -> jax.Array:
-  """An int seed or a PRNG key (typed or raw) as a raw ``uint32`` key."""
-  if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-    return jax.random.PRNGKey(int(key))
-  try:
-    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
-  except (TypeError, ValueError):
-    raise ValueError(f"`key` must be an int seed or a JAX PRNG key; got {key!r}.") from None
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.key_data(key)
-  if key.dtype != jnp.uint32 or key.shape != (2,):
-    raise ValueError(f"`key` must be an int seed or a JAX PRNG key; got {key!r}.")
-  return key
 
 
 # ---------------------------------------------------------------- mask setup
@@ -164,7 +105,7 @@ def check_mask_source(sparsity, masks, name: str = "sparsity") -> None:
       f"{name}={sparsity!r}, masks={'given' if masks is not None else None}."
     )
   if sparsity is not None:
-    check_sparsity(sparsity, name)
+    _checks.check_sparsity(sparsity, name)
   check_user_masks(masks)
 
 
@@ -182,7 +123,7 @@ def layer_keys(key: jax.Array, n: int):
 
 def flatten_masked(masks: MaskTree, *trees):
   """``(treedef, mask_leaves, [leaves of each tree flattened up to masks])``."""
-  mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
+  mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=_masks.is_none)
   return treedef, mask_leaves, [treedef.flatten_up_to(t) for t in trees]
 
 

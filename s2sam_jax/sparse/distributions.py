@@ -58,16 +58,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
 Prunable = Callable[[Any, Any], bool]
-
-
-def _is_none(x) -> bool:
-  return x is None
-
 
 path_str = _masks.path_str
 
@@ -87,20 +82,13 @@ def count_for_density(n: int, density: float) -> int:
   n = int(n)
   if n < 0:
     raise ValueError(f"`n` must be >= 0; got {n}.")
-  density = float(density)
-  if not 0.0 <= density <= 1.0:
-    raise ValueError(f"`density` must be in [0, 1]; got {density}.")
+  density = _checks.check_density(density)
   return int(round(density * n))
 
 
-def _check_sparsity(sparsity, name="sparsity") -> float:
-  try:
-    sparsity = float(sparsity)
-  except (TypeError, ValueError):
-    raise ValueError(f"`{name}` must be a float in [0, 1); got {sparsity!r}.") from None
-  if not 0.0 <= sparsity < 1.0:
-    raise ValueError(f"`{name}` must be in [0, 1); got {sparsity}.")
-  return sparsity
+def check_distribution(distribution) -> str:
+  """One of :data:`DISTRIBUTIONS`, else ``ValueError`` naming `distribution`."""
+  return _checks.check_choice(distribution, "distribution", DISTRIBUTIONS)
 
 
 def compile_pattern(pattern, name: str) -> "re.Pattern":
@@ -131,18 +119,15 @@ def check_overrides(overrides, name: str = "overrides") -> dict:
       f"`{name}` must be a mapping {{regex: sparsity}}; got {overrides!r}."
     ) from None
   return {
-    compile_pattern(pattern, name): _check_sparsity(value, f"{name}[{pattern!r}]")
+    compile_pattern(pattern, name): _checks.check_sparsity(value, f"{name}[{pattern!r}]")
     for pattern, value in items
   }
 
 
 def check_power(power) -> float:
   """``power`` as a finite float ``>= 0``, else ``ValueError``."""
-  try:
-    value = float(power)
-  except (TypeError, ValueError):
-    value = math.nan
-  if not (value >= 0.0 and math.isfinite(value)):
+  value = _checks.as_real(power)
+  if value is None or not (value >= 0.0 and math.isfinite(value)):
     raise ValueError(f"`power` must be a finite float >= 0; got {power!r}.")
   return value
 
@@ -220,9 +205,8 @@ def layer_densities(
     >>> layer_densities(p, 0.5, 'uniform', overrides={'stem': 0.0})
     {'fc': 0.5, 'stem': None}
   """
-  sparsity = _check_sparsity(sparsity)
-  if distribution not in DISTRIBUTIONS:
-    raise ValueError(f"`distribution` must be one of {DISTRIBUTIONS}; got {distribution!r}.")
+  sparsity = _checks.check_sparsity(sparsity)
+  check_distribution(distribution)
   power = check_power(power)
   overrides = check_overrides(overrides)
 
@@ -286,7 +270,7 @@ def random_masks(key, params, densities):
     >>> int(m['w'].sum())
     5
   """
-  density_leaves, density_def = jax.tree.flatten(densities, is_leaf=_is_none)
+  density_leaves, density_def = jax.tree.flatten(densities, is_leaf=_masks.is_none)
   try:
     param_leaves = density_def.flatten_up_to(params)
   except (ValueError, TypeError) as e:
@@ -301,32 +285,9 @@ def random_masks(key, params, densities):
       continue
     shape = tuple(p.shape)
     n = int(np.prod(shape))
-    keep = _random_top_k(k, _bucket(n), n, count_for_density(n, d))
+    keep = _random_top_k(k, _masks.bucket(n), n, count_for_density(n, d))
     masks.append(jnp.asarray(np.asarray(keep)[:n].reshape(shape)))
   return jax.tree.unflatten(density_def, masks)
-
-
-def _bucket(n: int) -> int:
-  """Next power of two >= n: one compilation serves many layer sizes."""
-  return 1 << max(n - 1, 0).bit_length()
-
-
-def _keep_top_k_host(scores, k: int):
-  """``_masks.keep_top_k`` for one-shot host-side use (mask construction).
-
-  Pads the flattened scores with ``-inf`` to a power-of-two length so that one
-  compilation serves many layer sizes; ties still go to the lower flat index
-  (padding comes last). Returns a bool array of ``scores``' shape.
-  """
-  flat = np.asarray(scores, dtype=np.float32).ravel()
-  n = flat.size
-  padded = np.full(_bucket(n), -np.inf, np.float32)
-  padded[:n] = flat
-  keep = np.asarray(_jit_keep_top_k(padded, int(k)))[:n]
-  return jnp.asarray(keep.reshape(np.shape(scores)))
-
-
-_jit_keep_top_k = jax.jit(_masks.keep_top_k)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -35,16 +35,15 @@ last start ``<= t``, as DSR's ``(i + current_iteration) % rewire_period``.
 
 from __future__ import annotations
 
-import numbers
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 from s2sam_jax.sparse import _wrapper, distributions
 
 # DSR's N_target is 20,000 weights for WRN-28-2 on CIFAR-10 at 90% sparsity
@@ -150,14 +149,14 @@ def dsr_topology_update(masks, params, threshold, target_count, key):
 def _check_period_schedule(update_every) -> dict:
   """``update_every`` (int or start step -> period) as a checked dict."""
   if not isinstance(update_every, Mapping):
-    return {0: _wrapper.check_int(update_every, "update_every", 1)}
+    return {0: _checks.check_int(update_every, "update_every", 1)}
   if 0 not in update_every:
     raise ValueError(
       "`update_every` as a schedule must map step 0 to the "
       f"first period; got {dict(update_every)!r}."
     )
   return {
-    _wrapper.check_int(s, "update_every (start step)", 0): _wrapper.check_int(
+    _checks.check_int(s, "update_every (start step)", 0): _checks.check_int(
       p, "update_every (period)", 1
     )
     for s, p in sorted(update_every.items())
@@ -228,22 +227,18 @@ def dsr(
   """
   _wrapper.check_mask_source(sparsity, masks)
   _wrapper.check_density_args(power, overrides)
-  _wrapper.check_distribution(distribution)
+  distributions.check_distribution(distribution)
   periods = _check_period_schedule(update_every)
   if end_step is not None:
-    _wrapper.check_int(end_step, "end_step", 1)
+    _checks.check_int(end_step, "end_step", 1)
   if target_count is None:
-    _wrapper.check_open_fraction(target_fraction, "target_fraction")
+    _checks.check_open_fraction(target_fraction, "target_fraction")
   else:
-    _wrapper.check_int(target_count, "target_count", 1)
-  if not (
-    isinstance(init_threshold, numbers.Real)
-    and not isinstance(init_threshold, bool)
-    and init_threshold > 0
-    and np.isfinite(init_threshold)
-  ):
+    _checks.check_int(target_count, "target_count", 1)
+  threshold = _checks.as_real(init_threshold)
+  if threshold is None or not (threshold > 0 and math.isfinite(threshold)):
     raise ValueError(f"`init_threshold` must be a finite float > 0; got {init_threshold!r}.")
-  key = _wrapper.raw_key(key)
+  key = _checks.raw_key(key)
 
   def init(params):
     mask_key, state_key = jax.random.split(key)

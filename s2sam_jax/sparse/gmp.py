@@ -22,10 +22,37 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 from s2sam_jax.sparse import _wrapper, distributions
+
+
+def gmp_remaining(t, begin_step: int, end_step: int, xp=np):
+  """``(1 − p)³`` with ``p = clip((t − t0)/(end − t0), 0, 1)``: the part of
+  the pruning still ahead at step ``t`` (1 up to ``t0``, 0 from ``end``).
+
+  The one formula of the schedule: ``xp=numpy`` on the host in float64 (``t``
+  a number or an array), ``xp=jax.numpy`` with a float32 ``t`` (may be traced).
+  """
+  p = xp.clip((t - begin_step) / float(end_step - begin_step), 0.0, 1.0)
+  return (1.0 - p) ** 3
+
+
+def gmp_pruning_steps(update_every: int, begin_step: int, end_step: int) -> list[int]:
+  """The pruning steps ``t0, t0 + Δt, ... (< end), end``."""
+  n_updates = -(-(end_step - begin_step) // update_every)  # ceil
+  return [min(begin_step + j * update_every, end_step) for j in range(n_updates + 1)]
+
+
+def check_gmp_schedule(initial_sparsity, begin_step, end_step, final_sparsity=None) -> None:
+  """``ValueError`` unless the sparsities are in ``[0, 1)`` (``s_i <= s_f``
+  when ``final_sparsity`` is given) and ``end_step > begin_step >= 0``."""
+  if final_sparsity is not None:
+    _checks.check_sparsity(final_sparsity, "final_sparsity")
+  _checks.check_sparsity(initial_sparsity, "initial_sparsity")
+  _checks.check_step_range(begin_step, end_step, end_required=True)
 
 
 def gmp_sparsity(t, final_sparsity, initial_sparsity, begin_step, end_step):
@@ -39,23 +66,15 @@ def gmp_sparsity(t, final_sparsity, initial_sparsity, begin_step, end_step):
     >>> round(float(gmp_sparsity(50, 0.9, 0.0, 0, 100)), 4)
     0.7875
   """
-  _check_schedule(final_sparsity, initial_sparsity, begin_step, end_step)
-  p = jnp.clip((jnp.asarray(t, jnp.float32) - begin_step) / float(end_step - begin_step), 0.0, 1.0)
-  return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
-
-
-def _check_schedule(final_sparsity, initial_sparsity, begin_step, end_step):
-  _wrapper.check_sparsity(final_sparsity, "final_sparsity")
-  _wrapper.check_sparsity(initial_sparsity, "initial_sparsity")
-  _wrapper.check_int(begin_step, "begin_step", 0)
-  if _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(f"`end_step` must be > begin_step={begin_step}; got {end_step}.")
+  check_gmp_schedule(initial_sparsity, begin_step, end_step, final_sparsity)
+  remaining = gmp_remaining(jnp.asarray(t, jnp.float32), begin_step, end_step, jnp)
+  return final_sparsity + (initial_sparsity - final_sparsity) * remaining
 
 
 def gmp_sparsity_np(t, final_sparsity, initial_sparsity, begin_step, end_step):
   """:func:`gmp_sparsity` in float64 on the host."""
-  p = min(max((t - begin_step) / (end_step - begin_step), 0.0), 1.0)
-  return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - p) ** 3
+  remaining = gmp_remaining(t, begin_step, end_step)
+  return final_sparsity + (initial_sparsity - final_sparsity) * remaining
 
 
 def gmp(
@@ -100,16 +119,14 @@ def gmp(
     >>> int(state.masks['w'].sum()), float(p['w'][0, 9]), float(p['w'][9, 9])
     (10, 0.0, 100.0)
   """
-  sparsity = _wrapper.check_sparsity(sparsity)
-  initial_sparsity = _wrapper.check_sparsity(initial_sparsity, "initial_sparsity")
+  sparsity = _checks.check_sparsity(sparsity)
+  initial_sparsity = _checks.check_sparsity(initial_sparsity, "initial_sparsity")
   if initial_sparsity > sparsity:
     raise ValueError(f"`initial_sparsity` must be <= sparsity={sparsity}; got {initial_sparsity}.")
-  _wrapper.check_distribution(distribution)
+  distributions.check_distribution(distribution)
   _wrapper.check_density_args(power, overrides)
-  _wrapper.check_int(update_every, "update_every", 1)
-  _wrapper.check_int(begin_step, "begin_step", 0)
-  if _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(f"`end_step` must be > begin_step={begin_step}; got {end_step}.")
+  _checks.check_int(update_every, "update_every", 1)
+  _checks.check_step_range(begin_step, end_step, end_required=True)
 
   def final_densities(params):
     # From shapes only, so a state restored from a checkpoint needs nothing else.
@@ -123,7 +140,7 @@ def gmp(
       lambda d, p: None if d is None else jnp.ones(jnp.shape(p), bool),
       densities,
       params,
-      is_leaf=lambda x: x is None,
+      is_leaf=_masks.is_none,
     )
     return masks, {}
 
@@ -131,8 +148,8 @@ def gmp(
     in_range = (t >= begin_step) & (t <= end_step)
     return in_range & (((t - begin_step) % update_every == 0) | (t == end_step))
 
-  n_updates = -(-(end_step - begin_step) // update_every)  # ceil
-  update_steps = [min(begin_step + j * update_every, end_step) for j in range(n_updates + 1)]
+  update_steps = gmp_pruning_steps(update_every, begin_step, end_step)
+  n_updates = len(update_steps) - 1
 
   def keep_table(size, density):
     # Exact counts on the host (float64, round half to even) per update step.

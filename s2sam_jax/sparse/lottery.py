@@ -45,28 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2sam_jax import _masks
-from s2sam_jax.sparse.distributions import (
-  Prunable,
-  _check_sparsity,
-  _keep_top_k_host,
-  count_for_density,
-  default_prunable,
-)
-from s2sam_jax.sparse.pruning_at_init import _global_masks
-
-SCOPES = ("global", "layer")
-
-
-def _is_none(x) -> bool:
-  return x is None
-
-
-def _check_fraction(value, name: str) -> float:
-  value = float(value)
-  if not 0.0 < value < 1.0:
-    raise ValueError(f"`{name}` must be in (0, 1); got {value}.")
-  return value
+from s2sam_jax import _checks, _masks
+from s2sam_jax.sparse.distributions import Prunable, count_for_density, default_prunable
+from s2sam_jax.sparse.pruning_at_init import SCOPES
 
 
 def imp_schedule(target_sparsity: float, prune_fraction: float = 0.2) -> list[float]:
@@ -80,8 +61,8 @@ def imp_schedule(target_sparsity: float, prune_fraction: float = 0.2) -> list[fl
     >>> [round(s, 4) for s in imp_schedule(0.5)]
     [0.2, 0.36, 0.488, 0.5]
   """
-  target = _check_sparsity(target_sparsity, "target_sparsity")
-  p = _check_fraction(prune_fraction, "prune_fraction")
+  target = _checks.check_sparsity(target_sparsity, "target_sparsity")
+  p = _checks.check_open_fraction(prune_fraction, "prune_fraction")
   if target == 0.0:
     return []
   rounds = math.ceil(math.log(1.0 - target) / math.log(1.0 - p) - 1e-9)
@@ -133,10 +114,11 @@ def imp_next_round(
     ``(next_masks, start_params)`` with ``start_params = next_masks ⊙ (rewind
     or trained params)``.
   """
-  p = _check_fraction(prune_fraction, "prune_fraction")
-  if scope not in SCOPES:
-    raise ValueError(f"`scope` must be one of {SCOPES}; got {scope!r}.")
-  target = None if target_sparsity is None else _check_sparsity(target_sparsity, "target_sparsity")
+  p = _checks.check_open_fraction(prune_fraction, "prune_fraction")
+  _checks.check_choice(scope, "scope", SCOPES)
+  target = (
+    None if target_sparsity is None else _checks.check_sparsity(target_sparsity, "target_sparsity")
+  )
   if masks is None:
     masks = dense_masks(trained_params, prunable)
   _masks.validate_masks(masks, trained_params)
@@ -164,20 +146,22 @@ def imp_next_round(
     mask_leaves = jax.tree.leaves(masks)
     n_active = sum(int(np.sum(np.asarray(m))) for m in mask_leaves)
     size = sum(int(np.size(m)) for m in mask_leaves)
-    selected = jax.tree.map(lambda m: m is not None, masks, is_leaf=_is_none)
-    next_masks = _global_masks(
+    selected = jax.tree.map(lambda m: m is not None, masks, is_leaf=_masks.is_none)
+    next_masks = _masks.keep_top_k_global(
       jax.tree.map(
         lambda s, w: np.zeros(np.shape(w)) if s is None else s,
         scores,
         trained_params,
-        is_leaf=_is_none,
+        is_leaf=_masks.is_none,
       ),
       selected,
       keep_count(n_active, size),
     )
   else:
     next_masks = _masks.map_masked(
-      lambda m, s: _keep_top_k_host(s, keep_count(int(np.sum(np.asarray(m))), int(np.size(m)))),
+      lambda m, s: _masks.keep_top_k_host(
+        s, keep_count(int(np.sum(np.asarray(m))), int(np.size(m)))
+      ),
       masks,
       scores,
       dense_fn=lambda x: None,

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 from s2sam_jax.sparse import _wrapper, distributions
 
 VARIANTS = ("em", "ems")
@@ -103,9 +103,9 @@ def profile_offsets(variant: str, sparsity: float, model: str = "resnet32"):
     >>> sparse.mest_profile_offsets("ems", 0.98, model="vgg19")
     ((0.0, 0.0, 0.0), (-0.05, -0.025, 0.0))
   """
-  _wrapper.check_choice(variant, "variant", VARIANTS)
-  _wrapper.check_choice(model, "model", PROFILE_MODELS)
-  sparsity = _wrapper.check_sparsity(sparsity)
+  _checks.check_choice(variant, "variant", VARIANTS)
+  _checks.check_choice(model, "model", PROFILE_MODELS)
+  sparsity = _checks.check_sparsity(sparsity)
   levels = sorted(s for (m, v, s) in PROFILES if m == model and v == variant)
   nearest = min(levels, key=lambda s: (abs(s - sparsity), -s))
   low, up = PROFILES[model, variant, nearest]
@@ -189,12 +189,12 @@ def check_layer_bounds(masks, prune_offsets, grow_offsets) -> None:
   active weight (``c − round(δL_k N) < 1``) or more than it has
   (``c − round(δU_k N) > N``), ``c`` its active weights. Traced masks
   (``init`` under jit) cannot be checked; their counts are clipped."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda x: x is None)
+  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=_masks.is_none)
   for path, m in flat:
     if m is None or isinstance(m, jax.core.Tracer):
       continue
     size, count = _wrapper.leaf_size(m), int(jnp.sum(m))
-    name = distributions.path_str(path)
+    name = _masks.path_str(path)
     for k, (low, up) in enumerate(zip(prune_offsets, grow_offsets)):
       keep, grow_to = count - round(low * size), count - round(up * size)
       if keep < 1:
@@ -271,16 +271,16 @@ def mest(
   """
   _wrapper.check_mask_source(sparsity, masks)
   _wrapper.check_density_args(power, overrides)
-  _wrapper.check_choice(variant, "variant", VARIANTS)
-  _wrapper.check_distribution(distribution)
-  _wrapper.check_int(update_every, "update_every", 1)
+  _checks.check_choice(variant, "variant", VARIANTS)
+  distributions.check_distribution(distribution)
+  _checks.check_int(update_every, "update_every", 1)
   decay_steps = tuple(decay_steps)
   for s in decay_steps:
-    _wrapper.check_int(s, "decay_steps", 0)
+    _checks.check_int(s, "decay_steps", 0)
   if list(decay_steps) != sorted(set(decay_steps)):
     raise ValueError(f"`decay_steps` must be strictly increasing; got {decay_steps}.")
   if end_step is not None:
-    _wrapper.check_int(end_step, "end_step", 0)
+    _checks.check_int(end_step, "end_step", 0)
   n_phases = len(decay_steps) + 1
   defaults = prune_offsets is None or grow_offsets is None
   if defaults and n_phases != 3:
@@ -312,7 +312,7 @@ def mest(
 
   # Known now, unless the defaults depend on the masks that init makes.
   offsets = resolve_offsets(sparsity) if sparsity is not None or not defaults else None
-  key = _wrapper.raw_key(key)
+  key = _checks.raw_key(key)
 
   def init(params):
     mask_key, state_key = jax.random.split(key)

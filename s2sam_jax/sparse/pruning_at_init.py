@@ -54,30 +54,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2sam_jax import _masks
-from s2sam_jax.sparse.distributions import (
-  Prunable,
-  _check_sparsity,
-  _keep_top_k_host,
-  count_for_density,
-  default_prunable,
-)
+from s2sam_jax import _checks, _masks
+from s2sam_jax.sparse.distributions import Prunable, count_for_density, default_prunable
 
+# How masks are ranked: each leaf separately, or all leaves together.
 SCOPES = ("layer", "global")
-
-
-def _is_none(x) -> bool:
-  return x is None
-
-
-def _is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
 
 
 def _check_finite_loss(loss, what: str) -> None:
   """``ValueError`` if a concrete ``loss`` is NaN or ±inf: every score would
   be NaN, and NaN scores rank last, so whole layers would be cut."""
-  if _is_traced(loss):
+  if _checks.is_traced(loss):
     return
   value = float(np.asarray(loss))
   if not math.isfinite(value):
@@ -92,7 +79,7 @@ def _check_finite_scores(scores, what: str, cause: str) -> None:
   """``ValueError`` naming the first leaf of concrete ``scores`` with a NaN or
   ±inf entry."""
   for path, s in jax.tree_util.tree_flatten_with_path(scores)[0]:
-    if _is_traced(s):
+    if _checks.is_traced(s):
       continue
     values = np.asarray(s, np.float32)
     bad = int(np.sum(~np.isfinite(values)))
@@ -110,25 +97,6 @@ def _prunable_flags(params, prunable: Prunable):
   return jax.tree.unflatten(treedef, [bool(prunable(p, x)) for p, x in leaves_with_path])
 
 
-def _global_masks(scores, selected, keep: int):
-  """Keeps the ``keep`` highest scores among ``selected`` leaves, ranked together."""
-  score_leaves, treedef = jax.tree.flatten(scores)
-  flags = treedef.flatten_up_to(selected)
-  chosen = [np.asarray(s, np.float32).ravel() for s, f in zip(score_leaves, flags) if f]
-  if not chosen:
-    raise ValueError("No prunable leaves: `prunable` selected none of the params.")
-  kept = np.asarray(_keep_top_k_host(np.concatenate(chosen), keep))
-  out, start = [], 0
-  for s, f in zip(score_leaves, flags):
-    if not f:
-      out.append(None)
-      continue
-    size = int(np.size(s))
-    out.append(jnp.asarray(kept[start : start + size].reshape(np.shape(s))))
-    start += size
-  return jax.tree.unflatten(treedef, out)
-
-
 def _total_size(params, selected) -> int:
   leaves, treedef = jax.tree.flatten(params)
   return sum(int(np.size(x)) for x, f in zip(leaves, treedef.flatten_up_to(selected)) if f)
@@ -141,13 +109,13 @@ def _layer_masks(scores, densities):
   def per_leaf(d, s):
     if d is None:
       return None
-    return _keep_top_k_host(s, count_for_density(int(np.size(s)), d))
+    return _masks.keep_top_k_host(s, count_for_density(int(np.size(s)), d))
 
-  return jax.tree.map(per_leaf, densities, scores, is_leaf=_is_none)
+  return jax.tree.map(per_leaf, densities, scores, is_leaf=_masks.is_none)
 
 
 def _check_densities(densities, params) -> None:
-  leaves, treedef = jax.tree.flatten(densities, is_leaf=_is_none)
+  leaves, treedef = jax.tree.flatten(densities, is_leaf=_masks.is_none)
   try:
     treedef.flatten_up_to(params)
   except (ValueError, TypeError) as e:
@@ -156,8 +124,9 @@ def _check_densities(densities, params) -> None:
       f"None per leaf); got a mismatch: {e}"
     ) from None
   for d in leaves:
-    if d is not None and not 0.0 <= float(d) <= 1.0:
-      raise ValueError(f"`densities` entries must be in [0, 1] or None; got {d}.")
+    x = None if d is None else _checks.as_real(d)
+    if d is not None and (x is None or not 0.0 <= x <= 1.0):
+      raise ValueError(f"`densities` entries must be floats in [0, 1] or None; got {d!r}.")
 
 
 def _layer_or_global(scores, params, sparsity, densities, prunable, what):
@@ -169,10 +138,10 @@ def _layer_or_global(scores, params, sparsity, densities, prunable, what):
     )
   if densities is not None:
     return _layer_masks(scores, densities)
-  sparsity = _check_sparsity(sparsity)
+  sparsity = _checks.check_sparsity(sparsity)
   selected = _prunable_flags(params, prunable)
   keep = count_for_density(_total_size(params, selected), 1.0 - sparsity)
-  return _global_masks(scores, selected, keep)
+  return _masks.keep_top_k_global(scores, selected, keep)
 
 
 def magnitude_masks(
@@ -205,8 +174,7 @@ def magnitude_masks(
     Array([[ True, False],
            [False,  True]], dtype=bool)
   """
-  if scope not in SCOPES:
-    raise ValueError(f"`scope` must be one of {SCOPES}; got {scope!r}.")
+  _checks.check_choice(scope, "scope", SCOPES)
   scores = jax.tree.map(lambda w: np.abs(np.asarray(w, np.float32)), params)
   _check_finite_scores(scores, "magnitude_masks", "`params` (|w|)")
   if scope == "global":
@@ -216,7 +184,7 @@ def magnitude_masks(
       raise ValueError("scope='global' needs `sparsity` in [0, 1).")
     return _layer_or_global(scores, params, sparsity, None, prunable, "magnitude_masks")
   if densities is None and sparsity is not None:
-    sparsity = _check_sparsity(sparsity)
+    sparsity = _checks.check_sparsity(sparsity)
     densities = jax.tree.map(
       lambda f: (1.0 - sparsity) if f else None, _prunable_flags(params, prunable)
     )
@@ -314,9 +282,9 @@ def grasp_masks(
   A loss or score that is not finite is a ``ValueError`` (NaN scores would
   rank last and silently cut whole layers).
   """
-  sparsity = _check_sparsity(sparsity)
+  sparsity = _checks.check_sparsity(sparsity)
   scores = grasp_scores(loss_fn, params, batch, temperature)
   selected = _prunable_flags(params, prunable)
   n_total = _total_size(params, selected)
   negated = jax.tree.map(lambda s: -np.asarray(s, np.float32), scores)
-  return _global_masks(negated, selected, n_total - int(sparsity * n_total))
+  return _masks.keep_top_k_global(negated, selected, n_total - int(sparsity * n_total))

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 from s2sam_jax.sparse import _wrapper, distributions
 
 DROP_SCHEDULES = ("cosine", "constant")
@@ -59,16 +59,13 @@ def drop_fraction_schedule(
     >>> round(float(f(50)), 4)
     0.15
   """
-  _wrapper.check_choice(schedule, "drop_schedule", DROP_SCHEDULES)
-  alpha = _wrapper.check_open_fraction(drop_fraction, "drop_fraction")
+  _checks.check_choice(schedule, "drop_schedule", DROP_SCHEDULES)
+  alpha = _checks.check_open_fraction(drop_fraction, "drop_fraction")
   if schedule == "constant":
     return lambda t: jnp.full([], alpha, jnp.float32)
-  _wrapper.check_int(begin_step, "begin_step", 0)
-  if end_step is None or _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(
-      f"`end_step` must be an integer > begin_step={begin_step} "
-      f"for the cosine schedule; got {end_step!r}."
-    )
+  _checks.check_step_range(
+    begin_step, end_step, end_required=True, why=" with drop_schedule='cosine'"
+  )
   span = float(end_step - begin_step)
 
   def cosine(t):
@@ -91,17 +88,12 @@ def periodic_update_steps(update_every: int, begin_step: int, end_step: int | No
 
 
 def check_schedule_args(update_every, drop_fraction, begin_step, end_step, drop_schedule):
-  _wrapper.check_int(update_every, "update_every", 1)
-  _wrapper.check_open_fraction(drop_fraction, "drop_fraction")
-  _wrapper.check_int(begin_step, "begin_step", 0)
-  _wrapper.check_choice(drop_schedule, "drop_schedule", DROP_SCHEDULES)
-  if end_step is None:
-    if drop_schedule == "cosine":
-      raise ValueError(
-        "`end_step` is required with drop_schedule='cosine' (an integer > begin_step)."
-      )
-  elif _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(f"`end_step` must be > begin_step={begin_step}; got {end_step}.")
+  _checks.check_int(update_every, "update_every", 1)
+  _checks.check_open_fraction(drop_fraction, "drop_fraction")
+  _checks.check_choice(drop_schedule, "drop_schedule", DROP_SCHEDULES)
+  _checks.check_step_range(
+    begin_step, end_step, end_required=drop_schedule == "cosine", why=" with drop_schedule='cosine'"
+  )
 
 
 def swap_count(fraction, n_active):
@@ -155,9 +147,9 @@ def prune_regrow_wrapper(
   """Shared constructor of :func:`rigl` and :func:`set_`."""
   _wrapper.check_mask_source(sparsity, masks)
   _wrapper.check_density_args(power, overrides)
-  _wrapper.check_distribution(distribution)
+  distributions.check_distribution(distribution)
   check_schedule_args(update_every, drop_fraction, begin_step, end_step, drop_schedule)
-  key = _wrapper.raw_key(key)
+  key = _checks.raw_key(key)
   fraction_fn = drop_fraction_schedule(drop_fraction, begin_step, end_step, drop_schedule)
 
   def init(params):

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import optax
 
+from s2sam_jax import _checks
 from s2sam_jax.sparse import _wrapper, distributions
 
 
@@ -104,10 +105,10 @@ def static_random(
     >>> int(tx.init({'w': jnp.ones((4, 4))}).masks['w'].sum())
     4
   """
-  sparsity = _wrapper.check_sparsity(sparsity)
-  _wrapper.check_distribution(distribution)
+  sparsity = _checks.check_sparsity(sparsity)
+  distributions.check_distribution(distribution)
   _wrapper.check_density_args(power, overrides)
-  key = _wrapper.raw_key(key)
+  key = _checks.raw_key(key)
 
   def masks_fn(params):
     return _wrapper.initial_masks(
