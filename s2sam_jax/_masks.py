@@ -40,19 +40,57 @@ def is_none(x) -> bool:
   return x is None
 
 
-def map_masked(fn, masks: MaskTree, tree, *rest, dense_fn=None):
+def map_masked(fn, masks: MaskTree, tree, *rest, dense_fn=None, key=None):
   """Maps ``fn(mask, leaf, *rest_leaves)`` over masked leaves.
 
   Dense leaves (mask ``None``) get ``dense_fn(leaf, *rest_leaves)``, by default
-  the leaf itself unchanged.
+  the leaf itself unchanged. ``tree`` and ``rest`` are flattened up to the
+  structure of ``masks``.
+
+  With ``key`` (a PRNG key), ``fn`` also gets ``jax.random.fold_in(key, i)``
+  as its last argument, ``i`` the leaf's position among the flattened mask
+  leaves (dense leaves counted): independent randomness per layer.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> masks = {'w': jnp.array([True, False]), 'b': None}
+    >>> map_masked(lambda m, x: jnp.where(m, x, 0.), masks, {'w': jnp.ones(2), 'b': 5.})
+    {'b': 5.0, 'w': Array([1., 0.], dtype=float32)}
   """
   if dense_fn is None:
     dense_fn = lambda x, *_: x
+  mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=is_none)
+  others = [treedef.flatten_up_to(t) for t in (tree, *rest)]
+  out = []
+  for i, (m, *xs) in enumerate(zip(mask_leaves, *others)):
+    if m is None:
+      out.append(dense_fn(*xs))
+    elif key is None:
+      out.append(fn(m, *xs))
+    else:
+      out.append(fn(m, *xs, jax.random.fold_in(key, i)))
+  return jax.tree.unflatten(treedef, out)
 
-  def per_leaf(m, x, *r):
-    return dense_fn(x, *r) if m is None else fn(m, x, *r)
 
-  return jax.tree.map(per_leaf, masks, tree, *rest, is_leaf=is_none)
+def per_layer(fn, masks: MaskTree, *trees, key=None):
+  """``fn(mask, *leaves[, key])`` per masked leaf (as :func:`map_masked`),
+  ``None`` where ``masks`` is dense: e.g. a topology update's new masks.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> masks = {'w': jnp.array([True, False, True]), 'b': None}
+    >>> per_layer(lambda m: int(m.sum()), masks)
+    {'b': None, 'w': 2}
+  """
+  per_leaf = lambda m, _, *xs: fn(m, *xs)
+  return map_masked(per_leaf, masks, masks, *trees, dense_fn=lambda *_: None, key=key)
+
+
+def fill_layers(masks: MaskTree, values):
+  """A tree of ``masks``' structure with ``values[j]`` at the ``j``-th masked
+  leaf (flatten order) and ``None`` at dense leaves."""
+  values = iter(values)
+  return per_layer(lambda m: next(values), masks)
 
 
 def mask_tree(tree, masks: MaskTree | None):
@@ -288,4 +326,4 @@ def keep_top_k_global(scores, selected, k: int) -> MaskTree:
 
 def count_active(masks: MaskTree):
   """Number of active entries per masked leaf (``None`` for dense leaves)."""
-  return map_masked(lambda m, x: jnp.sum(m, dtype=jnp.int32), masks, masks, dense_fn=lambda x: None)
+  return per_layer(lambda m: jnp.sum(m, dtype=jnp.int32), masks)

@@ -116,17 +116,6 @@ def check_density_args(power, overrides) -> None:
   distributions.check_overrides(overrides)
 
 
-def layer_keys(key: jax.Array, n: int):
-  """``n`` independent raw keys derived from ``key``."""
-  return [jax.random.fold_in(key, i) for i in range(n)]
-
-
-def flatten_masked(masks: MaskTree, *trees):
-  """``(treedef, mask_leaves, [leaves of each tree flattened up to masks])``."""
-  mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=_masks.is_none)
-  return treedef, mask_leaves, [treedef.flatten_up_to(t) for t in trees]
-
-
 # ----------------------------------------------------------- state handling
 
 
@@ -278,6 +267,9 @@ def get_masks(state) -> MaskTree | None:
   return _masks.find_masks(state)
 
 
+# ------------------------------------------------ per-layer topology steps
+
+
 def drop_scores(weights, mask):
   """|w| on active entries, -1 on inactive ones (never kept before active)."""
   w = jnp.abs(jnp.asarray(weights, jnp.float32))
@@ -288,6 +280,16 @@ def grow_scores(scores, kept):
   """``scores`` (>= 0) on entries not kept, -1 on kept ones."""
   s = jnp.nan_to_num(jnp.asarray(scores, jnp.float32), nan=0.0, posinf=jnp.finfo(jnp.float32).max)
   return jnp.where(kept, -1.0, s)
+
+
+def keep_largest(weights, mask, k):
+  """The ``k`` active entries of largest ``|w|`` (a mask; NaN ranks as 0)."""
+  return _masks.keep_top_k(drop_scores(weights, mask), k)
+
+
+def grow(kept, scores, k):
+  """The ``k`` entries outside ``kept`` of largest ``scores`` (>= 0)."""
+  return _masks.keep_top_k(grow_scores(scores, kept), k)
 
 
 def leaf_size(mask) -> int:

@@ -118,32 +118,39 @@ def adapt_threshold(threshold, removed, target_count):
   )
 
 
+def _survivors(m, w, threshold):
+  """DSR's drop in one layer: the active ``|w| >= H`` survive, and at least
+  the largest-|w| one of a non-empty layer."""
+  w = jnp.abs(jnp.asarray(w, jnp.float32))
+  keep = m & (w >= threshold)
+  largest = _wrapper.keep_largest(w, m, 1) & m
+  return keep | (largest & ~jnp.any(keep))
+
+
+def _regrow(m, survivors, dropped, quota, key):
+  """``quota`` random inactive positions of one layer, the just-dropped ones
+  only if the layer has no other room."""
+  u = jax.random.uniform(key, m.shape)
+  # Inactive, not just dropped: [0, 1); just dropped: [-1, 0); kept: -2.
+  scores = jnp.where(survivors, -2.0, jnp.where(dropped, u - 1.0, u))
+  return survivors | _masks.keep_top_k(scores, quota)
+
+
 def dsr_topology_update(masks, params, threshold, target_count, key):
   """One DSR rewire; returns ``(masks, new_threshold, K)``."""
-  treedef, mask_leaves, (param_leaves,) = _wrapper.flatten_masked(masks, params)
-  layers = [i for i, m in enumerate(mask_leaves) if m is not None]
-  if not layers:
+  if not jax.tree.leaves(masks):
     return masks, threshold, jnp.zeros([], jnp.int32)
   grow_key, alloc_key = jax.random.split(key)
-  survivors, dropped = {}, {}
-  for i in layers:
-    m, w = mask_leaves[i], jnp.abs(jnp.asarray(param_leaves[i], jnp.float32))
-    keep = m & (w >= threshold)
-    largest = _masks.keep_top_k(_wrapper.drop_scores(w, m), 1) & m
-    survivors[i] = keep | (largest & ~jnp.any(keep))
-    dropped[i] = m & ~survivors[i]
-  n = jnp.stack([jnp.sum(survivors[i], dtype=jnp.int32) for i in layers])
-  removed = sum(jnp.sum(dropped[i], dtype=jnp.int32) for i in layers)
-  sizes = jnp.asarray([_wrapper.leaf_size(mask_leaves[i]) for i in layers], jnp.int32)
+  survivors = _masks.per_layer(lambda m, w: _survivors(m, w, threshold), masks, params)
+  dropped = _masks.per_layer(lambda m, s: m & ~s, masks, survivors)
+  n = jnp.stack([jnp.sum(s, dtype=jnp.int32) for s in jax.tree.leaves(survivors)])
+  removed = sum(jnp.sum(d, dtype=jnp.int32) for d in jax.tree.leaves(dropped))
+  sizes = jnp.asarray([_wrapper.leaf_size(m) for m in jax.tree.leaves(masks)], jnp.int32)
   quota = reallocate(removed, n, sizes, alloc_key)
-  new = list(mask_leaves)
-  for j, i in enumerate(layers):
-    u = jax.random.uniform(jax.random.fold_in(grow_key, i), mask_leaves[i].shape)
-    # Inactive, not just dropped: [0, 1); just dropped: [-1, 0); kept: -2.
-    scores = jnp.where(survivors[i], -2.0, jnp.where(dropped[i], u - 1.0, u))
-    new[i] = survivors[i] | _masks.keep_top_k(scores, quota[j])
+  quotas = _masks.fill_layers(masks, [quota[j] for j in range(len(sizes))])
+  new = _masks.per_layer(_regrow, masks, survivors, dropped, quotas, key=grow_key)
   new_threshold = adapt_threshold(threshold, removed, target_count)
-  return jax.tree.unflatten(treedef, new), new_threshold, removed
+  return new, new_threshold, removed
 
 
 def _check_period_schedule(update_every) -> dict:

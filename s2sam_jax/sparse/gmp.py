@@ -166,19 +166,13 @@ def gmp(
 
   def update(old_masks, params, grads, count, extras):
     del grads
-    treedef, mask_leaves, (param_leaves, density_leaves) = _wrapper.flatten_masked(
-      old_masks, params, final_densities(params)
-    )
     j = jnp.where(count >= end_step, n_updates, (count - begin_step) // update_every)
-    new = []
-    for m, p, d in zip(mask_leaves, param_leaves, density_leaves):
-      if m is None:
-        new.append(None)
-        continue
+
+    def per_leaf(m, p, d):
       keep = keep_table(_wrapper.leaf_size(m), d)[j]
-      keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
-      new.append(_masks.keep_top_k(_wrapper.drop_scores(p, m), keep))
-    return jax.tree.unflatten(treedef, new), extras
+      return _wrapper.keep_largest(p, m, jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32)))
+
+    return _masks.per_layer(per_leaf, old_masks, params, final_densities(params)), extras
 
   topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
   return _wrapper.sparse_wrapper(

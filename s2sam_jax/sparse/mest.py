@@ -345,21 +345,18 @@ def mest(
     del grads
     next_key, sub = jax.random.split(extras["key"])
     k = phase(count, decay_steps)
-    treedef, mask_leaves, (param_leaves, targets, deltas) = _wrapper.flatten_masked(
-      old_masks, params, extras["target_counts"], extras["bound_deltas"]
-    )
-    new = []
-    for i, (m, p, c, d) in enumerate(zip(mask_leaves, param_leaves, targets, deltas)):
-      if m is None:
-        new.append(None)
-        continue
+
+    def per_leaf(m, p, c, d, leaf_key):
       keep, grow_to = bounds(c, _wrapper.leaf_size(m), k, d)
       keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
-      kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), keep)
-      u = jax.random.uniform(jax.random.fold_in(sub, i), m.shape)
-      grown = _masks.keep_top_k(_wrapper.grow_scores(u, kept), jnp.maximum(grow_to - keep, 0))
-      new.append(kept | grown)
-    return jax.tree.unflatten(treedef, new), dict(extras, key=next_key)
+      kept = _wrapper.keep_largest(p, m, keep)
+      u = jax.random.uniform(leaf_key, m.shape)
+      return kept | _wrapper.grow(kept, u, jnp.maximum(grow_to - keep, 0))
+
+    new = _masks.per_layer(
+      per_leaf, old_masks, params, extras["target_counts"], extras["bound_deltas"], key=sub
+    )
+    return new, dict(extras, key=next_key)
 
   topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
   return _wrapper.sparse_wrapper(

@@ -110,19 +110,14 @@ def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
   ``grow_score_fn(grad_leaf, key, shape) -> scores >= 0``; ``k =
   floor(fraction · n)``. Returns the new mask tree.
   """
-  treedef, mask_leaves, (param_leaves, grad_leaves) = _wrapper.flatten_masked(masks, params, grads)
-  keys = _wrapper.layer_keys(key, len(mask_leaves))
-  new = []
-  for m, p, g, k in zip(mask_leaves, param_leaves, grad_leaves, keys):
-    if m is None:
-      new.append(None)
-      continue
+
+  def per_leaf(m, p, g, k):
     n_active = jnp.sum(m, dtype=jnp.int32)
     n_swap = swap_count(fraction, n_active)
-    kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), n_active - n_swap)
-    scores = _wrapper.grow_scores(grow_score_fn(g, k, m.shape), kept)
-    new.append(kept | _masks.keep_top_k(scores, n_swap))
-  return jax.tree.unflatten(treedef, new)
+    kept = _wrapper.keep_largest(p, m, n_active - n_swap)
+    return kept | _wrapper.grow(kept, grow_score_fn(g, k, m.shape), n_swap)
+
+  return _masks.per_layer(per_leaf, masks, params, grads, key=key)
 
 
 def prune_regrow_wrapper(
