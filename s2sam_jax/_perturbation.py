@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -178,6 +178,41 @@ def check_adaptive_formula(adaptive: bool, formula: str, name: str = "adaptive_f
     raise ValueError(f"`{name}` must be one of {ADAPTIVE_FORMULAS}; got {formula!r}.")
   if formula == "authors" and not adaptive:
     raise ValueError(f"`{name}='authors'` needs `adaptive=True`.")
+
+
+def check_wrapper_args(rho, eps, eta, adaptive, formula, masks):
+  """:func:`s2sam_jax.s2sam`'s and :func:`s2sam_jax.sam`'s shared checks at
+  construction: the hyperparameters, the adaptive formula and the masks'
+  values. Returns ``masks`` as ``bool`` (or ``None``)."""
+  check_hyperparameters(rho, eps, eta)
+  check_adaptive_formula(adaptive, formula)
+  if masks is not None:
+    _masks.check_mask_values(masks)
+    masks = _masks.as_bool(masks)
+  return masks
+
+
+class Radius(NamedTuple):
+  """The checked hyperparameters of :func:`perturbation` but ``rho``."""
+
+  adaptive: bool
+  formula: str
+  eta: Any
+  eps: Any
+
+  def perturbation(self, grads, params, rho, masks):
+    """:func:`perturbation` with these hyperparameters (not re-checked)."""
+    return perturbation(
+      grads,
+      params,
+      rho,
+      adaptive=self.adaptive,
+      eta=self.eta,
+      eps=self.eps,
+      formula=self.formula,
+      masks=masks,
+      check=False,
+    )
 
 
 def mask_source(

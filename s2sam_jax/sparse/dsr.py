@@ -35,6 +35,7 @@ last start ``<= t``, as DSR's ``(i + current_iteration) % rewire_period``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -236,15 +237,7 @@ def dsr(
   _wrapper.check_density_args(power, overrides)
   distributions.check_distribution(distribution)
   periods = _check_period_schedule(update_every)
-  if end_step is not None:
-    _checks.check_int(end_step, "end_step", 1)
-  if target_count is None:
-    _checks.check_open_fraction(target_fraction, "target_fraction")
-  else:
-    _checks.check_int(target_count, "target_count", 1)
-  threshold = _checks.as_real(init_threshold)
-  if threshold is None or not (threshold > 0 and math.isfinite(threshold)):
-    raise ValueError(f"`init_threshold` must be a finite float > 0; got {init_threshold!r}.")
+  _check_rewiring(end_step, target_fraction, target_count, init_threshold)
   key = _checks.raw_key(key)
 
   def init(params):
@@ -270,19 +263,39 @@ def dsr(
       "target_count": jnp.asarray(target, jnp.int32),
     }
 
-  def is_update_step(t):
-    ok = (t > 0) & (t % rewire_period(t, periods) == 0)
-    return ok if end_step is None else ok & (t <= end_step)
-
-  def update(old_masks, params, grads, count, extras):
-    del grads, count
-    next_key, sub = jax.random.split(extras["key"])
-    new, threshold, _ = dsr_topology_update(
-      old_masks, params, extras["threshold"], extras["target_count"], sub
-    )
-    return new, dict(extras, key=next_key, threshold=threshold)
-
-  topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
+  topology = _wrapper.Topology(
+    is_update_step=functools.partial(_is_rewire_step, periods, end_step),
+    update=_rewire,
+    skip_inner_step=False,
+  )
   return _wrapper.sparse_wrapper(
     inner, state_cls=DSRState, init=init, topology=topology, mask_gradients=mask_gradients
   )
+
+
+def _check_rewiring(end_step, target_fraction, target_count, init_threshold) -> None:
+  if end_step is not None:
+    _checks.check_int(end_step, "end_step", 1)
+  if target_count is None:
+    _checks.check_open_fraction(target_fraction, "target_fraction")
+  else:
+    _checks.check_int(target_count, "target_count", 1)
+  threshold = _checks.as_real(init_threshold)
+  if threshold is None or not (threshold > 0 and math.isfinite(threshold)):
+    raise ValueError(f"`init_threshold` must be a finite float > 0; got {init_threshold!r}.")
+
+
+def _is_rewire_step(periods, end_step, t):
+  """``t > 0`` with ``t % P_t == 0``, up to ``end_step`` (inclusive)."""
+  ok = (t > 0) & (t % rewire_period(t, periods) == 0)
+  return ok if end_step is None else ok & (t <= end_step)
+
+
+def _rewire(old_masks, params, grads, count, extras):
+  """:func:`dsr_topology_update` on the state's key, threshold and target."""
+  del grads, count
+  next_key, sub = jax.random.split(extras["key"])
+  new, threshold, _ = dsr_topology_update(
+    old_masks, params, extras["threshold"], extras["target_count"], sub
+  )
+  return new, dict(extras, key=next_key, threshold=threshold)

@@ -19,6 +19,7 @@ to even, float64), tabulated on the host for every pruning step.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +129,8 @@ def gmp(
   _checks.check_int(update_every, "update_every", 1)
   _checks.check_step_range(begin_step, end_step, end_required=True)
 
+  schedule = _Pruning(update_every, begin_step, end_step, initial_sparsity)
+
   def final_densities(params):
     # From shapes only, so a state restored from a checkpoint needs nothing else.
     return distributions.layer_densities(
@@ -135,46 +138,16 @@ def gmp(
     )
 
   def init(params):
-    densities = final_densities(params)
-    masks = jax.tree.map(
-      lambda d, p: None if d is None else jnp.ones(jnp.shape(p), bool),
-      densities,
-      params,
-      is_leaf=_masks.is_none,
-    )
-    return masks, {}
-
-  def is_update_step(t):
-    in_range = (t >= begin_step) & (t <= end_step)
-    return in_range & (((t - begin_step) % update_every == 0) | (t == end_step))
-
-  update_steps = gmp_pruning_steps(update_every, begin_step, end_step)
-  n_updates = len(update_steps) - 1
-
-  def keep_table(size, density):
-    # Exact counts on the host (float64, round half to even) per update step.
-    return jnp.asarray(
-      [
-        distributions.count_for_density(
-          size,
-          1.0 - float(gmp_sparsity_np(t, 1.0 - density, initial_sparsity, begin_step, end_step)),
-        )
-        for t in update_steps
-      ],
-      jnp.int32,
-    )
+    all_true = lambda d, p: jnp.ones(jnp.shape(p), bool)  # d: the layer's final density
+    return _masks.per_layer(all_true, final_densities(params), params), {}
 
   def update(old_masks, params, grads, count, extras):
     del grads
-    j = jnp.where(count >= end_step, n_updates, (count - begin_step) // update_every)
+    return schedule.prune(old_masks, params, final_densities(params), count), extras
 
-    def per_leaf(m, p, d):
-      keep = keep_table(_wrapper.leaf_size(m), d)[j]
-      return _wrapper.keep_largest(p, m, jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32)))
-
-    return _masks.per_layer(per_leaf, old_masks, params, final_densities(params)), extras
-
-  topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
+  topology = _wrapper.Topology(
+    is_update_step=schedule.is_update_step, update=update, skip_inner_step=False
+  )
   return _wrapper.sparse_wrapper(
     inner,
     state_cls=_wrapper.SparseState,
@@ -182,3 +155,44 @@ def gmp(
     topology=topology,
     mask_gradients=mask_gradients,
   )
+
+
+class _Pruning(NamedTuple):
+  """:func:`gmp`'s checked schedule: when to prune, and to how many weights."""
+
+  update_every: int
+  begin_step: int
+  end_step: int
+  initial_sparsity: float
+
+  def is_update_step(self, t):
+    in_range = (t >= self.begin_step) & (t <= self.end_step)
+    on_period = (t - self.begin_step) % self.update_every == 0
+    return in_range & (on_period | (t == self.end_step))
+
+  def keep_table(self, size: int, density: float) -> jax.Array:
+    """Exact keep counts on the host (float64, round half to even), one per
+    pruning step, for a layer of ``size`` weights at final ``density``."""
+    steps = gmp_pruning_steps(self.update_every, self.begin_step, self.end_step)
+    s_i, t0, end = self.initial_sparsity, self.begin_step, self.end_step
+    return jnp.asarray(
+      [
+        distributions.count_for_density(
+          size, 1.0 - float(gmp_sparsity_np(t, 1.0 - density, s_i, t0, end))
+        )
+        for t in steps
+      ],
+      jnp.int32,
+    )
+
+  def prune(self, masks, params, final_densities, count):
+    """Per layer: keep the largest-|w| active weights, as many as the
+    schedule allows at step ``count`` (never more than are active)."""
+    n_updates = len(gmp_pruning_steps(self.update_every, self.begin_step, self.end_step)) - 1
+    j = jnp.where(count >= self.end_step, n_updates, (count - self.begin_step) // self.update_every)
+
+    def per_leaf(m, p, d):
+      keep = self.keep_table(_wrapper.leaf_size(m), d)[j]
+      return _wrapper.keep_largest(p, m, jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32)))
+
+    return _masks.per_layer(per_leaf, masks, params, final_densities)

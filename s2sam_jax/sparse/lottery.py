@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -127,44 +128,52 @@ def imp_next_round(
       raise ValueError("`rewind_params` must have the structure of `trained_params`.")
     _masks.validate_masks(masks, rewind_params, "masks (vs rewind_params)")
 
-  def scores_fn(m, w):
-    w = np.abs(np.asarray(w, np.float32))
-    m = np.asarray(m, bool)
-    if not np.all(np.isfinite(w[m])):
-      raise ValueError("`trained_params` has non-finite active weights.")
-    return np.where(m, w, -np.inf)
-
-  scores = _masks.map_masked(scores_fn, masks, trained_params, dense_fn=lambda x: None)
-
-  def keep_count(n_active, size):
-    keep = count_for_density(n_active, 1.0 - p)
-    if target is not None:
-      keep = max(keep, count_for_density(size, 1.0 - target))
-    return min(keep, n_active)
-
+  keep_count = functools.partial(_keep_count, p, target)
+  scores = _masks.map_masked(_active_magnitudes, masks, trained_params, dense_fn=lambda x: None)
   if scope == "global":
-    mask_leaves = jax.tree.leaves(masks)
-    n_active = sum(int(np.sum(np.asarray(m))) for m in mask_leaves)
-    size = sum(int(np.size(m)) for m in mask_leaves)
-    selected = jax.tree.map(lambda m: m is not None, masks, is_leaf=_masks.is_none)
-    next_masks = _masks.keep_top_k_global(
-      jax.tree.map(
-        lambda s, w: np.zeros(np.shape(w)) if s is None else s,
-        scores,
-        trained_params,
-        is_leaf=_masks.is_none,
-      ),
-      selected,
-      keep_count(n_active, size),
-    )
+    next_masks = _prune_globally(masks, scores, trained_params, keep_count)
   else:
-    next_masks = _masks.map_masked(
+    next_masks = _masks.per_layer(
       lambda m, s: _masks.keep_top_k_host(
         s, keep_count(int(np.sum(np.asarray(m))), int(np.size(m)))
       ),
       masks,
       scores,
-      dense_fn=lambda x: None,
     )
   start = trained_params if rewind_params is None else rewind_params
   return next_masks, _masks.mask_tree(start, next_masks)
+
+
+def _active_magnitudes(m, w):
+  """``|w|`` on active entries, ``-inf`` elsewhere (pruned weights never return)."""
+  w = np.abs(np.asarray(w, np.float32))
+  m = np.asarray(m, bool)
+  if not np.all(np.isfinite(w[m])):
+    raise ValueError("`trained_params` has non-finite active weights.")
+  return np.where(m, w, -np.inf)
+
+
+def _keep_count(p, target, n_active, size) -> int:
+  """``round((1 − p) n_active)``, at least the target's count, at most ``n_active``."""
+  keep = count_for_density(n_active, 1.0 - p)
+  if target is not None:
+    keep = max(keep, count_for_density(size, 1.0 - target))
+  return min(keep, n_active)
+
+
+def _prune_globally(masks, scores, trained_params, keep_count):
+  """One ranking of the active weights of every masked leaf."""
+  mask_leaves = jax.tree.leaves(masks)
+  n_active = sum(int(np.sum(np.asarray(m))) for m in mask_leaves)
+  size = sum(int(np.size(m)) for m in mask_leaves)
+  selected = jax.tree.map(lambda m: m is not None, masks, is_leaf=_masks.is_none)
+  return _masks.keep_top_k_global(
+    jax.tree.map(
+      lambda s, w: np.zeros(np.shape(w)) if s is None else s,
+      scores,
+      trained_params,
+      is_leaf=_masks.is_none,
+    ),
+    selected,
+    keep_count(n_active, size),
+  )

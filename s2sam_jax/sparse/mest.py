@@ -37,6 +37,7 @@ decay).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -273,45 +274,11 @@ def mest(
   _wrapper.check_density_args(power, overrides)
   _checks.check_choice(variant, "variant", VARIANTS)
   distributions.check_distribution(distribution)
-  _checks.check_int(update_every, "update_every", 1)
-  decay_steps = tuple(decay_steps)
-  for s in decay_steps:
-    _checks.check_int(s, "decay_steps", 0)
-  if list(decay_steps) != sorted(set(decay_steps)):
-    raise ValueError(f"`decay_steps` must be strictly increasing; got {decay_steps}.")
-  if end_step is not None:
-    _checks.check_int(end_step, "end_step", 0)
-  n_phases = len(decay_steps) + 1
-  defaults = prune_offsets is None or grow_offsets is None
-  if defaults and n_phases != 3:
-    raise ValueError(
-      f"The default offsets of variant={variant!r} have 3 phases: give "
-      f"`decay_steps` two steps, or give `prune_offsets` and `grow_offsets` "
-      f"with len(decay_steps) + 1 = {n_phases} entries; got "
-      f"decay_steps={decay_steps}."
-    )
-
-  def resolve_offsets(level: float | None):
-    default_prune = default_grow = None
-    if defaults:  # the profile's, growing at most to dense
-      default_prune, default_grow = profile_offsets(variant, level)
-      default_grow = tuple(max(u, -level) for u in default_grow)
-    low = _check_offsets(
-      default_prune if prune_offsets is None else prune_offsets, "prune_offsets", n_phases
-    )
-    up = _check_offsets(
-      default_grow if grow_offsets is None else grow_offsets, "grow_offsets", n_phases
-    )
-    if any(u > l for l, u in zip(low, up)):
-      raise ValueError(
-        f"`grow_offsets` must be <= `prune_offsets` phase-wise "
-        f"(grow back at most to the pruned level); got "
-        f"{up} vs {low}."
-      )
-    return low, up
-
+  schedule = _check_schedule(
+    variant, update_every, decay_steps, end_step, prune_offsets, grow_offsets
+  )
   # Known now, unless the defaults depend on the masks that init makes.
-  offsets = resolve_offsets(sparsity) if sparsity is not None or not defaults else None
+  offsets = schedule.offsets(sparsity) if sparsity is not None or not schedule.defaults else None
   key = _checks.raw_key(key)
 
   def init(params):
@@ -326,39 +293,109 @@ def mest(
       overrides=overrides,
       prunable=prunable,
     )
-    low, up = offsets or resolve_offsets(_realised_sparsity(tree))
-    check_layer_bounds(tree, low, up)
-    deltas = _masks.map_masked(
-      lambda m, _: bound_deltas(_wrapper.leaf_size(m), low, up), tree, tree, dense_fn=lambda x: None
-    )
-    return tree, {
-      "key": state_key,
-      "target_counts": _masks.count_active(tree),
-      "bound_deltas": deltas,
-    }
+    low, up = offsets or schedule.offsets(_realised_sparsity(tree))
+    return tree, _initial_extras(tree, low, up, state_key)
 
-  def is_update_step(t):
-    ok = t % update_every == 0
-    return ok if end_step is None else ok & (t <= end_step)
-
-  def update(old_masks, params, grads, count, extras):
-    del grads
-    next_key, sub = jax.random.split(extras["key"])
-    k = phase(count, decay_steps)
-
-    def per_leaf(m, p, c, d, leaf_key):
-      keep, grow_to = bounds(c, _wrapper.leaf_size(m), k, d)
-      keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
-      kept = _wrapper.keep_largest(p, m, keep)
-      u = jax.random.uniform(leaf_key, m.shape)
-      return kept | _wrapper.grow(kept, u, jnp.maximum(grow_to - keep, 0))
-
-    new = _masks.per_layer(
-      per_leaf, old_masks, params, extras["target_counts"], extras["bound_deltas"], key=sub
-    )
-    return new, dict(extras, key=next_key)
-
-  topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
+  topology = _wrapper.Topology(
+    is_update_step=schedule.is_update_step,
+    update=functools.partial(_mutate, schedule.decay_steps),
+    skip_inner_step=False,
+  )
   return _wrapper.sparse_wrapper(
     inner, state_cls=MESTState, init=init, topology=topology, mask_gradients=mask_gradients
   )
+
+
+class _Schedule(NamedTuple):
+  """:func:`mest`'s checked schedule: when to mutate, and the bounds."""
+
+  variant: str
+  update_every: int
+  decay_steps: tuple[int, ...]
+  end_step: int | None
+  prune_offsets: Sequence[float] | None
+  grow_offsets: Sequence[float] | None
+
+  @property
+  def n_phases(self) -> int:
+    return len(self.decay_steps) + 1
+
+  @property
+  def defaults(self) -> bool:
+    """Whether an offset comes from the authors' profiles."""
+    return self.prune_offsets is None or self.grow_offsets is None
+
+  def is_update_step(self, t):
+    ok = t % self.update_every == 0
+    return ok if self.end_step is None else ok & (t <= self.end_step)
+
+  def offsets(self, level: float | None):
+    """``(δL, δU)``: the given offsets, else the profile's at sparsity
+    ``level``, growing at most to dense; checked."""
+    default_prune = default_grow = None
+    if self.defaults:
+      default_prune, default_grow = profile_offsets(self.variant, level)
+      default_grow = tuple(max(u, -level) for u in default_grow)
+    low = self.prune_offsets if self.prune_offsets is not None else default_prune
+    up = self.grow_offsets if self.grow_offsets is not None else default_grow
+    low = _check_offsets(low, "prune_offsets", self.n_phases)
+    up = _check_offsets(up, "grow_offsets", self.n_phases)
+    if any(u > l for l, u in zip(low, up)):
+      raise ValueError(
+        f"`grow_offsets` must be <= `prune_offsets` phase-wise "
+        f"(grow back at most to the pruned level); got "
+        f"{up} vs {low}."
+      )
+    return low, up
+
+
+def _check_schedule(variant, update_every, decay_steps, end_step, prune_offsets, grow_offsets):
+  _checks.check_int(update_every, "update_every", 1)
+  decay_steps = tuple(decay_steps)
+  for s in decay_steps:
+    _checks.check_int(s, "decay_steps", 0)
+  if list(decay_steps) != sorted(set(decay_steps)):
+    raise ValueError(f"`decay_steps` must be strictly increasing; got {decay_steps}.")
+  if end_step is not None:
+    _checks.check_int(end_step, "end_step", 0)
+  schedule = _Schedule(variant, update_every, decay_steps, end_step, prune_offsets, grow_offsets)
+  if schedule.defaults and schedule.n_phases != 3:
+    raise ValueError(
+      f"The default offsets of variant={variant!r} have 3 phases: give "
+      f"`decay_steps` two steps, or give `prune_offsets` and `grow_offsets` "
+      f"with len(decay_steps) + 1 = {schedule.n_phases} entries; got "
+      f"decay_steps={decay_steps}."
+    )
+  return schedule
+
+
+def _initial_extras(masks, prune_offsets, grow_offsets, state_key) -> dict:
+  """:class:`MESTState`'s own fields at init, the bounds checked per layer."""
+  check_layer_bounds(masks, prune_offsets, grow_offsets)
+  return {
+    "key": state_key,
+    "target_counts": _masks.count_active(masks),
+    "bound_deltas": _masks.per_layer(
+      lambda m: bound_deltas(_wrapper.leaf_size(m), prune_offsets, grow_offsets), masks
+    ),
+  }
+
+
+def _mutate(decay_steps, old_masks, params, grads, count, extras):
+  """One mutation: per layer, prune to the phase's lower bound by |w|, then
+  grow at random (just-pruned entries included) to its upper bound."""
+  del grads
+  next_key, sub = jax.random.split(extras["key"])
+  k = phase(count, decay_steps)
+
+  def per_leaf(m, p, c, d, leaf_key):
+    keep, grow_to = bounds(c, _wrapper.leaf_size(m), k, d)
+    keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
+    kept = _wrapper.keep_largest(p, m, keep)
+    u = jax.random.uniform(leaf_key, m.shape)
+    return kept | _wrapper.grow(kept, u, jnp.maximum(grow_to - keep, 0))
+
+  new = _masks.per_layer(
+    per_leaf, old_masks, params, extras["target_counts"], extras["bound_deltas"], key=sub
+  )
+  return new, dict(extras, key=next_key)
