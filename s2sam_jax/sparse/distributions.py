@@ -3,8 +3,14 @@
 Densities are computed on the host with NumPy from shapes alone, so they work
 on arrays and on ``jax.ShapeDtypeStruct`` leaves alike, before any mask exists.
 
-Notation (reference §2, after RigL's ``sparse_utils.py``): ``N_l`` weights in
-layer ``l``, global target sparsity ``S``, density ``d_l = 1 - s_l``.
+ER is SET's distribution (Mocanu et al., "Scalable training of artificial
+neural networks with adaptive sparse connectivity inspired by network
+science", Nature Communications 2018, arXiv:1707.04780) and ERK its extension
+to convolutions in RigL (Evci et al., "Rigging the Lottery: Making All Tickets
+Winners", ICML 2020, arXiv:1911.11134); the solver below is RigL's
+(google-research/rigl ``rigl/sparse_utils.py``, ``get_sparsities_erdos_renyi``).
+Notation: ``N_l`` weights in layer ``l``, global target sparsity ``S``,
+density ``d_l = 1 - s_l``.
 
 * **uniform**: ``d_l = 1 - S`` for every non-custom prunable layer.
 * **ER**: raw score ``p_l = ((n_in + n_out) / (n_in * n_out)) ** power`` from
@@ -20,8 +26,8 @@ density 1 (start ``D = {}``)::
     if max_{l free} eps p_l > 1: add every free layer with p_l == max to D; repeat
 
 and ``d_l = eps p_l`` for free layers, ``1`` for layers in ``D``. ``power=1``
-is the reference; the reference applies ``power`` to ERK only, here it scales
-the ER score too (``power=0`` gives uniform in both).
+is RigL's ERK; RigL's code applies ``power`` (``erk_power_scale``) to ERK
+only, here it scales the ER score too (``power=0`` gives uniform in both).
 
 *Custom layers* (``overrides``) get ``d_l = 1 - C_l`` and are excluded from the
 budget. A custom sparsity of exactly ``0.0`` means *not masked*: the density is
@@ -32,7 +38,7 @@ Counts: a layer of ``n`` weights at density ``d`` keeps exactly
 The budget check: the kept counts of the non-custom layers sum to the uniform
 budget ``sum_l count_for_density(N_l, 1 - S)`` up to per-layer rounding (at
 most ``1.5`` weights per layer: ``0.5`` for rounding ``d_l N_l`` and ``1`` for
-the reference's ``floor(S N_l)`` in ``rhs``); :func:`layer_densities` checks it.
+RigL's ``floor(S N_l)`` in ``rhs``); :func:`layer_densities` checks it.
 
 Example:
   >>> import jax, jax.numpy as jnp

@@ -1,4 +1,7 @@
-"""DSR (Mostafa & Wang, 2019): dynamic sparse reparameterization.
+"""DSR: dynamic sparse reparameterization.
+
+Mostafa & Wang, "Parameter Efficient Training of Deep Convolutional Neural
+Networks by Dynamic Sparse Reparameterization", ICML 2019, arXiv:1902.05967.
 
 Every ``P_t`` steps ``t > 0`` (never at step 0; until ``end_step``), with
 one global threshold ``H`` (Mostafa & Wang's code, IntelAI/dynamic-reparameterization

@@ -1,4 +1,10 @@
-"""Gradual magnitude pruning (Zhu & Gupta, 2017).
+"""Gradual magnitude pruning (GMP).
+
+Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning
+for model compression", ICLR 2018 workshop, arXiv:1710.01878 (its eq. 1).
+jaxpruner's ``PolynomialSchedule`` (google-research/jaxpruner
+``jaxpruner/sparsity_schedules.py``) is the same cubic with ``s_i = 0``,
+its progress counted from ``t + 1``.
 
 Training starts dense (masks all True on the prunable leaves). Every
 ``update_every`` steps ``t`` in ``[begin_step, end_step]`` (and at

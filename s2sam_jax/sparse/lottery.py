@@ -1,7 +1,17 @@
 """Iterative magnitude pruning: lottery tickets (LT) and LR rewinding (LRR).
 
-Both are multi-run procedures (reference §11, §12). This module holds the pure
-steps between runs; the training loop is the caller's::
+LT: Frankle & Carbin, "The Lottery Ticket Hypothesis: Finding Sparse,
+Trainable Neural Networks", ICLR 2019, arXiv:1803.03635, with rewinding to an
+early step ``k`` from Frankle, Dziugaite, Roy & Carbin, "Linear Mode
+Connectivity and the Lottery Ticket Hypothesis", ICML 2020, arXiv:1912.05671;
+code facebookresearch/open_lth ``pruning/sparse_global.py``. LRR: Renda,
+Frankle & Carbin, "Comparing Rewinding and Fine-tuning in Neural Network
+Pruning", ICLR 2020, arXiv:2003.02389; code
+lottery-ticket/rewinding-iclr20-public ``vision/lottery/lottery/prune_functions.py``.
+
+Both are multi-run procedures: train, prune the trained weights by magnitude,
+restart, repeat. This module holds the pure steps between runs; the training
+loop is the caller's::
 
     masks, params = None, theta_k            # theta_k: weights at rewind step k
     for sparsity in [0.0] + imp_schedule(0.9):

@@ -1,4 +1,7 @@
-"""MEST (Yuan et al., 2021): elastic mutation (EM) and EM with soft memory bound (EM&S).
+"""MEST: elastic mutation (EM) and EM with soft memory bound (EM&S).
+
+Yuan et al., "MEST: Accurate and Fast Memory-Economic Sparse Training
+Framework on the Edge", NeurIPS 2021, arXiv:2110.14032.
 
 Each masked layer ``l`` (``N_l`` weights, target count ``c_l``, the number of
 active weights at init) is mutated every ``update_every`` steps, **including

@@ -1,4 +1,13 @@
-"""Masks at initialisation: magnitude, SNIP and GraSP (reference §5, §9, §10).
+"""Masks at initialisation: magnitude, SNIP and GraSP.
+
+* SNIP: Lee, Ajanthan & Torr, "SNIP: Single-shot Network Pruning based on
+  Connection Sensitivity", ICLR 2019, arXiv:1810.02340; code
+  namhoonlee/snip-public ``snip/model.py`` (``create_sparse_mask``).
+* GraSP: Wang, Zhang & Grosse, "Picking Winning Tickets Before Training by
+  Preserving Gradient Flow", ICLR 2020, arXiv:2002.07376; code
+  alecwangcq/GraSP ``pruner/GraSP.py``.
+* Magnitude at init: one-shot ``|w|`` pruning of the initial weights, where
+  MEST and the S2-SAM authors' runs start (jjsrf/SSAM-NEURIPS2024).
 
 Each function returns a mask tree (bool array per prunable leaf, ``None``
 elsewhere) to feed a static-mask wrapper. They run once, on the host side,
@@ -18,7 +27,7 @@ Selection uses exact counts with ties going to the lower flat index (leaves in
   (held fixed) and ``H g`` a Hessian-vector product computed forward-over-
   reverse (``jax.jvp`` of ``jax.grad``); the ``int(S N)`` *largest* scores are
   removed (GraSP's own count, which can keep one more weight than
-  ``count_for_density``), the rest kept. The reference splits the sample into
+  ``count_for_density``), the rest kept. GraSP's code splits the sample into
   two halves and sums ``∇L_half`` and ``H_half g``; with a per-example mean
   loss and equal halves that is ``2 ∇L`` and ``2 H g`` on the whole batch, a
   positive factor that leaves the ranking unchanged, so the whole batch is used
@@ -273,11 +282,13 @@ def grasp_masks(
   ``N - int(sparsity * N)`` weights stay; among equal scores the lower flat
   index is kept. See the module docstring for ``loss_fn`` and the batch.
 
-  Reference protocol (§10), the caller's part: a class-balanced sample (10
-  images per class on CIFAR) as ``batch``; BN in train mode (batch
-  statistics) inside ``loss_fn``; scores taken on a copy of the params whose
-  dense layers are re-initialised (Xavier normal), the masks then applied to
-  the original params.
+  GraSP's protocol, the caller's part (alecwangcq/GraSP ``pruner/GraSP.py``,
+  ``GraSP_fetch_data`` and the ``reinit`` branch; ``samples_per_class: 10``
+  in its CIFAR configs, e.g. ``configs/cifar10/resnet32/GraSP_90.json``): a
+  class-balanced sample of 10 images per class as ``batch``; BN in train
+  mode (batch statistics) inside ``loss_fn``; scores taken on a copy of the
+  params whose dense (linear) layers are re-initialised Xavier-normal, the
+  masks then applied to the original params.
 
   A loss or score that is not finite is a ``ValueError`` (NaN scores would
   rank last and silently cut whole layers).

@@ -1,7 +1,13 @@
-"""RigL (Evci et al., 2020): drop by magnitude, grow by dense-gradient magnitude.
+"""RigL: drop by magnitude, grow by dense-gradient magnitude.
+
+Evci, Gale, Menick, Castro & Elsen, "Rigging the Lottery: Making All Tickets
+Winners", ICML 2020, arXiv:1911.11134; code google-research/rigl
+``rigl/sparse_optimizers.py`` (``SparseRigLOptimizer``) and jaxpruner's
+(google-research/jaxpruner ``jaxpruner/algorithms/sparse_trainers.py``,
+``RigL``).
 
 Every ``update_every`` steps ``t`` with ``begin_step <= t < end_step``, for each
-masked layer independently (reference §7), with ``n`` active weights:
+masked layer independently, with ``n`` active weights:
 
     f_t   = α/2 · (1 + cos(π · min(t − begin, T) / T)),  T = end − begin   (cosine)
     k     = floor(f_t · n)           (float32, 1e-3 tolerance)
@@ -21,13 +27,13 @@ weights, and the inner optimizer is not called, so its state (including its
 own step count, e.g. Adam's bias correction or a schedule inside ``inner``)
 does not advance on those steps.
 
-Choices where the reference codes differ:
+Choices where RigL's TF code and jaxpruner differ:
 
 * ``t − begin`` in the cosine (TF uses the global step ``t`` with
   ``T = end − begin``, jaxpruner ``t`` with ``T = end``; all agree for
   ``begin_step = 0``, the default of both).
 * ``end_step`` is exclusive: at ``t = end`` the cosine fraction is 0 and the
-  reference codes would skip a gradient step for a no-op update.
+  two codes would skip a gradient step for a no-op update.
 """
 
 from __future__ import annotations
@@ -220,8 +226,11 @@ def rigl(
       numeric of exactly 0 and 1, as :func:`static_masks` checks them).
     key: int seed or JAX PRNG key (initial masks).
     power, overrides, prunable: see :func:`layer_densities`.
-    mask_gradients: mask the gradient given to ``inner`` (reference §1.2b);
-      growth always uses the dense gradient received.
+    mask_gradients: mask the gradient given to ``inner`` (``m ⊙ g``), so that
+      the inner state (momentum, Adam moments) of masked weights stays 0, as
+      jaxpruner's sparse trainers do (``is_sparse_gradients``); ``False``
+      passes the dense ``g`` (the S2-SAM authors' code on its SAM path); growth always uses the dense gradient
+      received.
     skip_update_step: no gradient step on update iterations.
 
   Returns:

@@ -1,7 +1,12 @@
-"""SET (Mocanu et al., 2018): drop by magnitude, grow uniformly at random.
+"""SET: drop by magnitude, grow uniformly at random.
 
-The schedule and the drop are RigL's (reference §6, after RigL's and
-jaxpruner's code): every ``update_every`` steps ``t`` in
+Mocanu, Mocanu, Stone, Nguyen, Gibescu & Liotta, "Scalable training of
+artificial neural networks with adaptive sparse connectivity inspired by
+network science", Nature Communications 9, 2383 (2018), arXiv:1707.04780.
+The schedule and the drop are RigL's, as in RigL's code
+(google-research/rigl ``rigl/sparse_optimizers.py``, ``SparseSETOptimizer``)
+and jaxpruner's (google-research/jaxpruner
+``jaxpruner/algorithms/sparse_trainers.py``, ``SET``): every ``update_every`` steps ``t`` in
 ``[begin_step, end_step)``, for each masked layer with ``n`` active weights,
 ``k = floor(f_t n)`` active weights of smallest |w| are dropped and ``k``
 entries are grown uniformly at random among those not kept (just-dropped

@@ -6,8 +6,10 @@ GraSP, a lottery ticket). Each step, with ``m`` fixed::
     u = inner(m ⊙ g)            (dense g with mask_gradients=False)
     return m ⊙ (p + u) − p      (masked weights exactly 0 after apply_updates)
 
-Reference §5: masks are created at init and never change; no optimizer-state
-handling beyond masking.
+The masks are made by ``init`` and never change, so there is no topology
+update and no optimizer state to reset: masking the gradient is all the inner
+optimizer needs (jaxpruner's ``StaticRandomSparse``,
+google-research/jaxpruner ``jaxpruner/algorithms/sparse_trainers.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def static_masks(
       Numeric leaves must be exactly 0 or 1 (stored as bool); anything else
       (scores, NaN) is a ``ValueError`` naming the leaf, and so is a numeric
       leaf that is traced (``init`` under ``jit``): give bool masks there.
-    mask_gradients: mask the gradient given to ``inner`` (reference §1.2b).
+    mask_gradients: mask the gradient given to ``inner`` (``m ⊙ g``), so that
+      the inner state (momentum, Adam moments) of masked weights stays 0, as
+      jaxpruner's sparse trainers do (``is_sparse_gradients``); ``False``
+      passes the dense ``g`` (the S2-SAM authors' code on its SAM path).
 
   Returns:
     ``GradientTransformationExtraArgs`` with state :class:`SparseState`;
