@@ -25,6 +25,7 @@ factored moments) cannot be zeroed elementwise and are left unchanged.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -68,52 +69,72 @@ class DynamicSparseState(NamedTuple):
 # ---------------------------------------------------------------- mask setup
 
 
-def check_user_masks(masks: MasksOrFn | None) -> MasksOrFn | None:
-  """Checks the values of a given mask tree at construction (a function
-  ``params -> masks`` is checked when ``init`` calls it)."""
-  if masks is not None and not callable(masks):
-    _masks.check_mask_values(masks, "masks")
-  return masks
+class MaskSource(NamedTuple):
+  """A sparse method's initial masks and key, checked (:func:`mask_source`).
 
-
-def initial_masks(
-  params, masks: MasksOrFn | None, *, sparsity, distribution, key, power, overrides, prunable
-) -> MaskTree:
-  """Explicit ``masks`` (tree or ``params -> tree``), else random masks with
-  exactly ``count_for_density(n, d_l)`` active weights per layer.
-
-  Explicit masks must match ``params`` and be masks (``bool``, or numeric of
-  exactly 0 and 1; :func:`s2sam_jax._masks.validate_masks`); they are stored
-  as ``bool``.
+  Attributes:
+    masks: a mask tree, a function ``params -> masks``, or a
+      :class:`RandomInit`.
+    key: the method's raw ``uint32`` PRNG key.
   """
-  if masks is not None:
+
+  masks: MasksOrFn
+  key: jax.Array
+
+  @property
+  def sparsity(self):
+    """The sparsity of random initial masks; ``None`` for other masks."""
+    return self.masks.sparsity if isinstance(self.masks, distributions.RandomInit) else None
+
+  def init(self, params, mask_key: jax.Array) -> MaskTree:
+    """The initial mask tree (``bool`` leaves) for ``params``.
+
+    Random masks with no key of their own are drawn with ``mask_key``; other
+    masks are checked against ``params``
+    (:func:`s2sam_jax._masks.validate_masks`) and stored as ``bool``.
+    """
+    masks = self.masks
+    if isinstance(masks, distributions.RandomInit):
+      return masks.draw(params, mask_key if masks.key is None else masks.key)
     tree = masks(params) if callable(masks) else masks
     _masks.validate_masks(tree, params, "masks")
     return _masks.as_bool(tree)
-  densities = distributions.layer_densities(
-    params, sparsity, distribution, power=power, overrides=overrides, prunable=prunable
-  )
-  return distributions.random_masks(key, params, densities)
+
+  def init_with_state_key(self, params):
+    """``(masks, state_key)`` of a dynamic method: its key split in two, the
+    first half for random masks with no key of their own."""
+    mask_key, state_key = jax.random.split(self.key)
+    return self.init(params, mask_key), state_key
 
 
-def check_mask_source(sparsity, masks, name: str = "sparsity") -> None:
-  """Exactly one of ``sparsity`` and ``masks`` must be given."""
-  if (sparsity is None) == (masks is None):
+def mask_source(masks, sparsity, key, *, distribution: str) -> MaskSource:
+  """The one way in for a sparse method's initial masks, checked here.
+
+  Exactly one of ``masks`` (a mask tree, a function ``params -> masks`` such
+  as :func:`random_init`'s) and ``sparsity`` (shorthand for
+  ``masks=random_init(sparsity, distribution)``, ``distribution`` the
+  method's customary one). A mask tree's values are checked now (``bool``, or
+  numeric of exactly 0 and 1), its shapes at ``init``. ``ValueError`` naming
+  the argument otherwise.
+  """
+  if (masks is None) == (sparsity is None):
     raise ValueError(
-      f"Give exactly one of `{name}` (random masks at init) and "
-      f"`masks` (a mask tree or params -> masks); got "
-      f"{name}={sparsity!r}, masks={'given' if masks is not None else None}."
+      "Give exactly one of `masks` (a mask tree, or a function params -> masks "
+      "such as sparse.random_init(...)) and `sparsity` (random masks, shorthand "
+      f"for masks=sparse.random_init(sparsity, {distribution!r})); got "
+      f"masks={'given' if masks is not None else None}, sparsity={sparsity!r}."
     )
   if sparsity is not None:
-    _checks.check_sparsity(sparsity, name)
-  check_user_masks(masks)
-
-
-def check_density_args(power, overrides) -> None:
-  """At construction: ``power`` and ``overrides`` as :func:`layer_densities`
-  checks them at ``init`` (a bad regex fails here, naming `overrides`)."""
-  distributions.check_power(power)
-  distributions.check_overrides(overrides)
+    masks = distributions.random_init(sparsity, distribution)
+  elif isinstance(masks, (numbers.Number, str)):
+    raise ValueError(
+      f"`masks` must be a mask tree or a function params -> masks; got {masks!r}. "
+      f"For random masks pass sparsity={masks!r} or "
+      f"masks=sparse.random_init({masks!r}, distribution)."
+    )
+  elif not callable(masks):
+    _masks.check_mask_values(masks, "masks")
+  return MaskSource(masks, _checks.raw_key(key))
 
 
 # ----------------------------------------------------------- state handling

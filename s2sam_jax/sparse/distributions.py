@@ -54,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -301,3 +302,81 @@ def _random_top_k(key, size, n, k):
   # uniform scores lie in [0, 1); the padding (index >= n) scores -1, ranks last
   scores = jnp.where(jnp.arange(size) < n, jax.random.uniform(key, (size,)), -1.0)
   return _masks.keep_top_k(scores, k)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RandomInit:
+  """Random initial masks as a function ``params -> mask tree`` (made by
+  :func:`random_init`, which checks the fields).
+
+  Calling it draws :func:`random_masks` with ``key`` (seed 0 when ``key`` is
+  ``None``). Given as the initial masks of a sparse method with ``key=None``,
+  the method's own ``key`` draws them instead (see :func:`random_init`).
+  """
+
+  sparsity: float
+  distribution: str = "erk"
+  key: jax.Array | None = None
+  power: float = 1.0
+  overrides: Mapping[str, float] | None = None
+  prunable: Prunable = default_prunable
+
+  def __call__(self, params):
+    return self.draw(params, jax.random.PRNGKey(0) if self.key is None else self.key)
+
+  def draw(self, params, key):
+    """The masks for ``params`` with ``key`` (ignoring the stored one)."""
+    densities = layer_densities(
+      params,
+      self.sparsity,
+      self.distribution,
+      power=self.power,
+      overrides=self.overrides,
+      prunable=self.prunable,
+    )
+    return random_masks(key, params, densities)
+
+
+def random_init(
+  sparsity: float,
+  distribution: str = "erk",
+  *,
+  key=None,
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: Prunable = default_prunable,
+) -> RandomInit:
+  """Random initial masks at ``sparsity``: a function ``params -> masks``.
+
+  Each prunable layer of ``n`` weights at density ``d_l`` (from
+  :func:`layer_densities`) keeps exactly ``round(d_l n)`` uniformly random
+  weights. Pass the result as the initial masks of any sparse method, or call
+  it on params. Every argument is checked here (``ValueError`` naming it).
+
+  Args:
+    sparsity: global target in ``[0, 1)``.
+    distribution: ``'uniform'``, ``'er'`` or ``'erk'``.
+    key: int seed or JAX PRNG key for the masks. ``None`` (the default): the
+      key of the sparse method the masks are given to, derived as with its
+      ``sparsity=`` shorthand (:func:`static_masks` uses its ``key`` itself,
+      the dynamic methods the first half of ``jax.random.split(key)``), so
+      ``sparse.rigl(tx, sparse.random_init(0.9), key=k)`` is
+      ``sparse.rigl(tx, sparsity=0.9, key=k)``; called directly, seed 0.
+    power, overrides, prunable: see :func:`layer_densities`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from s2sam_jax import sparse
+    >>> init = sparse.random_init(0.75, 'uniform', key=1)
+    >>> int(init({'w': jnp.ones((4, 4))})['w'].sum())
+    4
+    >>> tx = sparse.static_masks(optax.sgd(0.1), init)
+  """
+  _checks.check_sparsity(sparsity)
+  check_distribution(distribution)
+  check_power(power)
+  check_overrides(overrides)
+  if not callable(prunable):
+    raise ValueError(f"`prunable` must be a function (path, leaf) -> bool; got {prunable!r}.")
+  key = None if key is None else _checks.raw_key(key)
+  return RandomInit(sparsity, distribution, key, power, overrides, prunable)

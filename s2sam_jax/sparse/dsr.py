@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import optax
 
 from s2sam_jax import _checks, _masks
-from s2sam_jax.sparse import _wrapper, distributions
+from s2sam_jax.sparse import _wrapper
 
 # DSR's N_target is 20,000 weights for WRN-28-2 on CIFAR-10 at 90% sparsity
 # (IntelAI/dynamic-reparameterization experiments/wrnet_experiments.yaml,
@@ -185,28 +185,25 @@ def rewire_period(count, schedule: Mapping[int, int]):
 
 def dsr(
   inner: optax.GradientTransformation,
-  sparsity: float | None = None,
+  masks: _wrapper.MasksOrFn | None = None,
   *,
+  sparsity: float | None = None,
   update_every: int | Mapping[int, int] = 100,
   end_step: int | None = None,
   target_fraction: float = TARGET_FRACTION,
   target_count: int | None = None,
   init_threshold: float = 1e-3,
-  distribution: str = "uniform",
-  masks: _wrapper.MasksOrFn | None = None,
   key: int | jax.Array = 0,
-  power: float = 1.0,
-  overrides: Mapping[str, float] | None = None,
-  prunable: distributions.Prunable = distributions.default_prunable,
   mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """DSR around any optax transformation (math in the module docstring).
 
   Args:
     inner: any optax transformation; extra args are forwarded to it.
-    sparsity: global target in ``[0, 1)`` for random masks at init (DSR
-      starts every sparse layer at the same sparsity: ``'uniform'``); or
-      give ``masks``.
+    masks: the initial masks, as :func:`rigl` takes them.
+    sparsity: instead of ``masks``, shorthand for
+      ``masks=random_init(sparsity, 'uniform')`` (DSR starts every sparse
+      layer at the same sparsity).
     update_every: rewire period ``P >= 1`` (rewires at ``t = P, 2P, ...``),
       or a growing period as a dict ``{0: P_0, start_1: P_1, ...}`` (start
       step -> period, see the module docstring).
@@ -217,8 +214,8 @@ def dsr(
       ``TARGET_FRACTION``).
     target_count: ``N_target`` as an absolute count ``>= 1``.
     init_threshold: ``H_0 > 0`` (DSR: 1e-3).
-    distribution, masks, key, power, overrides, prunable, mask_gradients:
-      as :func:`rigl`.
+    key, mask_gradients: as :func:`rigl` (``key``'s second half seeds the
+      growth and the residual layer).
 
   Returns:
     ``GradientTransformationExtraArgs`` with state :class:`DSRState`.
@@ -227,7 +224,7 @@ def dsr(
     >>> import jax, jax.numpy as jnp, optax
     >>> from s2sam_jax import sparse
     >>> params = {'a': jnp.ones((6, 6)), 'b': jnp.ones((4, 4))}
-    >>> tx = sparse.dsr(optax.sgd(0.1), 0.5, update_every=1)
+    >>> tx = sparse.dsr(optax.sgd(0.1), sparsity=0.5, update_every=1)
     >>> state = tx.init(params)
     >>> p = sparse.apply_masks(params, state)
     >>> for _ in range(3):
@@ -236,25 +233,12 @@ def dsr(
     >>> sum(int(m.sum()) for m in jax.tree.leaves(state.masks))
     26
   """
-  _wrapper.check_mask_source(sparsity, masks)
-  _wrapper.check_density_args(power, overrides)
-  distributions.check_distribution(distribution)
+  source = _wrapper.mask_source(masks, sparsity, key, distribution="uniform")
   periods = _check_period_schedule(update_every)
   _check_rewiring(end_step, target_fraction, target_count, init_threshold)
-  key = _checks.raw_key(key)
 
   def init(params):
-    mask_key, state_key = jax.random.split(key)
-    tree = _wrapper.initial_masks(
-      params,
-      masks,
-      sparsity=sparsity,
-      distribution=distribution,
-      key=mask_key,
-      power=power,
-      overrides=overrides,
-      prunable=prunable,
-    )
+    tree, state_key = source.init_with_state_key(params)
     if target_count is None:
       active = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(tree))
       target = jnp.maximum(jnp.round(target_fraction * jnp.asarray(active, jnp.float32)), 1)

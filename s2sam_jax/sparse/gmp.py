@@ -131,7 +131,8 @@ def gmp(
   if initial_sparsity > sparsity:
     raise ValueError(f"`initial_sparsity` must be <= sparsity={sparsity}; got {initial_sparsity}.")
   distributions.check_distribution(distribution)
-  _wrapper.check_density_args(power, overrides)
+  distributions.check_power(power)
+  distributions.check_overrides(overrides)
   _checks.check_int(update_every, "update_every", 1)
   _checks.check_step_range(begin_step, end_step, end_required=True)
 

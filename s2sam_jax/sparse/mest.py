@@ -41,7 +41,7 @@ decay).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import optax
 
 from s2sam_jax import _checks, _masks
-from s2sam_jax.sparse import _wrapper, distributions
+from s2sam_jax.sparse import _wrapper
 
 VARIANTS = ("em", "ems")
 PROFILE_MODELS = ("resnet32", "vgg19")
@@ -218,43 +218,41 @@ def check_layer_bounds(masks, prune_offsets, grow_offsets) -> None:
 
 def mest(
   inner: optax.GradientTransformation,
-  sparsity: float | None = None,
+  masks: _wrapper.MasksOrFn | None = None,
   *,
+  sparsity: float | None = None,
   variant: str = "em",
   update_every: int,
   decay_steps: Sequence[int] = (),
   prune_offsets: Sequence[float] | None = None,
   grow_offsets: Sequence[float] | None = None,
   end_step: int | None = None,
-  distribution: str = "uniform",
-  masks: _wrapper.MasksOrFn | None = None,
   key: int | jax.Array = 0,
-  power: float = 1.0,
-  overrides: Mapping[str, float] | None = None,
-  prunable: distributions.Prunable = distributions.default_prunable,
   mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """MEST EM / EM&S around any optax transformation (math in the module doc).
 
   Args:
     inner: any optax transformation; extra args are forwarded to it.
-    sparsity: global target in ``[0, 1)`` for random masks at init (MEST and
-      S2-SAM start from magnitude pruning of the init: pass ``masks=`` a
-      function ``params -> masks`` for that); or give ``masks``.
+    masks: the initial masks, as :func:`rigl` takes them (MEST and S2-SAM
+      start from magnitude pruning of the init: a function ``params ->
+      masks`` calling :func:`magnitude_masks`).
+    sparsity: instead of ``masks``, shorthand for
+      ``masks=random_init(sparsity, 'uniform')``.
     variant: ``'em'`` or ``'ems'``.
     update_every: steps between mutations (S2-SAM: 5 epochs), ``>= 1``.
     decay_steps: increasing steps where the next phase starts (S2-SAM: epochs
       100 and 130, in steps). The default offsets need exactly two.
     prune_offsets: ``δL_k``, one per phase, fractions of the layer size.
-      ``None``: :func:`profile_offsets` (ResNet-32 profiles) of ``sparsity``,
-      or of the masks' overall sparsity when ``masks`` is given (``δU``
-      limited to ``-sparsity``: EM&S grows at most to dense).
+      ``None``: :func:`profile_offsets` (ResNet-32 profiles) of the random
+      masks' ``sparsity``, or else of the masks' overall sparsity at ``init``
+      (``δU`` limited to ``-sparsity``: EM&S grows at most to dense).
     grow_offsets: ``δU_k``, one per phase, ``δU_k <= δL_k``; ``None`` as
       ``prune_offsets``.
     end_step: last mutation step (inclusive); ``None``: never stop (updates
       in the last phase of EM are no-ops once the bounds are equal).
-    distribution, masks, key, power, overrides, prunable, mask_gradients:
-      as :func:`rigl`.
+    key, mask_gradients: as :func:`rigl` (``key``'s second half seeds the
+      growth).
 
   Returns:
     ``GradientTransformationExtraArgs`` with state :class:`MESTState`. Its
@@ -265,37 +263,25 @@ def mest(
     >>> import jax, jax.numpy as jnp, optax
     >>> from s2sam_jax import sparse
     >>> params = {'w': jnp.ones((10, 10))}
-    >>> tx = sparse.mest(optax.sgd(0.1), 0.9, variant='ems', update_every=5,
-    ...                  decay_steps=(10, 20))
+    >>> tx = sparse.mest(optax.sgd(0.1), sparsity=0.9, variant='ems',
+    ...                  update_every=5, decay_steps=(10, 20))
     >>> state = tx.init(params)
     >>> u, state = tx.update({'w': jnp.ones((10, 10))}, state,
     ...                      sparse.apply_masks(params, state))
     >>> int(state.masks['w'].sum())   # 10 + 5% of 100 above the target
     15
   """
-  _wrapper.check_mask_source(sparsity, masks)
-  _wrapper.check_density_args(power, overrides)
+  source = _wrapper.mask_source(masks, sparsity, key, distribution="uniform")
   _checks.check_choice(variant, "variant", VARIANTS)
-  distributions.check_distribution(distribution)
   schedule = _check_schedule(
     variant, update_every, decay_steps, end_step, prune_offsets, grow_offsets
   )
   # Known now, unless the defaults depend on the masks that init makes.
-  offsets = schedule.offsets(sparsity) if sparsity is not None or not schedule.defaults else None
-  key = _checks.raw_key(key)
+  level = source.sparsity
+  offsets = schedule.offsets(level) if level is not None or not schedule.defaults else None
 
   def init(params):
-    mask_key, state_key = jax.random.split(key)
-    tree = _wrapper.initial_masks(
-      params,
-      masks,
-      sparsity=sparsity,
-      distribution=distribution,
-      key=mask_key,
-      power=power,
-      overrides=overrides,
-      prunable=prunable,
-    )
+    tree, state_key = source.init_with_state_key(params)
     low, up = offsets or schedule.offsets(_realised_sparsity(tree))
     return tree, _initial_extras(tree, low, up, state_key)
 

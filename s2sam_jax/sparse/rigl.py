@@ -39,14 +39,14 @@ Choices where RigL's TF code and jaxpruner differ:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from s2sam_jax import _checks, _masks
-from s2sam_jax.sparse import _wrapper, distributions
+from s2sam_jax.sparse import _wrapper
 
 DROP_SCHEDULES = ("cosine", "constant")
 
@@ -127,44 +127,28 @@ def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
 
 
 def prune_regrow_wrapper(
-  inner,
-  sparsity,
-  *,
   grow_score_fn,
-  distribution,
+  inner,
+  masks,
+  *,
+  sparsity,
+  end_step,
   update_every,
   drop_fraction,
   drop_schedule,
   begin_step,
-  end_step,
-  masks,
   key,
-  power,
-  overrides,
-  prunable,
   mask_gradients,
   skip_update_step,
 ):
-  """Shared constructor of :func:`rigl` and :func:`set_`."""
-  _wrapper.check_mask_source(sparsity, masks)
-  _wrapper.check_density_args(power, overrides)
-  distributions.check_distribution(distribution)
+  """Shared constructor of :func:`rigl` and :func:`set_` (their arguments,
+  and ``grow_score_fn`` of :func:`prune_and_regrow`)."""
+  source = _wrapper.mask_source(masks, sparsity, key, distribution="erk")
   check_schedule_args(update_every, drop_fraction, begin_step, end_step, drop_schedule)
-  key = _checks.raw_key(key)
   fraction_fn = drop_fraction_schedule(drop_fraction, begin_step, end_step, drop_schedule)
 
   def init(params):
-    mask_key, state_key = jax.random.split(key)
-    tree = _wrapper.initial_masks(
-      params,
-      masks,
-      sparsity=sparsity,
-      distribution=distribution,
-      key=mask_key,
-      power=power,
-      overrides=overrides,
-      prunable=prunable,
-    )
+    tree, state_key = source.init_with_state_key(params)
     return tree, {"key": state_key}
 
   def update(old_masks, params, grads, count, extras):
@@ -193,19 +177,15 @@ def _gradient_magnitude(grad, key, shape):
 
 def rigl(
   inner: optax.GradientTransformation,
-  sparsity: float | None = None,
+  masks: _wrapper.MasksOrFn | None = None,
   *,
+  sparsity: float | None = None,
   end_step: int | None,
-  distribution: str = "erk",
   update_every: int = 100,
   drop_fraction: float = 0.3,
   drop_schedule: str = "cosine",
   begin_step: int = 0,
-  masks: _wrapper.MasksOrFn | None = None,
   key: int | jax.Array = 0,
-  power: float = 1.0,
-  overrides: Mapping[str, float] | None = None,
-  prunable: distributions.Prunable = distributions.default_prunable,
   mask_gradients: bool = True,
   skip_update_step: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -213,24 +193,24 @@ def rigl(
 
   Args:
     inner: any optax transformation; extra args are forwarded to it.
-    sparsity: global target in ``[0, 1)`` for random masks at init (per-layer
-      densities from ``distribution``); or give ``masks`` instead.
+    masks: the initial masks, as :func:`static_masks` takes them: a mask
+      tree, or a function ``params -> masks`` (e.g. :func:`random_init`).
+    sparsity: instead of ``masks``, shorthand for
+      ``masks=random_init(sparsity)`` (ERK random masks, RigL's default).
     end_step: first step with no more topology updates (> ``begin_step``);
       ``None`` is allowed with ``drop_schedule='constant'`` (never stop).
-    distribution: ``'uniform'``, ``'er'`` or ``'erk'``.
     update_every: ``ΔT >= 1`` steps between topology updates.
     drop_fraction: ``α`` in ``(0, 1)``.
     drop_schedule: ``'cosine'`` or ``'constant'``.
     begin_step: first update step (RigL updates at ``t = begin_step``).
-    masks: explicit initial mask tree, or ``params -> masks`` (bool, or
-      numeric of exactly 0 and 1, as :func:`static_masks` checks them).
-    key: int seed or JAX PRNG key (initial masks).
-    power, overrides, prunable: see :func:`layer_densities`.
+    key: int seed or JAX PRNG key: ``jax.random.split(key)`` gives the key
+      of random initial masks that have none of their own (``sparsity=``,
+      ``random_init(..., key=None)``) and the state's key.
     mask_gradients: mask the gradient given to ``inner`` (``m ⊙ g``), so that
       the inner state (momentum, Adam moments) of masked weights stays 0, as
       jaxpruner's sparse trainers do (``is_sparse_gradients``); ``False``
-      passes the dense ``g`` (the S2-SAM authors' code on its SAM path); growth always uses the dense gradient
-      received.
+      passes the dense ``g`` (the S2-SAM authors' code on its SAM path).
+      Growth always uses the dense gradient received.
     skip_update_step: no gradient step on update iterations.
 
   Returns:
@@ -241,8 +221,8 @@ def rigl(
     >>> import jax, jax.numpy as jnp, optax
     >>> from s2sam_jax import sparse
     >>> params = {'w': jnp.ones((8, 8)), 'b': jnp.zeros(8)}
-    >>> tx = sparse.rigl(optax.sgd(0.1, momentum=0.9), 0.75, end_step=100,
-    ...                  update_every=10)
+    >>> tx = sparse.rigl(optax.sgd(0.1, momentum=0.9), sparse.random_init(0.75),
+    ...                  end_step=100, update_every=10)
     >>> state = tx.init(params)
     >>> params = sparse.apply_masks(params, state)
     >>> g = jax.tree.map(jnp.ones_like, params)
@@ -250,21 +230,4 @@ def rigl(
     >>> int(state.masks['w'].sum())
     16
   """
-  return prune_regrow_wrapper(
-    inner,
-    sparsity,
-    grow_score_fn=_gradient_magnitude,
-    distribution=distribution,
-    update_every=update_every,
-    drop_fraction=drop_fraction,
-    drop_schedule=drop_schedule,
-    begin_step=begin_step,
-    end_step=end_step,
-    masks=masks,
-    key=key,
-    power=power,
-    overrides=overrides,
-    prunable=prunable,
-    mask_gradients=mask_gradients,
-    skip_update_step=skip_update_step,
-  )
+  return prune_regrow_wrapper(_gradient_magnitude, **locals())  # the arguments above
