@@ -30,26 +30,67 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from s2sam_jax._checks import is_traced
+
 MaskTree = Any
 
 
-def _is_none(x) -> bool:
+def is_none(x) -> bool:
+  """``is_leaf`` for mask trees: a ``None`` (dense) entry is a leaf."""
   return x is None
 
 
-def map_masked(fn, masks: MaskTree, tree, *rest, dense_fn=None):
+def map_masked(fn, masks: MaskTree, tree, *rest, dense_fn=None, key=None):
   """Maps ``fn(mask, leaf, *rest_leaves)`` over masked leaves.
 
   Dense leaves (mask ``None``) get ``dense_fn(leaf, *rest_leaves)``, by default
-  the leaf itself unchanged.
+  the leaf itself unchanged. ``tree`` and ``rest`` are flattened up to the
+  structure of ``masks``.
+
+  With ``key`` (a PRNG key), ``fn`` also gets ``jax.random.fold_in(key, i)``
+  as its last argument, ``i`` the leaf's position among the flattened mask
+  leaves (dense leaves counted): independent randomness per layer.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> masks = {'w': jnp.array([True, False]), 'b': None}
+    >>> map_masked(lambda m, x: jnp.where(m, x, 0.), masks, {'w': jnp.ones(2), 'b': 5.})
+    {'b': 5.0, 'w': Array([1., 0.], dtype=float32)}
   """
   if dense_fn is None:
     dense_fn = lambda x, *_: x
+  mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=is_none)
+  others = [treedef.flatten_up_to(t) for t in (tree, *rest)]
+  out = []
+  for i, (m, *xs) in enumerate(zip(mask_leaves, *others)):
+    if m is None:
+      out.append(dense_fn(*xs))
+    elif key is None:
+      out.append(fn(m, *xs))
+    else:
+      out.append(fn(m, *xs, jax.random.fold_in(key, i)))
+  return jax.tree.unflatten(treedef, out)
 
-  def per_leaf(m, x, *r):
-    return dense_fn(x, *r) if m is None else fn(m, x, *r)
 
-  return jax.tree.map(per_leaf, masks, tree, *rest, is_leaf=_is_none)
+def per_layer(fn, masks: MaskTree, *trees, key=None):
+  """``fn(mask, *leaves[, key])`` per masked leaf (as :func:`map_masked`),
+  ``None`` where ``masks`` is dense: e.g. a topology update's new masks.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> masks = {'w': jnp.array([True, False, True]), 'b': None}
+    >>> per_layer(lambda m: int(m.sum()), masks)
+    {'b': None, 'w': 2}
+  """
+  per_leaf = lambda m, _, *xs: fn(m, *xs)
+  return map_masked(per_leaf, masks, masks, *trees, dense_fn=lambda *_: None, key=key)
+
+
+def fill_layers(masks: MaskTree, values):
+  """A tree of ``masks``' structure with ``values[j]`` at the ``j``-th masked
+  leaf (flatten order) and ``None`` at dense leaves."""
+  values = iter(values)
+  return per_layer(lambda m: next(values), masks)
 
 
 def mask_tree(tree, masks: MaskTree | None):
@@ -84,10 +125,6 @@ def leaf_name(path) -> str:
   return repr(name) if name else "<root>"
 
 
-def _is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
-
-
 def check_mask_values(masks: MaskTree, name: str = "masks") -> None:
   """Raises ``ValueError`` naming ``name`` and the leaf unless every mask leaf
   is ``None``, a ``bool`` array, or a numeric array of exactly 0 and 1.
@@ -105,7 +142,7 @@ def check_mask_values(masks: MaskTree, name: str = "masks") -> None:
     ...
     ValueError: `masks` leaf 'w' is not a mask: ...
   """
-  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)
+  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)
   for path, m in flat:
     if m is None:
       continue
@@ -123,7 +160,7 @@ def check_mask_values(masks: MaskTree, name: str = "masks") -> None:
       )
     if jnp.issubdtype(dtype, jnp.bool_):
       continue
-    if _is_traced(m):
+    if is_traced(m):
       raise ValueError(
         f"{where} is a traced {dtype} array whose values cannot be checked "
         f"to be exactly 0 or 1 (e.g. under jit): give bool masks."
@@ -151,7 +188,7 @@ def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
   values are a mask (:func:`check_mask_values`: ``bool``, or numeric of
   exactly 0 and 1). Leaves are named by their :func:`path_str`.
   """
-  mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=_is_none)
+  mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=is_none)
   try:
     param_subtrees = mask_def.flatten_up_to(params)
   except (ValueError, TypeError) as e:
@@ -160,7 +197,7 @@ def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
       f"or None per leaf); got a mismatch: {e}"
     ) from None
   for path_leaf, m, p in zip(
-    jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)[0], mask_leaves, param_subtrees
+    jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)[0], mask_leaves, param_subtrees
   ):
     if m is None:
       continue
@@ -237,6 +274,56 @@ def keep_top_k(scores: jax.Array, k) -> jax.Array:
   return chosen.reshape(jnp.shape(scores))
 
 
+def bucket(n: int) -> int:
+  """Next power of two >= n: one compilation serves many layer sizes."""
+  return 1 << max(n - 1, 0).bit_length()
+
+
+_jit_keep_top_k = jax.jit(keep_top_k)
+
+
+def keep_top_k_host(scores, k: int):
+  """:func:`keep_top_k` for one-shot host-side use (mask construction).
+
+  Pads the flattened scores with ``-inf`` to a power-of-two length so that one
+  compilation serves many layer sizes; ties still go to the lower flat index
+  (padding comes last). Returns a bool array of ``scores``' shape.
+  """
+  flat = np.asarray(scores, dtype=np.float32).ravel()
+  n = flat.size
+  padded = np.full(bucket(n), -np.inf, np.float32)
+  padded[:n] = flat
+  keep = np.asarray(_jit_keep_top_k(padded, int(k)))[:n]
+  return jnp.asarray(keep.reshape(np.shape(scores)))
+
+
+def keep_top_k_global(scores, selected, k: int) -> MaskTree:
+  """Keeps the ``k`` highest ``scores`` among the ``selected`` leaves, ranked
+  together (leaves in ``jax.tree`` flatten order, so ties keep the lower
+  position in that order); ``None`` for the leaves not selected.
+
+  Args:
+    scores: a tree of score arrays.
+    selected: a tree of bools with the structure of ``scores``.
+    k: number of entries kept over all selected leaves.
+  """
+  score_leaves, treedef = jax.tree.flatten(scores)
+  flags = treedef.flatten_up_to(selected)
+  chosen = [np.asarray(s, np.float32).ravel() for s, f in zip(score_leaves, flags) if f]
+  if not chosen:
+    raise ValueError("No prunable leaves: `prunable` selected none of the params.")
+  kept = np.asarray(keep_top_k_host(np.concatenate(chosen), k))
+  out, start = [], 0
+  for s, f in zip(score_leaves, flags):
+    if not f:
+      out.append(None)
+      continue
+    size = int(np.size(s))
+    out.append(jnp.asarray(kept[start : start + size].reshape(np.shape(s))))
+    start += size
+  return jax.tree.unflatten(treedef, out)
+
+
 def count_active(masks: MaskTree):
   """Number of active entries per masked leaf (``None`` for dense leaves)."""
-  return map_masked(lambda m, x: jnp.sum(m, dtype=jnp.int32), masks, masks, dense_fn=lambda x: None)
+  return per_layer(lambda m: jnp.sum(m, dtype=jnp.int32), masks)

@@ -35,16 +35,14 @@ does not matter. For finite inputs the result is unchanged, bit for bit.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
@@ -137,28 +135,15 @@ def resolve_rho(rho: ScalarOrSchedule, count: jax.Array):
   return rho(count) if callable(rho) else rho
 
 
-def _is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
-
-
 def _concrete_float(x, name: str) -> float | None:
   """``float(x)`` for a concrete real scalar, ``None`` for a traced one;
   ``ValueError`` naming ``name`` for anything else."""
-  if _is_traced(x):
+  if _checks.is_traced(x):
     return None
-  if isinstance(x, bool) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.bool_)):
-    raise ValueError(f"`{name}` must be a real number; got {x!r}.")
-  if isinstance(x, numbers.Real):
-    return float(x)
-  try:
-    array = np.asarray(x)
-  except (TypeError, ValueError):
-    raise ValueError(f"`{name}` must be a real number; got {x!r}.") from None
-  if array.ndim != 0 or not (
-    jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)
-  ):
+  value = _checks.as_real(x)
+  if value is None:
     raise ValueError(f"`{name}` must be a real scalar; got {x!r}.")
-  return float(array)
+  return value
 
 
 def check_hyperparameters(rho: Any, eps: Any, eta: Any) -> None:
@@ -193,6 +178,41 @@ def check_adaptive_formula(adaptive: bool, formula: str, name: str = "adaptive_f
     raise ValueError(f"`{name}` must be one of {ADAPTIVE_FORMULAS}; got {formula!r}.")
   if formula == "authors" and not adaptive:
     raise ValueError(f"`{name}='authors'` needs `adaptive=True`.")
+
+
+def check_wrapper_args(rho, eps, eta, adaptive, formula, masks):
+  """:func:`s2sam_jax.s2sam`'s and :func:`s2sam_jax.sam`'s shared checks at
+  construction: the hyperparameters, the adaptive formula and the masks'
+  values. Returns ``masks`` as ``bool`` (or ``None``)."""
+  check_hyperparameters(rho, eps, eta)
+  check_adaptive_formula(adaptive, formula)
+  if masks is not None:
+    _masks.check_mask_values(masks)
+    masks = _masks.as_bool(masks)
+  return masks
+
+
+class Radius(NamedTuple):
+  """The checked hyperparameters of :func:`perturbation` but ``rho``."""
+
+  adaptive: bool
+  formula: str
+  eta: Any
+  eps: Any
+
+  def perturbation(self, grads, params, rho, masks):
+    """:func:`perturbation` with these hyperparameters (not re-checked)."""
+    return perturbation(
+      grads,
+      params,
+      rho,
+      adaptive=self.adaptive,
+      eta=self.eta,
+      eps=self.eps,
+      formula=self.formula,
+      masks=masks,
+      check=False,
+    )
 
 
 def mask_source(

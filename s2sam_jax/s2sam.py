@@ -45,13 +45,14 @@ with ``perturb_pruned=True`` the held point carries ``ε`` there).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from s2sam_jax import _masks, _perturbation
+from s2sam_jax import _checks, _masks, _perturbation
 
 MODES = ("transparent", "explicit")
 
@@ -108,18 +109,18 @@ def s2sam(
       and complex dtypes, and names that are not dtypes, are refused
       (``ValueError``): an integer buffer would store ``ε = 0``. The stored
       (rounded) value is exactly what is applied.
-    masks: mask tree confining ``ε`` to active weights: ``bool`` leaves (or
-      numeric ones of exactly 0 and 1; anything else is a ``ValueError``
-      naming the leaf) or ``None`` for dense leaves. ``None`` uses the masks
-      of an inner sparse wrapper if there is one. These masks only confine
-      ``ε``; they do not mask the weights (an inner sparse wrapper does).
+    masks: mask tree confining ``ε`` to active weights (``bool`` leaves, or
+      numeric ones of exactly 0 and 1, else ``ValueError`` naming the leaf;
+      ``None`` for dense leaves). ``None`` uses the masks of an inner sparse
+      wrapper if there is one. They confine ``ε`` only; they do not mask the
+      weights (an inner sparse wrapper does).
     perturb_pruned: perturb masked weights too (the authors' code).
 
-  Checks: ``rho``, ``eta`` and ``eps`` given as numbers (or concrete
-  arrays) must be finite, with ``rho >= 0``, ``eta >= 0`` and ``eps > 0``,
-  else ``ValueError`` naming the argument. A ``rho`` schedule, and traced
-  values (``optax.inject_hyperparams`` inside ``jit``), are not checked; a
-  non-finite value there gives ``ε = 0`` for that step.
+  ``rho``, ``eta`` and ``eps`` are checked as
+  :func:`s2sam_jax._perturbation.check_hyperparameters` says (finite, ``rho,
+  eta >= 0``, ``eps > 0``, else ``ValueError`` naming the argument; a
+  schedule or a traced value is not checked, and a non-finite one gives
+  ``ε = 0`` for that step).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -136,79 +137,96 @@ def s2sam(
     >>> ss.unperturbed(w, state).shape
     (3,)
   """
-  _perturbation.check_hyperparameters(rho, eps, eta)
-  _perturbation.check_adaptive_formula(adaptive, adaptive_formula)
-  authors = adaptive and adaptive_formula == "authors"
-  if mode not in MODES:
-    raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
-  buffer_dtype = _check_buffer_dtype(buffer_dtype)
-  if masks is not None:
-    _masks.check_mask_values(masks)
-    masks = _masks.as_bool(masks)
-  inner = optax.with_extra_args_support(inner)
-  transparent = mode == "transparent"
+  masks = _perturbation.check_wrapper_args(rho, eps, eta, adaptive, adaptive_formula, masks)
+  _checks.check_choice(mode, "mode", MODES)
+  cfg = _Config(
+    optax.with_extra_args_support(inner),
+    rho,
+    _perturbation.Radius(adaptive, adaptive_formula, eta, eps),
+    mode == "transparent",
+    _check_buffer_dtype(buffer_dtype),
+    masks,
+    perturb_pruned,
+  )
+  return optax.GradientTransformationExtraArgs(
+    functools.partial(_init, cfg), functools.partial(_update, cfg)
+  )
 
-  def init_fn(params):
-    if masks is not None:
-      _masks.validate_masks(masks, params)
-    buffer = jax.tree.map(
-      lambda p: jnp.zeros(jnp.shape(p), buffer_dtype or jnp.asarray(p).dtype), params
+
+class _Config(NamedTuple):
+  """:func:`s2sam`'s checked arguments."""
+
+  inner: optax.GradientTransformationExtraArgs
+  rho: _perturbation.ScalarOrSchedule
+  radius: _perturbation.Radius
+  transparent: bool
+  buffer_dtype: jnp.dtype | None
+  masks: _masks.MaskTree | None
+  perturb_pruned: bool
+
+
+def _init(cfg: _Config, params) -> S2SAMState:
+  if cfg.masks is not None:
+    _masks.validate_masks(cfg.masks, params)
+  buffer = jax.tree.map(
+    lambda p: jnp.zeros(jnp.shape(p), cfg.buffer_dtype or jnp.asarray(p).dtype), params
+  )
+  return S2SAMState(
+    count=jnp.zeros([], jnp.int32),
+    perturbation=buffer,
+    in_params=jnp.asarray(cfg.transparent),
+    inner_state=cfg.inner.init(params),
+  )
+
+
+def _update(cfg: _Config, grads, state: S2SAMState, params=None, **extra_args):
+  """One S2-SAM step (module docstring): the inner step at the clean
+  weights, then ``ε_{t+1}`` from ``grads``."""
+  if params is None:
+    raise ValueError("s2sam needs `params` in update(grads, state, params).")
+  old_eps = state.perturbation
+  clean = (
+    jax.tree.map(lambda p, e: p - e.astype(p.dtype), params, old_eps) if cfg.transparent else params
+  )
+  inner_updates, inner_state = cfg.inner.update(grads, state.inner_state, clean, **extra_args)
+  next_clean = jax.tree.map(lambda w, u: w + u.astype(w.dtype), clean, inner_updates)
+
+  count = optax.safe_increment(state.count)
+  # ASAM scales by the weights the next gradient is taken around; the
+  # authors' formula by the point where ``grads`` was taken.
+  scale_point = next_clean
+  if cfg.radius.adaptive and cfg.radius.formula == "authors":
+    scale_point = (
+      params
+      if cfg.transparent
+      else jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, old_eps)
     )
-    return S2SAMState(
-      count=jnp.zeros([], jnp.int32),
-      perturbation=buffer,
-      in_params=jnp.asarray(transparent),
-      inner_state=inner.init(params),
-    )
+  new_eps = cfg.radius.perturbation(
+    grads,
+    scale_point,
+    _perturbation.resolve_rho(cfg.rho, count),
+    _perturbation.mask_source(cfg.masks, inner_state, cfg.perturb_pruned),
+  )
+  new_eps = _stored(new_eps, old_eps)
+  if cfg.transparent:
+    # Aim at the target point itself: where it is exactly 0 (masked), the
+    # update is exactly -params and apply_updates yields an exact 0.
+    updates = jax.tree.map(lambda w, e, p: (w + e.astype(w.dtype)) - p, next_clean, new_eps, params)
+  else:
+    updates = jax.tree.map(lambda u, p: u.astype(p.dtype), inner_updates, params)
+  return updates, S2SAMState(count, new_eps, state.in_params, inner_state)
 
-  def update_fn(grads, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError("s2sam needs `params` in update(grads, state, params).")
-    old_eps = state.perturbation
-    clean = (
-      jax.tree.map(lambda p, e: p - e.astype(p.dtype), params, old_eps) if transparent else params
-    )
-    inner_updates, inner_state = inner.update(grads, state.inner_state, clean, **extra_args)
-    next_clean = jax.tree.map(lambda w, u: w + u.astype(w.dtype), clean, inner_updates)
 
-    count = optax.safe_increment(state.count)
-    # ASAM scales by the weights the next gradient is taken around; the
-    # authors' formula by the point where ``grads`` was taken.
-    scale_point = next_clean
-    if authors:
-      scale_point = (
-        params if transparent else jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, old_eps)
-      )
-    new_eps = _perturbation.perturbation(
-      grads,
-      scale_point,
-      _perturbation.resolve_rho(rho, count),
-      adaptive=adaptive,
-      eta=eta,
-      eps=eps,
-      formula=adaptive_formula,
-      masks=_perturbation.mask_source(masks, inner_state, perturb_pruned),
-      check=False,
-    )
-    new_eps = jax.tree.map(lambda e, old: e.astype(old.dtype), new_eps, old_eps)
-    if any(
-      jnp.issubdtype(e.dtype, jnp.floating) and jnp.finfo(e.dtype).max < jnp.finfo(jnp.float32).max
-      for e in jax.tree.leaves(old_eps)
-    ):
-      # float16 buffers: a finite float32 ε may overflow when stored.
-      new_eps = _perturbation.zero_unless_finite(new_eps)
-
-    if transparent:
-      # Aim at the target point itself: where it is exactly 0 (masked), the
-      # update is exactly -params and apply_updates yields an exact 0.
-      updates = jax.tree.map(
-        lambda w, e, p: (w + e.astype(w.dtype)) - p, next_clean, new_eps, params
-      )
-    else:
-      updates = jax.tree.map(lambda u, p: u.astype(p.dtype), inner_updates, params)
-    return updates, S2SAMState(count, new_eps, state.in_params, inner_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+def _stored(new_eps, old_eps):
+  """``ε_{t+1}`` in the buffer's dtypes; zero if it overflows a float16 buffer."""
+  new_eps = jax.tree.map(lambda e, old: e.astype(old.dtype), new_eps, old_eps)
+  if any(
+    jnp.issubdtype(e.dtype, jnp.floating) and jnp.finfo(e.dtype).max < jnp.finfo(jnp.float32).max
+    for e in jax.tree.leaves(old_eps)
+  ):
+    # float16 buffers: a finite float32 ε may overflow when stored.
+    new_eps = _perturbation.zero_unless_finite(new_eps)
+  return new_eps
 
 
 def _check_buffer_dtype(buffer_dtype):
@@ -303,7 +321,7 @@ def unperturbed(params, state):
     return clean
   # Paired by flattening order, as in _shift (params may be an nnx.State).
   leaves, treedef = jax.tree.flatten(clean)
-  mask_leaves = jax.tree.leaves(masks, is_leaf=lambda m: m is None)
+  mask_leaves = jax.tree.leaves(masks, is_leaf=_masks.is_none)
   return treedef.unflatten(
     [x if m is None else jnp.where(m, x, jnp.zeros_like(x)) for x, m in zip(leaves, mask_leaves)]
   )

@@ -74,11 +74,9 @@ def sam(
       masks if there is one. They do not mask the weights.
     perturb_pruned: perturb masked weights too.
 
-  Checks: ``rho``, ``eta`` and ``eps`` given as numbers (or concrete
-  arrays) must be finite, with ``rho >= 0``, ``eta >= 0`` and ``eps > 0``,
-  else ``ValueError`` naming the argument. A ``rho`` schedule, and traced
-  values (``optax.inject_hyperparams`` inside ``jit``), are not checked; a
-  non-finite value there gives ``ε = 0`` for that step.
+  ``rho``, ``eta`` and ``eps`` are checked as :func:`s2sam_jax.s2sam` checks
+  them (finite, ``rho, eta >= 0``, ``eps > 0``, else ``ValueError`` naming
+  the argument; schedules and traced values are not checked).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -91,14 +89,11 @@ def sam(
     >>> optax.apply_updates(w, updates).shape
     (3,)
   """
-  _perturbation.check_hyperparameters(rho, eps, eta)
-  _perturbation.check_adaptive_formula(adaptive, adaptive_formula)
+  masks = _perturbation.check_wrapper_args(rho, eps, eta, adaptive, adaptive_formula, masks)
   if adaptive and adaptive_formula == "authors":
-    eta = 0.0
-  if masks is not None:
-    _masks.check_mask_values(masks)
-    masks = _masks.as_bool(masks)
+    eta = 0.0  # the authors' two-step branch: ASAM with η = 0
   inner = optax.with_extra_args_support(inner)
+  radius = _perturbation.Radius(adaptive, "asam", eta, eps)
 
   def init_fn(params):
     if masks is not None:
@@ -112,15 +107,11 @@ def sam(
       )
     if params is None:
       raise ValueError("sam needs `params` in update(grads, state, params).")
-    eps_t = _perturbation.perturbation(
+    eps_t = radius.perturbation(
       grads,
       params,
       _perturbation.resolve_rho(rho, state.count),
-      adaptive=adaptive,
-      eta=eta,
-      eps=eps,
-      masks=_perturbation.mask_source(masks, state.inner_state, perturb_pruned),
-      check=False,
+      _perturbation.mask_source(masks, state.inner_state, perturb_pruned),
     )
     ascent_point = jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, eps_t)
     ascent_grads = grad_fn(ascent_point)

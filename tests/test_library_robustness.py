@@ -66,23 +66,22 @@ def _sparse(method, inner, params, mask_gradients=True):
   if method == "static_masks":
     return sparse.static_masks(inner, _fixed_masks(params), **common)
   if method == "static_random":
-    return sparse.static_random(inner, 0.5, distribution="uniform", key=1, **common)
+    return sparse.static_masks(inner, sparse.random_init(0.5, "uniform", key=1), **common)
   if method in ("set", "rigl"):
     fn = sparse.set_ if method == "set" else sparse.rigl
     return fn(
       inner,
-      0.5,
+      sparse.random_init(0.5, "uniform"),
       end_step=100,
       update_every=EVERY,
       drop_fraction=0.5,
-      distribution="uniform",
       key=1,
       **common,
     )
   if method == "dsr":
-    return sparse.dsr(inner, 0.5, update_every=EVERY, init_threshold=0.5, key=1, **common)
+    return sparse.dsr(inner, sparsity=0.5, update_every=EVERY, init_threshold=0.5, key=1, **common)
   if method == "mest":
-    return sparse.mest(inner, 0.5, update_every=EVERY, decay_steps=(4, 6), key=1, **common)
+    return sparse.mest(inner, sparsity=0.5, update_every=EVERY, decay_steps=(4, 6), key=1, **common)
   assert method == "gmp"
   return sparse.gmp(inner, 0.5, end_step=6, update_every=EVERY, initial_sparsity=0.2, **common)
 
@@ -802,15 +801,12 @@ def test_floating_buffer_dtypes_are_accepted(dtype, want):
 # ------------------------------------------------------------ 7: regexes
 
 
+# The wrappers take their random masks from sparse.random_init, which checks
+# its arguments when it is called, before any wrapper or init exists.
 REGEX_USERS = {
   "layer_densities": lambda o: sparse.layer_densities({"w": jnp.ones((4, 4))}, 0.5, overrides=o),
-  "static_random": lambda o: sparse.static_random(optax.sgd(0.1), 0.5, overrides=o),
-  "rigl": lambda o: sparse.rigl(optax.sgd(0.1), 0.5, end_step=9, overrides=o),
-  "set_": lambda o: sparse.set_(optax.sgd(0.1), 0.5, end_step=9, overrides=o),
-  "dsr": lambda o: sparse.dsr(optax.sgd(0.1), 0.5, overrides=o),
-  "mest": lambda o: sparse.mest(
-    optax.sgd(0.1), 0.5, update_every=2, decay_steps=(4, 6), overrides=o
-  ),
+  "random_init": lambda o: sparse.random_init(0.5, overrides=o),
+  "random_init(er)": lambda o: sparse.random_init(0.5, "er", key=3, overrides=o),
   "gmp": lambda o: sparse.gmp(optax.sgd(0.1), 0.5, end_step=9, overrides=o),
 }
 
@@ -830,13 +826,10 @@ def test_invalid_override_regex_is_a_value_error_naming_it(user):
 
 
 BAD_POWER = {
-  "static_random": lambda: sparse.static_random(optax.sgd(0.1), 0.5, power=float("nan")),
-  "rigl": lambda: sparse.rigl(optax.sgd(0.1), 0.5, end_step=9, power=float("nan")),
-  "set_": lambda: sparse.set_(optax.sgd(0.1), 0.5, end_step=9, power=-1.0),
-  "dsr": lambda: sparse.dsr(optax.sgd(0.1), 0.5, power=float("inf")),
-  "mest": lambda: sparse.mest(
-    optax.sgd(0.1), 0.5, update_every=2, decay_steps=(4, 6), power=float("nan")
-  ),
+  "random_init(nan)": lambda: sparse.random_init(0.5, power=float("nan")),
+  "random_init(-1)": lambda: sparse.random_init(0.5, "er", power=-1.0),
+  "random_init(inf)": lambda: sparse.random_init(0.5, "uniform", power=float("inf")),
+  "random_init('1')": lambda: sparse.random_init(0.5, power="1"),
   "gmp": lambda: sparse.gmp(optax.sgd(0.1), 0.5, end_step=9, power=float("nan")),
 }
 
@@ -901,8 +894,8 @@ def test_training_flops_refuses_a_rigl_end_step_before_its_begin_step():
 
 def test_dsr_init_threshold_must_be_a_real_number_not_a_bool():
   with pytest.raises(ValueError, match="`init_threshold`"):
-    sparse.dsr(optax.sgd(0.1), 0.5, init_threshold=True)
-  state = sparse.dsr(optax.sgd(0.1), 0.5, init_threshold=np.float32(0.25)).init(
+    sparse.dsr(optax.sgd(0.1), sparsity=0.5, init_threshold=True)
+  state = sparse.dsr(optax.sgd(0.1), sparsity=0.5, init_threshold=np.float32(0.25)).init(
     {"w": jnp.ones((4, 4))}
   )
   assert float(state.threshold) == 0.25

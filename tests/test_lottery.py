@@ -1,4 +1,4 @@
-"""Iterative magnitude pruning driver vs NumPy re-derivations (reference §11, §12)."""
+"""Iterative magnitude pruning driver (lottery tickets, LR rewinding) vs NumPy re-derivations."""
 
 import math
 

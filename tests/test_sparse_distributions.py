@@ -1,4 +1,5 @@
-"""Layer-wise sparsity distributions vs a NumPy re-derivation of reference §2."""
+"""Layer-wise sparsity distributions vs a NumPy re-derivation of RigL's ER/ERK solver
+(google-research/rigl rigl/sparse_utils.py, get_sparsities_erdos_renyi)."""
 
 import math
 
@@ -53,7 +54,7 @@ def flat_leaves(tree):
 
 
 def numpy_reference(shapes, sparsity, distribution, custom=()):
-  """Reference §2 written independently: vectorised water-filling."""
+  """RigL's solver written independently: vectorised water-filling."""
   names = [n for n, s in shapes.items() if len(s) >= 2 and n not in custom]
   n = np.array([np.prod(shapes[k]) for k in names], dtype=np.float64)
   if distribution == "uniform":
@@ -83,7 +84,9 @@ PARAMS = nest({k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in resnet32_shap
 def test_resnet32_shapes_match_reference_counts():
   shapes = resnet32_shapes()
   kernels = [s for s in shapes.values() if len(s) >= 2]
-  assert sum(math.prod(s) for s in kernels) == 1_855_584  # reference §1.1
+  assert (
+    sum(math.prod(s) for s in kernels) == 1_855_584
+  )  # the GraSP-variant ResNet-32's conv and linear kernels
   block_convs = [
     s for k, s in shapes.items() if "block" in k and "conv" in k and "shortcut" not in k
   ]

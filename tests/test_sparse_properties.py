@@ -59,18 +59,17 @@ def _loss(params):
 
 
 def _make_tx(method, opt, sparsity, distribution, seed, mask_gradients):
-  common = dict(distribution=distribution, key=seed, mask_gradients=mask_gradients)
+  init = sparse.random_init(sparsity, distribution)  # drawn with the method's key
+  common = dict(key=seed, mask_gradients=mask_gradients)
   if method == "static":
-    return sparse.static_random(opt, sparsity, **common)
+    return sparse.static_masks(opt, init, **common)
   if method in ("set", "rigl"):
     fn = sparse.set_ if method == "set" else sparse.rigl
-    return fn(opt, sparsity, end_step=STEPS + 1, update_every=EVERY, drop_fraction=0.5, **common)
+    return fn(opt, init, end_step=STEPS + 1, update_every=EVERY, drop_fraction=0.5, **common)
   if method == "dsr":
-    return sparse.dsr(opt, sparsity, update_every=EVERY, **common)
+    return sparse.dsr(opt, init, update_every=EVERY, **common)
   if method in ("em", "ems"):
-    return sparse.mest(
-      opt, sparsity, variant=method, update_every=EVERY, decay_steps=DECAY, **common
-    )
+    return sparse.mest(opt, init, variant=method, update_every=EVERY, decay_steps=DECAY, **common)
   return sparse.gmp(
     opt,
     sparsity,

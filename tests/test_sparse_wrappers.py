@@ -208,11 +208,10 @@ def test_mest_counts_follow_bound_schedule(variant, expected):
   w0 = jax.random.normal(jax.random.PRNGKey(1), (10, 10))
   tx = sparse.mest(
     optax.sgd(0.0),
-    0.9,
+    sparse.random_init(0.9, "uniform"),
     variant=variant,
     update_every=every,
     decay_steps=(10, 20),
-    distribution="uniform",
   )
   params = {"w": w0}
   state = tx.init(params)
@@ -291,11 +290,13 @@ def _loss(p):
 
 
 METHODS = {
-  "static": lambda opt: sparse.static_random(opt, 0.8),
-  "set": lambda opt: sparse.set_(opt, 0.8, end_step=12, update_every=2),
-  "rigl": lambda opt: sparse.rigl(opt, 0.8, end_step=12, update_every=2),
-  "dsr": lambda opt: sparse.dsr(opt, 0.8, update_every=2),
-  "mest": lambda opt: sparse.mest(opt, 0.8, variant="ems", update_every=2, decay_steps=(4, 8)),
+  "static": lambda opt: sparse.static_masks(opt, sparsity=0.8),
+  "set": lambda opt: sparse.set_(opt, sparsity=0.8, end_step=12, update_every=2),
+  "rigl": lambda opt: sparse.rigl(opt, sparse.random_init(0.8), end_step=12, update_every=2),
+  "dsr": lambda opt: sparse.dsr(opt, sparsity=0.8, update_every=2),
+  "mest": lambda opt: sparse.mest(
+    opt, sparsity=0.8, variant="ems", update_every=2, decay_steps=(4, 8)
+  ),
   "gmp": lambda opt: sparse.gmp(opt, 0.8, end_step=8, update_every=2),
 }
 
@@ -400,7 +401,8 @@ def _sparse_sam_cases():
   return {
     "s2sam(rigl)": (
       ss.s2sam(
-        sparse.rigl(optax.sgd(0.05, momentum=0.9), 0.7, end_step=20, update_every=3), rho=0.05
+        sparse.rigl(optax.sgd(0.05, momentum=0.9), sparsity=0.7, end_step=20, update_every=3),
+        rho=0.05,
       ),
       False,
     ),
@@ -416,7 +418,8 @@ def _sparse_sam_cases():
     ),
     "sam(rigl)": (
       ss.sam(
-        sparse.rigl(optax.sgd(0.05, momentum=0.9), 0.7, end_step=20, update_every=3), rho=0.05
+        sparse.rigl(optax.sgd(0.05, momentum=0.9), sparsity=0.7, end_step=20, update_every=3),
+        rho=0.05,
       ),
       True,
     ),
@@ -463,7 +466,9 @@ def test_sam_variants_over_sparse_wrappers(name):
 def test_s2sam_perturb_pruned_switch_perturbs_masked_weights():
   # The check above can fail: with the authors' dense perturbation the
   # masked entries of ε are non-zero.
-  tx = ss.s2sam(sparse.static_random(optax.sgd(0.05), 0.7), rho=0.05, perturb_pruned=True)
+  tx = ss.s2sam(
+    sparse.static_masks(optax.sgd(0.05), sparse.random_init(0.7)), rho=0.05, perturb_pruned=True
+  )
   state = tx.init(_params())
   params = sparse.apply_masks(_params(), state)
   for _ in range(2):
@@ -477,32 +482,49 @@ def test_s2sam_perturb_pruned_switch_perturbs_masked_weights():
 # ------------------------------------------------------------------ bad input
 
 
+RANDOM = sparse.random_init(0.5)
+
 BAD_INPUT = [
-  (lambda: sparse.static_random(optax.sgd(0.1), 1.0), "sparsity"),
-  (lambda: sparse.static_random(optax.sgd(0.1), -0.1), "sparsity"),
-  (lambda: sparse.static_random(optax.sgd(0.1), 0.5, distribution="gauss"), "distribution"),
-  (lambda: sparse.rigl(optax.sgd(0.1), 0.5, end_step=10, update_every=0), "update_every"),
-  (lambda: sparse.rigl(optax.sgd(0.1), 0.5, end_step=10, drop_fraction=0.0), "drop_fraction"),
-  (lambda: sparse.set_(optax.sgd(0.1), 0.5, end_step=10, drop_fraction=1.0), "drop_fraction"),
-  (lambda: sparse.rigl(optax.sgd(0.1), 0.5, end_step=None), "end_step"),
-  (lambda: sparse.rigl(optax.sgd(0.1), 0.5, end_step=5, begin_step=5), "end_step"),
-  (lambda: sparse.rigl(optax.sgd(0.1), 0.5, end_step=5, drop_schedule="exp"), "drop_schedule"),
+  (lambda: sparse.random_init(1.0), "sparsity"),
+  (lambda: sparse.random_init(-0.1), "sparsity"),
+  (lambda: sparse.random_init("0.5"), "sparsity"),
+  (lambda: sparse.random_init(0.5, distribution="gauss"), "distribution"),
+  (lambda: sparse.random_init(0.5, key="seed"), "key"),
+  (lambda: sparse.random_init(0.5, prunable="kernels"), "prunable"),
+  (lambda: sparse.static_masks(optax.sgd(0.1), sparsity=1.0), "sparsity"),
+  (lambda: sparse.static_masks(optax.sgd(0.1), 0.5), "masks"),  # not sparsity=0.5
+  (lambda: sparse.static_masks(optax.sgd(0.1), RANDOM, sparsity=0.5), "masks"),
+  (lambda: sparse.static_masks(optax.sgd(0.1), RANDOM, key=1.5), "key"),
+  (lambda: sparse.rigl(optax.sgd(0.1), RANDOM, end_step=10, update_every=0), "update_every"),
+  (lambda: sparse.rigl(optax.sgd(0.1), RANDOM, end_step=10, drop_fraction=0.0), "drop_fraction"),
+  (lambda: sparse.set_(optax.sgd(0.1), RANDOM, end_step=10, drop_fraction=1.0), "drop_fraction"),
+  (lambda: sparse.rigl(optax.sgd(0.1), RANDOM, end_step=None), "end_step"),
+  (lambda: sparse.rigl(optax.sgd(0.1), RANDOM, end_step=5, begin_step=5), "end_step"),
+  (lambda: sparse.rigl(optax.sgd(0.1), RANDOM, end_step=5, drop_schedule="exp"), "drop_schedule"),
   (lambda: sparse.rigl(optax.sgd(0.1), end_step=5), "sparsity"),
-  (lambda: sparse.rigl(optax.sgd(0.1), 1.5, end_step=5), "sparsity"),
-  (lambda: sparse.set_(optax.sgd(0.1), 0.5, end_step=5, key="seed"), "key"),
-  (lambda: sparse.dsr(optax.sgd(0.1), 0.5, update_every=0), "update_every"),
-  (lambda: sparse.dsr(optax.sgd(0.1), 0.5, target_fraction=1.5), "target_fraction"),
-  (lambda: sparse.dsr(optax.sgd(0.1), 0.5, init_threshold=0.0), "init_threshold"),
+  (lambda: sparse.rigl(optax.sgd(0.1), end_step=5), "masks"),
+  (lambda: sparse.rigl(optax.sgd(0.1), sparsity=1.5, end_step=5), "sparsity"),
+  (lambda: sparse.rigl(optax.sgd(0.1), 0.5, end_step=5), "masks"),
+  (lambda: sparse.set_(optax.sgd(0.1), sparsity=0.5, end_step=5, key="seed"), "key"),
+  (lambda: sparse.dsr(optax.sgd(0.1), RANDOM, update_every=0), "update_every"),
+  (lambda: sparse.dsr(optax.sgd(0.1), sparsity=0.5, target_fraction=1.5), "target_fraction"),
+  (lambda: sparse.dsr(optax.sgd(0.1), sparsity=0.5, init_threshold=0.0), "init_threshold"),
+  (lambda: sparse.dsr(optax.sgd(0.1), "0.5"), "masks"),
   (
-    lambda: sparse.mest(optax.sgd(0.1), 0.5, variant="emx", update_every=5, decay_steps=(1, 2)),
+    lambda: sparse.mest(
+      optax.sgd(0.1), sparsity=0.5, variant="emx", update_every=5, decay_steps=(1, 2)
+    ),
     "variant",
   ),
-  (lambda: sparse.mest(optax.sgd(0.1), 0.5, update_every=5), "decay_steps"),
-  (lambda: sparse.mest(optax.sgd(0.1), 0.5, update_every=5, decay_steps=(3, 2)), "decay_steps"),
+  (lambda: sparse.mest(optax.sgd(0.1), sparsity=0.5, update_every=5), "decay_steps"),
+  (
+    lambda: sparse.mest(optax.sgd(0.1), sparsity=0.5, update_every=5, decay_steps=(3, 2)),
+    "decay_steps",
+  ),
   (
     lambda: sparse.mest(
       optax.sgd(0.1),
-      0.5,
+      sparsity=0.5,
       update_every=5,
       decay_steps=(4,),
       prune_offsets=(0.0, 0.0),
@@ -534,7 +556,7 @@ def test_masks_not_matching_params_raise_at_init():
 
 
 def test_update_without_params_raises():
-  tx = sparse.static_random(optax.sgd(0.1), 0.5)
+  tx = sparse.static_masks(optax.sgd(0.1), sparse.random_init(0.5))
   params = {"w": jnp.ones((4, 4))}
   state = tx.init(params)
   with pytest.raises(ValueError, match="`params`"):

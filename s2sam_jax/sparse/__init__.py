@@ -1,12 +1,23 @@
-"""Sparse training as Optax transformations: masks live in the optimizer state."""
+"""Sparse training as Optax transformations: masks live in the optimizer state.
 
+Every method takes its initial masks as one argument, ``masks``: a mask tree,
+or a function ``params -> masks`` such as :func:`random_init`'s (random masks
+from a sparsity and a layer-wise distribution) or a pruner at init
+(:func:`magnitude_masks`, :func:`snip_masks`, :func:`grasp_masks`);
+``sparsity=s`` is shorthand for ``masks=random_init(s)`` with the method's
+customary distribution. :func:`create` builds a method by name.
+"""
+
+from s2sam_jax.sparse._factory import METHOD_NAMES, create
 from s2sam_jax.sparse._wrapper import DynamicSparseState, SparseState, apply_masks, get_masks
 from s2sam_jax.sparse.distributions import (
   DISTRIBUTIONS,
+  RandomInit,
   count_for_density,
   default_prunable,
   layer_densities,
   path_str,
+  random_init,
   random_masks,
 )
 from s2sam_jax.sparse.dsr import TARGET_FRACTION as DSR_TARGET_FRACTION
@@ -27,7 +38,7 @@ from s2sam_jax.sparse.pruning_at_init import (
 )
 from s2sam_jax.sparse.rigl import drop_fraction_schedule, rigl
 from s2sam_jax.sparse.set_ import set_
-from s2sam_jax.sparse.static import static_masks, static_random
+from s2sam_jax.sparse.static import static_masks
 from s2sam_jax.sparse.summary import (
   FlopsEstimate,
   LayerOverlap,

@@ -34,16 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 from s2sam_jax.sparse import distributions
 
 MaskTree = _masks.MaskTree
 # A mask tree, or a function ``params -> mask tree`` called by ``init``.
 MasksOrFn = MaskTree | Callable[[Any], MaskTree]
-
-
-def _is_none(x) -> bool:
-  return x is None
 
 
 class SparseState(NamedTuple):
@@ -70,120 +66,75 @@ class DynamicSparseState(NamedTuple):
   key: jax.Array
 
 
-# ----------------------------------------------------------------- validation
-
-
-def _is_number(x) -> bool:
-  return isinstance(x, numbers.Number) and not isinstance(x, bool)
-
-
-def check_sparsity(sparsity, name: str = "sparsity") -> float:
-  if not _is_number(sparsity) or not 0.0 <= float(sparsity) < 1.0:
-    raise ValueError(f"`{name}` must be a float in [0, 1); got {sparsity!r}.")
-  return float(sparsity)
-
-
-def check_distribution(distribution) -> str:
-  if distribution not in distributions.DISTRIBUTIONS:
-    raise ValueError(
-      f"`distribution` must be one of {distributions.DISTRIBUTIONS}; got {distribution!r}."
-    )
-  return distribution
-
-
-def check_int(value, name: str, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
-  return int(value)
-
-
-def check_open_fraction(value, name: str) -> float:
-  if not _is_number(value) or not 0.0 < float(value) < 1.0:
-    raise ValueError(f"`{name}` must be a float in (0, 1); got {value!r}.")
-  return float(value)
-
-
-def check_choice(value, name: str, choices) -> str:
-  if value not in choices:
-    raise ValueError(f"`{name}` must be one of {tuple(choices)}; got {value!r}.")
-  return value
-
-
-def raw_key(key) -> jax.Array:
-  """An int seed or a PRNG key (typed or raw) as a raw ``uint32`` key."""
-  if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-    return jax.random.PRNGKey(int(key))
-  try:
-    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
-  except (TypeError, ValueError):
-    raise ValueError(f"`key` must be an int seed or a JAX PRNG key; got {key!r}.") from None
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.key_data(key)
-  if key.dtype != jnp.uint32 or key.shape != (2,):
-    raise ValueError(f"`key` must be an int seed or a JAX PRNG key; got {key!r}.")
-  return key
-
-
 # ---------------------------------------------------------------- mask setup
 
 
-def check_user_masks(masks: MasksOrFn | None) -> MasksOrFn | None:
-  """Checks the values of a given mask tree at construction (a function
-  ``params -> masks`` is checked when ``init`` calls it)."""
-  if masks is not None and not callable(masks):
-    _masks.check_mask_values(masks, "masks")
-  return masks
+class MaskSource(NamedTuple):
+  """A sparse method's initial masks and key, checked (:func:`mask_source`).
 
-
-def initial_masks(
-  params, masks: MasksOrFn | None, *, sparsity, distribution, key, power, overrides, prunable
-) -> MaskTree:
-  """Explicit ``masks`` (tree or ``params -> tree``), else random masks with
-  exactly ``count_for_density(n, d_l)`` active weights per layer.
-
-  Explicit masks must match ``params`` and be masks (``bool``, or numeric of
-  exactly 0 and 1; :func:`s2sam_jax._masks.validate_masks`); they are stored
-  as ``bool``.
+  Attributes:
+    masks: a mask tree, a function ``params -> masks``, or a
+      :class:`RandomInit`.
+    key: the method's raw ``uint32`` PRNG key.
   """
-  if masks is not None:
+
+  masks: MasksOrFn
+  key: jax.Array
+
+  @property
+  def sparsity(self):
+    """The sparsity of random initial masks; ``None`` for other masks."""
+    return self.masks.sparsity if isinstance(self.masks, distributions.RandomInit) else None
+
+  def init(self, params, mask_key: jax.Array) -> MaskTree:
+    """The initial mask tree (``bool`` leaves) for ``params``.
+
+    Random masks with no key of their own are drawn with ``mask_key``; other
+    masks are checked against ``params``
+    (:func:`s2sam_jax._masks.validate_masks`) and stored as ``bool``.
+    """
+    masks = self.masks
+    if isinstance(masks, distributions.RandomInit):
+      return masks.draw(params, mask_key if masks.key is None else masks.key)
     tree = masks(params) if callable(masks) else masks
     _masks.validate_masks(tree, params, "masks")
     return _masks.as_bool(tree)
-  densities = distributions.layer_densities(
-    params, sparsity, distribution, power=power, overrides=overrides, prunable=prunable
-  )
-  return distributions.random_masks(key, params, densities)
+
+  def init_with_state_key(self, params):
+    """``(masks, state_key)`` of a dynamic method: its key split in two, the
+    first half for random masks with no key of their own."""
+    mask_key, state_key = jax.random.split(self.key)
+    return self.init(params, mask_key), state_key
 
 
-def check_mask_source(sparsity, masks, name: str = "sparsity") -> None:
-  """Exactly one of ``sparsity`` and ``masks`` must be given."""
-  if (sparsity is None) == (masks is None):
+def mask_source(masks, sparsity, key, *, distribution: str) -> MaskSource:
+  """The one way in for a sparse method's initial masks, checked here.
+
+  Exactly one of ``masks`` (a mask tree, a function ``params -> masks`` such
+  as :func:`random_init`'s) and ``sparsity`` (shorthand for
+  ``masks=random_init(sparsity, distribution)``, ``distribution`` the
+  method's customary one). A mask tree's values are checked now (``bool``, or
+  numeric of exactly 0 and 1), its shapes at ``init``. ``ValueError`` naming
+  the argument otherwise.
+  """
+  if (masks is None) == (sparsity is None):
     raise ValueError(
-      f"Give exactly one of `{name}` (random masks at init) and "
-      f"`masks` (a mask tree or params -> masks); got "
-      f"{name}={sparsity!r}, masks={'given' if masks is not None else None}."
+      "Give exactly one of `masks` (a mask tree, or a function params -> masks "
+      "such as sparse.random_init(...)) and `sparsity` (random masks, shorthand "
+      f"for masks=sparse.random_init(sparsity, {distribution!r})); got "
+      f"masks={'given' if masks is not None else None}, sparsity={sparsity!r}."
     )
   if sparsity is not None:
-    check_sparsity(sparsity, name)
-  check_user_masks(masks)
-
-
-def check_density_args(power, overrides) -> None:
-  """At construction: ``power`` and ``overrides`` as :func:`layer_densities`
-  checks them at ``init`` (a bad regex fails here, naming `overrides`)."""
-  distributions.check_power(power)
-  distributions.check_overrides(overrides)
-
-
-def layer_keys(key: jax.Array, n: int):
-  """``n`` independent raw keys derived from ``key``."""
-  return [jax.random.fold_in(key, i) for i in range(n)]
-
-
-def flatten_masked(masks: MaskTree, *trees):
-  """``(treedef, mask_leaves, [leaves of each tree flattened up to masks])``."""
-  mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
-  return treedef, mask_leaves, [treedef.flatten_up_to(t) for t in trees]
+    masks = distributions.random_init(sparsity, distribution)
+  elif isinstance(masks, (numbers.Number, str)):
+    raise ValueError(
+      f"`masks` must be a mask tree or a function params -> masks; got {masks!r}. "
+      f"For random masks pass sparsity={masks!r} or "
+      f"masks=sparse.random_init({masks!r}, distribution)."
+    )
+  elif not callable(masks):
+    _masks.check_mask_values(masks, "masks")
+  return MaskSource(masks, _checks.raw_key(key))
 
 
 # ----------------------------------------------------------- state handling
@@ -337,6 +288,9 @@ def get_masks(state) -> MaskTree | None:
   return _masks.find_masks(state)
 
 
+# ------------------------------------------------ per-layer topology steps
+
+
 def drop_scores(weights, mask):
   """|w| on active entries, -1 on inactive ones (never kept before active)."""
   w = jnp.abs(jnp.asarray(weights, jnp.float32))
@@ -347,6 +301,16 @@ def grow_scores(scores, kept):
   """``scores`` (>= 0) on entries not kept, -1 on kept ones."""
   s = jnp.nan_to_num(jnp.asarray(scores, jnp.float32), nan=0.0, posinf=jnp.finfo(jnp.float32).max)
   return jnp.where(kept, -1.0, s)
+
+
+def keep_largest(weights, mask, k):
+  """The ``k`` active entries of largest ``|w|`` (a mask; NaN ranks as 0)."""
+  return _masks.keep_top_k(drop_scores(weights, mask), k)
+
+
+def grow(kept, scores, k):
+  """The ``k`` entries outside ``kept`` of largest ``scores`` (>= 0)."""
+  return _masks.keep_top_k(grow_scores(scores, kept), k)
 
 
 def leaf_size(mask) -> int:

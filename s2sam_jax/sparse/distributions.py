@@ -3,8 +3,14 @@
 Densities are computed on the host with NumPy from shapes alone, so they work
 on arrays and on ``jax.ShapeDtypeStruct`` leaves alike, before any mask exists.
 
-Notation (reference §2, after RigL's ``sparse_utils.py``): ``N_l`` weights in
-layer ``l``, global target sparsity ``S``, density ``d_l = 1 - s_l``.
+ER is SET's distribution (Mocanu et al., "Scalable training of artificial
+neural networks with adaptive sparse connectivity inspired by network
+science", Nature Communications 2018, arXiv:1707.04780) and ERK its extension
+to convolutions in RigL (Evci et al., "Rigging the Lottery: Making All Tickets
+Winners", ICML 2020, arXiv:1911.11134); the solver below is RigL's
+(google-research/rigl ``rigl/sparse_utils.py``, ``get_sparsities_erdos_renyi``).
+Notation: ``N_l`` weights in layer ``l``, global target sparsity ``S``,
+density ``d_l = 1 - s_l``.
 
 * **uniform**: ``d_l = 1 - S`` for every non-custom prunable layer.
 * **ER**: raw score ``p_l = ((n_in + n_out) / (n_in * n_out)) ** power`` from
@@ -20,8 +26,8 @@ density 1 (start ``D = {}``)::
     if max_{l free} eps p_l > 1: add every free layer with p_l == max to D; repeat
 
 and ``d_l = eps p_l`` for free layers, ``1`` for layers in ``D``. ``power=1``
-is the reference; the reference applies ``power`` to ERK only, here it scales
-the ER score too (``power=0`` gives uniform in both).
+is RigL's ERK; RigL's code applies ``power`` (``erk_power_scale``) to ERK
+only, here it scales the ER score too (``power=0`` gives uniform in both).
 
 *Custom layers* (``overrides``) get ``d_l = 1 - C_l`` and are excluded from the
 budget. A custom sparsity of exactly ``0.0`` means *not masked*: the density is
@@ -32,7 +38,7 @@ Counts: a layer of ``n`` weights at density ``d`` keeps exactly
 The budget check: the kept counts of the non-custom layers sum to the uniform
 budget ``sum_l count_for_density(N_l, 1 - S)`` up to per-layer rounding (at
 most ``1.5`` weights per layer: ``0.5`` for rounding ``d_l N_l`` and ``1`` for
-the reference's ``floor(S N_l)`` in ``rhs``); :func:`layer_densities` checks it.
+RigL's ``floor(S N_l)`` in ``rhs``); :func:`layer_densities` checks it.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -48,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -58,16 +65,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2sam_jax import _masks
+from s2sam_jax import _checks, _masks
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
 Prunable = Callable[[Any, Any], bool]
-
-
-def _is_none(x) -> bool:
-  return x is None
-
 
 path_str = _masks.path_str
 
@@ -87,20 +89,13 @@ def count_for_density(n: int, density: float) -> int:
   n = int(n)
   if n < 0:
     raise ValueError(f"`n` must be >= 0; got {n}.")
-  density = float(density)
-  if not 0.0 <= density <= 1.0:
-    raise ValueError(f"`density` must be in [0, 1]; got {density}.")
+  density = _checks.check_density(density)
   return int(round(density * n))
 
 
-def _check_sparsity(sparsity, name="sparsity") -> float:
-  try:
-    sparsity = float(sparsity)
-  except (TypeError, ValueError):
-    raise ValueError(f"`{name}` must be a float in [0, 1); got {sparsity!r}.") from None
-  if not 0.0 <= sparsity < 1.0:
-    raise ValueError(f"`{name}` must be in [0, 1); got {sparsity}.")
-  return sparsity
+def check_distribution(distribution) -> str:
+  """One of :data:`DISTRIBUTIONS`, else ``ValueError`` naming `distribution`."""
+  return _checks.check_choice(distribution, "distribution", DISTRIBUTIONS)
 
 
 def compile_pattern(pattern, name: str) -> "re.Pattern":
@@ -131,18 +126,15 @@ def check_overrides(overrides, name: str = "overrides") -> dict:
       f"`{name}` must be a mapping {{regex: sparsity}}; got {overrides!r}."
     ) from None
   return {
-    compile_pattern(pattern, name): _check_sparsity(value, f"{name}[{pattern!r}]")
+    compile_pattern(pattern, name): _checks.check_sparsity(value, f"{name}[{pattern!r}]")
     for pattern, value in items
   }
 
 
 def check_power(power) -> float:
   """``power`` as a finite float ``>= 0``, else ``ValueError``."""
-  try:
-    value = float(power)
-  except (TypeError, ValueError):
-    value = math.nan
-  if not (value >= 0.0 and math.isfinite(value)):
+  value = _checks.as_real(power)
+  if value is None or not (value >= 0.0 and math.isfinite(value)):
     raise ValueError(f"`power` must be a finite float >= 0; got {power!r}.")
   return value
 
@@ -220,9 +212,8 @@ def layer_densities(
     >>> layer_densities(p, 0.5, 'uniform', overrides={'stem': 0.0})
     {'fc': 0.5, 'stem': None}
   """
-  sparsity = _check_sparsity(sparsity)
-  if distribution not in DISTRIBUTIONS:
-    raise ValueError(f"`distribution` must be one of {DISTRIBUTIONS}; got {distribution!r}.")
+  sparsity = _checks.check_sparsity(sparsity)
+  check_distribution(distribution)
   power = check_power(power)
   overrides = check_overrides(overrides)
 
@@ -286,7 +277,7 @@ def random_masks(key, params, densities):
     >>> int(m['w'].sum())
     5
   """
-  density_leaves, density_def = jax.tree.flatten(densities, is_leaf=_is_none)
+  density_leaves, density_def = jax.tree.flatten(densities, is_leaf=_masks.is_none)
   try:
     param_leaves = density_def.flatten_up_to(params)
   except (ValueError, TypeError) as e:
@@ -301,32 +292,9 @@ def random_masks(key, params, densities):
       continue
     shape = tuple(p.shape)
     n = int(np.prod(shape))
-    keep = _random_top_k(k, _bucket(n), n, count_for_density(n, d))
+    keep = _random_top_k(k, _masks.bucket(n), n, count_for_density(n, d))
     masks.append(jnp.asarray(np.asarray(keep)[:n].reshape(shape)))
   return jax.tree.unflatten(density_def, masks)
-
-
-def _bucket(n: int) -> int:
-  """Next power of two >= n: one compilation serves many layer sizes."""
-  return 1 << max(n - 1, 0).bit_length()
-
-
-def _keep_top_k_host(scores, k: int):
-  """``_masks.keep_top_k`` for one-shot host-side use (mask construction).
-
-  Pads the flattened scores with ``-inf`` to a power-of-two length so that one
-  compilation serves many layer sizes; ties still go to the lower flat index
-  (padding comes last). Returns a bool array of ``scores``' shape.
-  """
-  flat = np.asarray(scores, dtype=np.float32).ravel()
-  n = flat.size
-  padded = np.full(_bucket(n), -np.inf, np.float32)
-  padded[:n] = flat
-  keep = np.asarray(_jit_keep_top_k(padded, int(k)))[:n]
-  return jnp.asarray(keep.reshape(np.shape(scores)))
-
-
-_jit_keep_top_k = jax.jit(_masks.keep_top_k)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -334,3 +302,81 @@ def _random_top_k(key, size, n, k):
   # uniform scores lie in [0, 1); the padding (index >= n) scores -1, ranks last
   scores = jnp.where(jnp.arange(size) < n, jax.random.uniform(key, (size,)), -1.0)
   return _masks.keep_top_k(scores, k)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RandomInit:
+  """Random initial masks as a function ``params -> mask tree`` (made by
+  :func:`random_init`, which checks the fields).
+
+  Calling it draws :func:`random_masks` with ``key`` (seed 0 when ``key`` is
+  ``None``). Given as the initial masks of a sparse method with ``key=None``,
+  the method's own ``key`` draws them instead (see :func:`random_init`).
+  """
+
+  sparsity: float
+  distribution: str = "erk"
+  key: jax.Array | None = None
+  power: float = 1.0
+  overrides: Mapping[str, float] | None = None
+  prunable: Prunable = default_prunable
+
+  def __call__(self, params):
+    return self.draw(params, jax.random.PRNGKey(0) if self.key is None else self.key)
+
+  def draw(self, params, key):
+    """The masks for ``params`` with ``key`` (ignoring the stored one)."""
+    densities = layer_densities(
+      params,
+      self.sparsity,
+      self.distribution,
+      power=self.power,
+      overrides=self.overrides,
+      prunable=self.prunable,
+    )
+    return random_masks(key, params, densities)
+
+
+def random_init(
+  sparsity: float,
+  distribution: str = "erk",
+  *,
+  key=None,
+  power: float = 1.0,
+  overrides: Mapping[str, float] | None = None,
+  prunable: Prunable = default_prunable,
+) -> RandomInit:
+  """Random initial masks at ``sparsity``: a function ``params -> masks``.
+
+  Each prunable layer of ``n`` weights at density ``d_l`` (from
+  :func:`layer_densities`) keeps exactly ``round(d_l n)`` uniformly random
+  weights. Pass the result as the initial masks of any sparse method, or call
+  it on params. Every argument is checked here (``ValueError`` naming it).
+
+  Args:
+    sparsity: global target in ``[0, 1)``.
+    distribution: ``'uniform'``, ``'er'`` or ``'erk'``.
+    key: int seed or JAX PRNG key for the masks. ``None`` (the default): the
+      key of the sparse method the masks are given to, derived as with its
+      ``sparsity=`` shorthand (:func:`static_masks` uses its ``key`` itself,
+      the dynamic methods the first half of ``jax.random.split(key)``), so
+      ``sparse.rigl(tx, sparse.random_init(0.9), key=k)`` is
+      ``sparse.rigl(tx, sparsity=0.9, key=k)``; called directly, seed 0.
+    power, overrides, prunable: see :func:`layer_densities`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from s2sam_jax import sparse
+    >>> init = sparse.random_init(0.75, 'uniform', key=1)
+    >>> int(init({'w': jnp.ones((4, 4))})['w'].sum())
+    4
+    >>> tx = sparse.static_masks(optax.sgd(0.1), init)
+  """
+  _checks.check_sparsity(sparsity)
+  check_distribution(distribution)
+  check_power(power)
+  check_overrides(overrides)
+  if not callable(prunable):
+    raise ValueError(f"`prunable` must be a function (path, leaf) -> bool; got {prunable!r}.")
+  key = None if key is None else _checks.raw_key(key)
+  return RandomInit(sparsity, distribution, key, power, overrides, prunable)

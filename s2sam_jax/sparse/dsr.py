@@ -1,4 +1,7 @@
-"""DSR (Mostafa & Wang, 2019): dynamic sparse reparameterization.
+"""DSR: dynamic sparse reparameterization.
+
+Mostafa & Wang, "Parameter Efficient Training of Deep Convolutional Neural
+Networks by Dynamic Sparse Reparameterization", ICML 2019, arXiv:1902.05967.
 
 Every ``P_t`` steps ``t > 0`` (never at step 0; until ``end_step``), with
 one global threshold ``H`` (Mostafa & Wang's code, IntelAI/dynamic-reparameterization
@@ -35,17 +38,17 @@ last start ``<= t``, as DSR's ``(i + current_iteration) % rewire_period``.
 
 from __future__ import annotations
 
-import numbers
+import functools
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from s2sam_jax import _masks
-from s2sam_jax.sparse import _wrapper, distributions
+from s2sam_jax import _checks, _masks
+from s2sam_jax.sparse import _wrapper
 
 # DSR's N_target is 20,000 weights for WRN-28-2 on CIFAR-10 at 90% sparsity
 # (IntelAI/dynamic-reparameterization experiments/wrnet_experiments.yaml,
@@ -119,45 +122,52 @@ def adapt_threshold(threshold, removed, target_count):
   )
 
 
+def _survivors(m, w, threshold):
+  """DSR's drop in one layer: the active ``|w| >= H`` survive, and at least
+  the largest-|w| one of a non-empty layer."""
+  w = jnp.abs(jnp.asarray(w, jnp.float32))
+  keep = m & (w >= threshold)
+  largest = _wrapper.keep_largest(w, m, 1) & m
+  return keep | (largest & ~jnp.any(keep))
+
+
+def _regrow(m, survivors, dropped, quota, key):
+  """``quota`` random inactive positions of one layer, the just-dropped ones
+  only if the layer has no other room."""
+  u = jax.random.uniform(key, m.shape)
+  # Inactive, not just dropped: [0, 1); just dropped: [-1, 0); kept: -2.
+  scores = jnp.where(survivors, -2.0, jnp.where(dropped, u - 1.0, u))
+  return survivors | _masks.keep_top_k(scores, quota)
+
+
 def dsr_topology_update(masks, params, threshold, target_count, key):
   """One DSR rewire; returns ``(masks, new_threshold, K)``."""
-  treedef, mask_leaves, (param_leaves,) = _wrapper.flatten_masked(masks, params)
-  layers = [i for i, m in enumerate(mask_leaves) if m is not None]
-  if not layers:
+  if not jax.tree.leaves(masks):
     return masks, threshold, jnp.zeros([], jnp.int32)
   grow_key, alloc_key = jax.random.split(key)
-  survivors, dropped = {}, {}
-  for i in layers:
-    m, w = mask_leaves[i], jnp.abs(jnp.asarray(param_leaves[i], jnp.float32))
-    keep = m & (w >= threshold)
-    largest = _masks.keep_top_k(_wrapper.drop_scores(w, m), 1) & m
-    survivors[i] = keep | (largest & ~jnp.any(keep))
-    dropped[i] = m & ~survivors[i]
-  n = jnp.stack([jnp.sum(survivors[i], dtype=jnp.int32) for i in layers])
-  removed = sum(jnp.sum(dropped[i], dtype=jnp.int32) for i in layers)
-  sizes = jnp.asarray([_wrapper.leaf_size(mask_leaves[i]) for i in layers], jnp.int32)
+  survivors = _masks.per_layer(lambda m, w: _survivors(m, w, threshold), masks, params)
+  dropped = _masks.per_layer(lambda m, s: m & ~s, masks, survivors)
+  n = jnp.stack([jnp.sum(s, dtype=jnp.int32) for s in jax.tree.leaves(survivors)])
+  removed = sum(jnp.sum(d, dtype=jnp.int32) for d in jax.tree.leaves(dropped))
+  sizes = jnp.asarray([_wrapper.leaf_size(m) for m in jax.tree.leaves(masks)], jnp.int32)
   quota = reallocate(removed, n, sizes, alloc_key)
-  new = list(mask_leaves)
-  for j, i in enumerate(layers):
-    u = jax.random.uniform(jax.random.fold_in(grow_key, i), mask_leaves[i].shape)
-    # Inactive, not just dropped: [0, 1); just dropped: [-1, 0); kept: -2.
-    scores = jnp.where(survivors[i], -2.0, jnp.where(dropped[i], u - 1.0, u))
-    new[i] = survivors[i] | _masks.keep_top_k(scores, quota[j])
+  quotas = _masks.fill_layers(masks, [quota[j] for j in range(len(sizes))])
+  new = _masks.per_layer(_regrow, masks, survivors, dropped, quotas, key=grow_key)
   new_threshold = adapt_threshold(threshold, removed, target_count)
-  return jax.tree.unflatten(treedef, new), new_threshold, removed
+  return new, new_threshold, removed
 
 
 def _check_period_schedule(update_every) -> dict:
   """``update_every`` (int or start step -> period) as a checked dict."""
   if not isinstance(update_every, Mapping):
-    return {0: _wrapper.check_int(update_every, "update_every", 1)}
+    return {0: _checks.check_int(update_every, "update_every", 1)}
   if 0 not in update_every:
     raise ValueError(
       "`update_every` as a schedule must map step 0 to the "
       f"first period; got {dict(update_every)!r}."
     )
   return {
-    _wrapper.check_int(s, "update_every (start step)", 0): _wrapper.check_int(
+    _checks.check_int(s, "update_every (start step)", 0): _checks.check_int(
       p, "update_every (period)", 1
     )
     for s, p in sorted(update_every.items())
@@ -175,28 +185,25 @@ def rewire_period(count, schedule: Mapping[int, int]):
 
 def dsr(
   inner: optax.GradientTransformation,
-  sparsity: float | None = None,
+  masks: _wrapper.MasksOrFn | None = None,
   *,
+  sparsity: float | None = None,
   update_every: int | Mapping[int, int] = 100,
   end_step: int | None = None,
   target_fraction: float = TARGET_FRACTION,
   target_count: int | None = None,
   init_threshold: float = 1e-3,
-  distribution: str = "uniform",
-  masks: _wrapper.MasksOrFn | None = None,
   key: int | jax.Array = 0,
-  power: float = 1.0,
-  overrides: Mapping[str, float] | None = None,
-  prunable: distributions.Prunable = distributions.default_prunable,
   mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """DSR around any optax transformation (math in the module docstring).
 
   Args:
     inner: any optax transformation; extra args are forwarded to it.
-    sparsity: global target in ``[0, 1)`` for random masks at init (DSR
-      starts every sparse layer at the same sparsity: ``'uniform'``); or
-      give ``masks``.
+    masks: the initial masks, as :func:`rigl` takes them.
+    sparsity: instead of ``masks``, shorthand for
+      ``masks=random_init(sparsity, 'uniform')`` (DSR starts every sparse
+      layer at the same sparsity).
     update_every: rewire period ``P >= 1`` (rewires at ``t = P, 2P, ...``),
       or a growing period as a dict ``{0: P_0, start_1: P_1, ...}`` (start
       step -> period, see the module docstring).
@@ -207,8 +214,8 @@ def dsr(
       ``TARGET_FRACTION``).
     target_count: ``N_target`` as an absolute count ``>= 1``.
     init_threshold: ``H_0 > 0`` (DSR: 1e-3).
-    distribution, masks, key, power, overrides, prunable, mask_gradients:
-      as :func:`rigl`.
+    key, mask_gradients: as :func:`rigl` (``key``'s second half seeds the
+      growth and the residual layer).
 
   Returns:
     ``GradientTransformationExtraArgs`` with state :class:`DSRState`.
@@ -217,7 +224,7 @@ def dsr(
     >>> import jax, jax.numpy as jnp, optax
     >>> from s2sam_jax import sparse
     >>> params = {'a': jnp.ones((6, 6)), 'b': jnp.ones((4, 4))}
-    >>> tx = sparse.dsr(optax.sgd(0.1), 0.5, update_every=1)
+    >>> tx = sparse.dsr(optax.sgd(0.1), sparsity=0.5, update_every=1)
     >>> state = tx.init(params)
     >>> p = sparse.apply_masks(params, state)
     >>> for _ in range(3):
@@ -226,37 +233,12 @@ def dsr(
     >>> sum(int(m.sum()) for m in jax.tree.leaves(state.masks))
     26
   """
-  _wrapper.check_mask_source(sparsity, masks)
-  _wrapper.check_density_args(power, overrides)
-  _wrapper.check_distribution(distribution)
+  source = _wrapper.mask_source(masks, sparsity, key, distribution="uniform")
   periods = _check_period_schedule(update_every)
-  if end_step is not None:
-    _wrapper.check_int(end_step, "end_step", 1)
-  if target_count is None:
-    _wrapper.check_open_fraction(target_fraction, "target_fraction")
-  else:
-    _wrapper.check_int(target_count, "target_count", 1)
-  if not (
-    isinstance(init_threshold, numbers.Real)
-    and not isinstance(init_threshold, bool)
-    and init_threshold > 0
-    and np.isfinite(init_threshold)
-  ):
-    raise ValueError(f"`init_threshold` must be a finite float > 0; got {init_threshold!r}.")
-  key = _wrapper.raw_key(key)
+  _check_rewiring(end_step, target_fraction, target_count, init_threshold)
 
   def init(params):
-    mask_key, state_key = jax.random.split(key)
-    tree = _wrapper.initial_masks(
-      params,
-      masks,
-      sparsity=sparsity,
-      distribution=distribution,
-      key=mask_key,
-      power=power,
-      overrides=overrides,
-      prunable=prunable,
-    )
+    tree, state_key = source.init_with_state_key(params)
     if target_count is None:
       active = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(tree))
       target = jnp.maximum(jnp.round(target_fraction * jnp.asarray(active, jnp.float32)), 1)
@@ -268,19 +250,39 @@ def dsr(
       "target_count": jnp.asarray(target, jnp.int32),
     }
 
-  def is_update_step(t):
-    ok = (t > 0) & (t % rewire_period(t, periods) == 0)
-    return ok if end_step is None else ok & (t <= end_step)
-
-  def update(old_masks, params, grads, count, extras):
-    del grads, count
-    next_key, sub = jax.random.split(extras["key"])
-    new, threshold, _ = dsr_topology_update(
-      old_masks, params, extras["threshold"], extras["target_count"], sub
-    )
-    return new, dict(extras, key=next_key, threshold=threshold)
-
-  topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
+  topology = _wrapper.Topology(
+    is_update_step=functools.partial(_is_rewire_step, periods, end_step),
+    update=_rewire,
+    skip_inner_step=False,
+  )
   return _wrapper.sparse_wrapper(
     inner, state_cls=DSRState, init=init, topology=topology, mask_gradients=mask_gradients
   )
+
+
+def _check_rewiring(end_step, target_fraction, target_count, init_threshold) -> None:
+  if end_step is not None:
+    _checks.check_int(end_step, "end_step", 1)
+  if target_count is None:
+    _checks.check_open_fraction(target_fraction, "target_fraction")
+  else:
+    _checks.check_int(target_count, "target_count", 1)
+  threshold = _checks.as_real(init_threshold)
+  if threshold is None or not (threshold > 0 and math.isfinite(threshold)):
+    raise ValueError(f"`init_threshold` must be a finite float > 0; got {init_threshold!r}.")
+
+
+def _is_rewire_step(periods, end_step, t):
+  """``t > 0`` with ``t % P_t == 0``, up to ``end_step`` (inclusive)."""
+  ok = (t > 0) & (t % rewire_period(t, periods) == 0)
+  return ok if end_step is None else ok & (t <= end_step)
+
+
+def _rewire(old_masks, params, grads, count, extras):
+  """:func:`dsr_topology_update` on the state's key, threshold and target."""
+  del grads, count
+  next_key, sub = jax.random.split(extras["key"])
+  new, threshold, _ = dsr_topology_update(
+    old_masks, params, extras["threshold"], extras["target_count"], sub
+  )
+  return new, dict(extras, key=next_key, threshold=threshold)

@@ -1,7 +1,17 @@
 """Iterative magnitude pruning: lottery tickets (LT) and LR rewinding (LRR).
 
-Both are multi-run procedures (reference §11, §12). This module holds the pure
-steps between runs; the training loop is the caller's::
+LT: Frankle & Carbin, "The Lottery Ticket Hypothesis: Finding Sparse,
+Trainable Neural Networks", ICLR 2019, arXiv:1803.03635, with rewinding to an
+early step ``k`` from Frankle, Dziugaite, Roy & Carbin, "Linear Mode
+Connectivity and the Lottery Ticket Hypothesis", ICML 2020, arXiv:1912.05671;
+code facebookresearch/open_lth ``pruning/sparse_global.py``. LRR: Renda,
+Frankle & Carbin, "Comparing Rewinding and Fine-tuning in Neural Network
+Pruning", ICLR 2020, arXiv:2003.02389; code
+lottery-ticket/rewinding-iclr20-public ``vision/lottery/lottery/prune_functions.py``.
+
+Both are multi-run procedures: train, prune the trained weights by magnitude,
+restart, repeat. This module holds the pure steps between runs; the training
+loop is the caller's::
 
     masks, params = None, theta_k            # theta_k: weights at rewind step k
     for sparsity in [0.0] + imp_schedule(0.9):
@@ -39,34 +49,16 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2sam_jax import _masks
-from s2sam_jax.sparse.distributions import (
-  Prunable,
-  _check_sparsity,
-  _keep_top_k_host,
-  count_for_density,
-  default_prunable,
-)
-from s2sam_jax.sparse.pruning_at_init import _global_masks
-
-SCOPES = ("global", "layer")
-
-
-def _is_none(x) -> bool:
-  return x is None
-
-
-def _check_fraction(value, name: str) -> float:
-  value = float(value)
-  if not 0.0 < value < 1.0:
-    raise ValueError(f"`{name}` must be in (0, 1); got {value}.")
-  return value
+from s2sam_jax import _checks, _masks
+from s2sam_jax.sparse.distributions import Prunable, count_for_density, default_prunable
+from s2sam_jax.sparse.pruning_at_init import SCOPES
 
 
 def imp_schedule(target_sparsity: float, prune_fraction: float = 0.2) -> list[float]:
@@ -80,8 +72,8 @@ def imp_schedule(target_sparsity: float, prune_fraction: float = 0.2) -> list[fl
     >>> [round(s, 4) for s in imp_schedule(0.5)]
     [0.2, 0.36, 0.488, 0.5]
   """
-  target = _check_sparsity(target_sparsity, "target_sparsity")
-  p = _check_fraction(prune_fraction, "prune_fraction")
+  target = _checks.check_sparsity(target_sparsity, "target_sparsity")
+  p = _checks.check_open_fraction(prune_fraction, "prune_fraction")
   if target == 0.0:
     return []
   rounds = math.ceil(math.log(1.0 - target) / math.log(1.0 - p) - 1e-9)
@@ -133,10 +125,11 @@ def imp_next_round(
     ``(next_masks, start_params)`` with ``start_params = next_masks ⊙ (rewind
     or trained params)``.
   """
-  p = _check_fraction(prune_fraction, "prune_fraction")
-  if scope not in SCOPES:
-    raise ValueError(f"`scope` must be one of {SCOPES}; got {scope!r}.")
-  target = None if target_sparsity is None else _check_sparsity(target_sparsity, "target_sparsity")
+  p = _checks.check_open_fraction(prune_fraction, "prune_fraction")
+  _checks.check_choice(scope, "scope", SCOPES)
+  target = (
+    None if target_sparsity is None else _checks.check_sparsity(target_sparsity, "target_sparsity")
+  )
   if masks is None:
     masks = dense_masks(trained_params, prunable)
   _masks.validate_masks(masks, trained_params)
@@ -145,42 +138,52 @@ def imp_next_round(
       raise ValueError("`rewind_params` must have the structure of `trained_params`.")
     _masks.validate_masks(masks, rewind_params, "masks (vs rewind_params)")
 
-  def scores_fn(m, w):
-    w = np.abs(np.asarray(w, np.float32))
-    m = np.asarray(m, bool)
-    if not np.all(np.isfinite(w[m])):
-      raise ValueError("`trained_params` has non-finite active weights.")
-    return np.where(m, w, -np.inf)
-
-  scores = _masks.map_masked(scores_fn, masks, trained_params, dense_fn=lambda x: None)
-
-  def keep_count(n_active, size):
-    keep = count_for_density(n_active, 1.0 - p)
-    if target is not None:
-      keep = max(keep, count_for_density(size, 1.0 - target))
-    return min(keep, n_active)
-
+  keep_count = functools.partial(_keep_count, p, target)
+  scores = _masks.map_masked(_active_magnitudes, masks, trained_params, dense_fn=lambda x: None)
   if scope == "global":
-    mask_leaves = jax.tree.leaves(masks)
-    n_active = sum(int(np.sum(np.asarray(m))) for m in mask_leaves)
-    size = sum(int(np.size(m)) for m in mask_leaves)
-    selected = jax.tree.map(lambda m: m is not None, masks, is_leaf=_is_none)
-    next_masks = _global_masks(
-      jax.tree.map(
-        lambda s, w: np.zeros(np.shape(w)) if s is None else s,
-        scores,
-        trained_params,
-        is_leaf=_is_none,
-      ),
-      selected,
-      keep_count(n_active, size),
-    )
+    next_masks = _prune_globally(masks, scores, trained_params, keep_count)
   else:
-    next_masks = _masks.map_masked(
-      lambda m, s: _keep_top_k_host(s, keep_count(int(np.sum(np.asarray(m))), int(np.size(m)))),
+    next_masks = _masks.per_layer(
+      lambda m, s: _masks.keep_top_k_host(
+        s, keep_count(int(np.sum(np.asarray(m))), int(np.size(m)))
+      ),
       masks,
       scores,
-      dense_fn=lambda x: None,
     )
   start = trained_params if rewind_params is None else rewind_params
   return next_masks, _masks.mask_tree(start, next_masks)
+
+
+def _active_magnitudes(m, w):
+  """``|w|`` on active entries, ``-inf`` elsewhere (pruned weights never return)."""
+  w = np.abs(np.asarray(w, np.float32))
+  m = np.asarray(m, bool)
+  if not np.all(np.isfinite(w[m])):
+    raise ValueError("`trained_params` has non-finite active weights.")
+  return np.where(m, w, -np.inf)
+
+
+def _keep_count(p, target, n_active, size) -> int:
+  """``round((1 − p) n_active)``, at least the target's count, at most ``n_active``."""
+  keep = count_for_density(n_active, 1.0 - p)
+  if target is not None:
+    keep = max(keep, count_for_density(size, 1.0 - target))
+  return min(keep, n_active)
+
+
+def _prune_globally(masks, scores, trained_params, keep_count):
+  """One ranking of the active weights of every masked leaf."""
+  mask_leaves = jax.tree.leaves(masks)
+  n_active = sum(int(np.sum(np.asarray(m))) for m in mask_leaves)
+  size = sum(int(np.size(m)) for m in mask_leaves)
+  selected = jax.tree.map(lambda m: m is not None, masks, is_leaf=_masks.is_none)
+  return _masks.keep_top_k_global(
+    jax.tree.map(
+      lambda s, w: np.zeros(np.shape(w)) if s is None else s,
+      scores,
+      trained_params,
+      is_leaf=_masks.is_none,
+    ),
+    selected,
+    keep_count(n_active, size),
+  )

@@ -1,4 +1,7 @@
-"""MEST (Yuan et al., 2021): elastic mutation (EM) and EM with soft memory bound (EM&S).
+"""MEST: elastic mutation (EM) and EM with soft memory bound (EM&S).
+
+Yuan et al., "MEST: Accurate and Fast Memory-Economic Sparse Training
+Framework on the Edge", NeurIPS 2021, arXiv:2110.14032.
 
 Each masked layer ``l`` (``N_l`` weights, target count ``c_l``, the number of
 active weights at init) is mutated every ``update_every`` steps, **including
@@ -37,15 +40,16 @@ decay).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from s2sam_jax import _masks
-from s2sam_jax.sparse import _wrapper, distributions
+from s2sam_jax import _checks, _masks
+from s2sam_jax.sparse import _wrapper
 
 VARIANTS = ("em", "ems")
 PROFILE_MODELS = ("resnet32", "vgg19")
@@ -103,9 +107,9 @@ def profile_offsets(variant: str, sparsity: float, model: str = "resnet32"):
     >>> sparse.mest_profile_offsets("ems", 0.98, model="vgg19")
     ((0.0, 0.0, 0.0), (-0.05, -0.025, 0.0))
   """
-  _wrapper.check_choice(variant, "variant", VARIANTS)
-  _wrapper.check_choice(model, "model", PROFILE_MODELS)
-  sparsity = _wrapper.check_sparsity(sparsity)
+  _checks.check_choice(variant, "variant", VARIANTS)
+  _checks.check_choice(model, "model", PROFILE_MODELS)
+  sparsity = _checks.check_sparsity(sparsity)
   levels = sorted(s for (m, v, s) in PROFILES if m == model and v == variant)
   nearest = min(levels, key=lambda s: (abs(s - sparsity), -s))
   low, up = PROFILES[model, variant, nearest]
@@ -189,12 +193,12 @@ def check_layer_bounds(masks, prune_offsets, grow_offsets) -> None:
   active weight (``c − round(δL_k N) < 1``) or more than it has
   (``c − round(δU_k N) > N``), ``c`` its active weights. Traced masks
   (``init`` under jit) cannot be checked; their counts are clipped."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda x: x is None)
+  flat, _ = jax.tree_util.tree_flatten_with_path(masks, is_leaf=_masks.is_none)
   for path, m in flat:
     if m is None or isinstance(m, jax.core.Tracer):
       continue
     size, count = _wrapper.leaf_size(m), int(jnp.sum(m))
-    name = distributions.path_str(path)
+    name = _masks.path_str(path)
     for k, (low, up) in enumerate(zip(prune_offsets, grow_offsets)):
       keep, grow_to = count - round(low * size), count - round(up * size)
       if keep < 1:
@@ -214,43 +218,41 @@ def check_layer_bounds(masks, prune_offsets, grow_offsets) -> None:
 
 def mest(
   inner: optax.GradientTransformation,
-  sparsity: float | None = None,
+  masks: _wrapper.MasksOrFn | None = None,
   *,
+  sparsity: float | None = None,
   variant: str = "em",
   update_every: int,
   decay_steps: Sequence[int] = (),
   prune_offsets: Sequence[float] | None = None,
   grow_offsets: Sequence[float] | None = None,
   end_step: int | None = None,
-  distribution: str = "uniform",
-  masks: _wrapper.MasksOrFn | None = None,
   key: int | jax.Array = 0,
-  power: float = 1.0,
-  overrides: Mapping[str, float] | None = None,
-  prunable: distributions.Prunable = distributions.default_prunable,
   mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """MEST EM / EM&S around any optax transformation (math in the module doc).
 
   Args:
     inner: any optax transformation; extra args are forwarded to it.
-    sparsity: global target in ``[0, 1)`` for random masks at init (MEST and
-      S2-SAM start from magnitude pruning of the init: pass ``masks=`` a
-      function ``params -> masks`` for that); or give ``masks``.
+    masks: the initial masks, as :func:`rigl` takes them (MEST and S2-SAM
+      start from magnitude pruning of the init: a function ``params ->
+      masks`` calling :func:`magnitude_masks`).
+    sparsity: instead of ``masks``, shorthand for
+      ``masks=random_init(sparsity, 'uniform')``.
     variant: ``'em'`` or ``'ems'``.
     update_every: steps between mutations (S2-SAM: 5 epochs), ``>= 1``.
     decay_steps: increasing steps where the next phase starts (S2-SAM: epochs
       100 and 130, in steps). The default offsets need exactly two.
     prune_offsets: ``δL_k``, one per phase, fractions of the layer size.
-      ``None``: :func:`profile_offsets` (ResNet-32 profiles) of ``sparsity``,
-      or of the masks' overall sparsity when ``masks`` is given (``δU``
-      limited to ``-sparsity``: EM&S grows at most to dense).
+      ``None``: :func:`profile_offsets` (ResNet-32 profiles) of the random
+      masks' ``sparsity``, or else of the masks' overall sparsity at ``init``
+      (``δU`` limited to ``-sparsity``: EM&S grows at most to dense).
     grow_offsets: ``δU_k``, one per phase, ``δU_k <= δL_k``; ``None`` as
       ``prune_offsets``.
     end_step: last mutation step (inclusive); ``None``: never stop (updates
       in the last phase of EM are no-ops once the bounds are equal).
-    distribution, masks, key, power, overrides, prunable, mask_gradients:
-      as :func:`rigl`.
+    key, mask_gradients: as :func:`rigl` (``key``'s second half seeds the
+      growth).
 
   Returns:
     ``GradientTransformationExtraArgs`` with state :class:`MESTState`. Its
@@ -261,47 +263,72 @@ def mest(
     >>> import jax, jax.numpy as jnp, optax
     >>> from s2sam_jax import sparse
     >>> params = {'w': jnp.ones((10, 10))}
-    >>> tx = sparse.mest(optax.sgd(0.1), 0.9, variant='ems', update_every=5,
-    ...                  decay_steps=(10, 20))
+    >>> tx = sparse.mest(optax.sgd(0.1), sparsity=0.9, variant='ems',
+    ...                  update_every=5, decay_steps=(10, 20))
     >>> state = tx.init(params)
     >>> u, state = tx.update({'w': jnp.ones((10, 10))}, state,
     ...                      sparse.apply_masks(params, state))
     >>> int(state.masks['w'].sum())   # 10 + 5% of 100 above the target
     15
   """
-  _wrapper.check_mask_source(sparsity, masks)
-  _wrapper.check_density_args(power, overrides)
-  _wrapper.check_choice(variant, "variant", VARIANTS)
-  _wrapper.check_distribution(distribution)
-  _wrapper.check_int(update_every, "update_every", 1)
-  decay_steps = tuple(decay_steps)
-  for s in decay_steps:
-    _wrapper.check_int(s, "decay_steps", 0)
-  if list(decay_steps) != sorted(set(decay_steps)):
-    raise ValueError(f"`decay_steps` must be strictly increasing; got {decay_steps}.")
-  if end_step is not None:
-    _wrapper.check_int(end_step, "end_step", 0)
-  n_phases = len(decay_steps) + 1
-  defaults = prune_offsets is None or grow_offsets is None
-  if defaults and n_phases != 3:
-    raise ValueError(
-      f"The default offsets of variant={variant!r} have 3 phases: give "
-      f"`decay_steps` two steps, or give `prune_offsets` and `grow_offsets` "
-      f"with len(decay_steps) + 1 = {n_phases} entries; got "
-      f"decay_steps={decay_steps}."
-    )
+  source = _wrapper.mask_source(masks, sparsity, key, distribution="uniform")
+  _checks.check_choice(variant, "variant", VARIANTS)
+  schedule = _check_schedule(
+    variant, update_every, decay_steps, end_step, prune_offsets, grow_offsets
+  )
+  # Known now, unless the defaults depend on the masks that init makes.
+  level = source.sparsity
+  offsets = schedule.offsets(level) if level is not None or not schedule.defaults else None
 
-  def resolve_offsets(level: float | None):
+  def init(params):
+    tree, state_key = source.init_with_state_key(params)
+    low, up = offsets or schedule.offsets(_realised_sparsity(tree))
+    return tree, _initial_extras(tree, low, up, state_key)
+
+  topology = _wrapper.Topology(
+    is_update_step=schedule.is_update_step,
+    update=functools.partial(_mutate, schedule.decay_steps),
+    skip_inner_step=False,
+  )
+  return _wrapper.sparse_wrapper(
+    inner, state_cls=MESTState, init=init, topology=topology, mask_gradients=mask_gradients
+  )
+
+
+class _Schedule(NamedTuple):
+  """:func:`mest`'s checked schedule: when to mutate, and the bounds."""
+
+  variant: str
+  update_every: int
+  decay_steps: tuple[int, ...]
+  end_step: int | None
+  prune_offsets: Sequence[float] | None
+  grow_offsets: Sequence[float] | None
+
+  @property
+  def n_phases(self) -> int:
+    return len(self.decay_steps) + 1
+
+  @property
+  def defaults(self) -> bool:
+    """Whether an offset comes from the authors' profiles."""
+    return self.prune_offsets is None or self.grow_offsets is None
+
+  def is_update_step(self, t):
+    ok = t % self.update_every == 0
+    return ok if self.end_step is None else ok & (t <= self.end_step)
+
+  def offsets(self, level: float | None):
+    """``(δL, δU)``: the given offsets, else the profile's at sparsity
+    ``level``, growing at most to dense; checked."""
     default_prune = default_grow = None
-    if defaults:  # the profile's, growing at most to dense
-      default_prune, default_grow = profile_offsets(variant, level)
+    if self.defaults:
+      default_prune, default_grow = profile_offsets(self.variant, level)
       default_grow = tuple(max(u, -level) for u in default_grow)
-    low = _check_offsets(
-      default_prune if prune_offsets is None else prune_offsets, "prune_offsets", n_phases
-    )
-    up = _check_offsets(
-      default_grow if grow_offsets is None else grow_offsets, "grow_offsets", n_phases
-    )
+    low = self.prune_offsets if self.prune_offsets is not None else default_prune
+    up = self.grow_offsets if self.grow_offsets is not None else default_grow
+    low = _check_offsets(low, "prune_offsets", self.n_phases)
+    up = _check_offsets(up, "grow_offsets", self.n_phases)
     if any(u > l for l, u in zip(low, up)):
       raise ValueError(
         f"`grow_offsets` must be <= `prune_offsets` phase-wise "
@@ -310,58 +337,54 @@ def mest(
       )
     return low, up
 
-  # Known now, unless the defaults depend on the masks that init makes.
-  offsets = resolve_offsets(sparsity) if sparsity is not None or not defaults else None
-  key = _wrapper.raw_key(key)
 
-  def init(params):
-    mask_key, state_key = jax.random.split(key)
-    tree = _wrapper.initial_masks(
-      params,
-      masks,
-      sparsity=sparsity,
-      distribution=distribution,
-      key=mask_key,
-      power=power,
-      overrides=overrides,
-      prunable=prunable,
+def _check_schedule(variant, update_every, decay_steps, end_step, prune_offsets, grow_offsets):
+  _checks.check_int(update_every, "update_every", 1)
+  decay_steps = tuple(decay_steps)
+  for s in decay_steps:
+    _checks.check_int(s, "decay_steps", 0)
+  if list(decay_steps) != sorted(set(decay_steps)):
+    raise ValueError(f"`decay_steps` must be strictly increasing; got {decay_steps}.")
+  if end_step is not None:
+    _checks.check_int(end_step, "end_step", 0)
+  schedule = _Schedule(variant, update_every, decay_steps, end_step, prune_offsets, grow_offsets)
+  if schedule.defaults and schedule.n_phases != 3:
+    raise ValueError(
+      f"The default offsets of variant={variant!r} have 3 phases: give "
+      f"`decay_steps` two steps, or give `prune_offsets` and `grow_offsets` "
+      f"with len(decay_steps) + 1 = {schedule.n_phases} entries; got "
+      f"decay_steps={decay_steps}."
     )
-    low, up = offsets or resolve_offsets(_realised_sparsity(tree))
-    check_layer_bounds(tree, low, up)
-    deltas = _masks.map_masked(
-      lambda m, _: bound_deltas(_wrapper.leaf_size(m), low, up), tree, tree, dense_fn=lambda x: None
-    )
-    return tree, {
-      "key": state_key,
-      "target_counts": _masks.count_active(tree),
-      "bound_deltas": deltas,
-    }
+  return schedule
 
-  def is_update_step(t):
-    ok = t % update_every == 0
-    return ok if end_step is None else ok & (t <= end_step)
 
-  def update(old_masks, params, grads, count, extras):
-    del grads
-    next_key, sub = jax.random.split(extras["key"])
-    k = phase(count, decay_steps)
-    treedef, mask_leaves, (param_leaves, targets, deltas) = _wrapper.flatten_masked(
-      old_masks, params, extras["target_counts"], extras["bound_deltas"]
-    )
-    new = []
-    for i, (m, p, c, d) in enumerate(zip(mask_leaves, param_leaves, targets, deltas)):
-      if m is None:
-        new.append(None)
-        continue
-      keep, grow_to = bounds(c, _wrapper.leaf_size(m), k, d)
-      keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
-      kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), keep)
-      u = jax.random.uniform(jax.random.fold_in(sub, i), m.shape)
-      grown = _masks.keep_top_k(_wrapper.grow_scores(u, kept), jnp.maximum(grow_to - keep, 0))
-      new.append(kept | grown)
-    return jax.tree.unflatten(treedef, new), dict(extras, key=next_key)
+def _initial_extras(masks, prune_offsets, grow_offsets, state_key) -> dict:
+  """:class:`MESTState`'s own fields at init, the bounds checked per layer."""
+  check_layer_bounds(masks, prune_offsets, grow_offsets)
+  return {
+    "key": state_key,
+    "target_counts": _masks.count_active(masks),
+    "bound_deltas": _masks.per_layer(
+      lambda m: bound_deltas(_wrapper.leaf_size(m), prune_offsets, grow_offsets), masks
+    ),
+  }
 
-  topology = _wrapper.Topology(is_update_step=is_update_step, update=update, skip_inner_step=False)
-  return _wrapper.sparse_wrapper(
-    inner, state_cls=MESTState, init=init, topology=topology, mask_gradients=mask_gradients
+
+def _mutate(decay_steps, old_masks, params, grads, count, extras):
+  """One mutation: per layer, prune to the phase's lower bound by |w|, then
+  grow at random (just-pruned entries included) to its upper bound."""
+  del grads
+  next_key, sub = jax.random.split(extras["key"])
+  k = phase(count, decay_steps)
+
+  def per_leaf(m, p, c, d, leaf_key):
+    keep, grow_to = bounds(c, _wrapper.leaf_size(m), k, d)
+    keep = jnp.minimum(keep, jnp.sum(m, dtype=jnp.int32))
+    kept = _wrapper.keep_largest(p, m, keep)
+    u = jax.random.uniform(leaf_key, m.shape)
+    return kept | _wrapper.grow(kept, u, jnp.maximum(grow_to - keep, 0))
+
+  new = _masks.per_layer(
+    per_leaf, old_masks, params, extras["target_counts"], extras["bound_deltas"], key=sub
   )
+  return new, dict(extras, key=next_key)

@@ -1,4 +1,13 @@
-"""Masks at initialisation: magnitude, SNIP and GraSP (reference §5, §9, §10).
+"""Masks at initialisation: magnitude, SNIP and GraSP.
+
+* SNIP: Lee, Ajanthan & Torr, "SNIP: Single-shot Network Pruning based on
+  Connection Sensitivity", ICLR 2019, arXiv:1810.02340; code
+  namhoonlee/snip-public ``snip/model.py`` (``create_sparse_mask``).
+* GraSP: Wang, Zhang & Grosse, "Picking Winning Tickets Before Training by
+  Preserving Gradient Flow", ICLR 2020, arXiv:2002.07376; code
+  alecwangcq/GraSP ``pruner/GraSP.py``.
+* Magnitude at init: one-shot ``|w|`` pruning of the initial weights, where
+  MEST and the S2-SAM authors' runs start (jjsrf/SSAM-NEURIPS2024).
 
 Each function returns a mask tree (bool array per prunable leaf, ``None``
 elsewhere) to feed a static-mask wrapper. They run once, on the host side,
@@ -18,7 +27,7 @@ Selection uses exact counts with ties going to the lower flat index (leaves in
   (held fixed) and ``H g`` a Hessian-vector product computed forward-over-
   reverse (``jax.jvp`` of ``jax.grad``); the ``int(S N)`` *largest* scores are
   removed (GraSP's own count, which can keep one more weight than
-  ``count_for_density``), the rest kept. The reference splits the sample into
+  ``count_for_density``), the rest kept. GraSP's code splits the sample into
   two halves and sums ``∇L_half`` and ``H_half g``; with a per-example mean
   loss and equal halves that is ``2 ∇L`` and ``2 H g`` on the whole batch, a
   positive factor that leaves the ranking unchanged, so the whole batch is used
@@ -54,30 +63,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2sam_jax import _masks
-from s2sam_jax.sparse.distributions import (
-  Prunable,
-  _check_sparsity,
-  _keep_top_k_host,
-  count_for_density,
-  default_prunable,
-)
+from s2sam_jax import _checks, _masks
+from s2sam_jax.sparse.distributions import Prunable, count_for_density, default_prunable
 
+# How masks are ranked: each leaf separately, or all leaves together.
 SCOPES = ("layer", "global")
-
-
-def _is_none(x) -> bool:
-  return x is None
-
-
-def _is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
 
 
 def _check_finite_loss(loss, what: str) -> None:
   """``ValueError`` if a concrete ``loss`` is NaN or ±inf: every score would
   be NaN, and NaN scores rank last, so whole layers would be cut."""
-  if _is_traced(loss):
+  if _checks.is_traced(loss):
     return
   value = float(np.asarray(loss))
   if not math.isfinite(value):
@@ -92,7 +88,7 @@ def _check_finite_scores(scores, what: str, cause: str) -> None:
   """``ValueError`` naming the first leaf of concrete ``scores`` with a NaN or
   ±inf entry."""
   for path, s in jax.tree_util.tree_flatten_with_path(scores)[0]:
-    if _is_traced(s):
+    if _checks.is_traced(s):
       continue
     values = np.asarray(s, np.float32)
     bad = int(np.sum(~np.isfinite(values)))
@@ -110,25 +106,6 @@ def _prunable_flags(params, prunable: Prunable):
   return jax.tree.unflatten(treedef, [bool(prunable(p, x)) for p, x in leaves_with_path])
 
 
-def _global_masks(scores, selected, keep: int):
-  """Keeps the ``keep`` highest scores among ``selected`` leaves, ranked together."""
-  score_leaves, treedef = jax.tree.flatten(scores)
-  flags = treedef.flatten_up_to(selected)
-  chosen = [np.asarray(s, np.float32).ravel() for s, f in zip(score_leaves, flags) if f]
-  if not chosen:
-    raise ValueError("No prunable leaves: `prunable` selected none of the params.")
-  kept = np.asarray(_keep_top_k_host(np.concatenate(chosen), keep))
-  out, start = [], 0
-  for s, f in zip(score_leaves, flags):
-    if not f:
-      out.append(None)
-      continue
-    size = int(np.size(s))
-    out.append(jnp.asarray(kept[start : start + size].reshape(np.shape(s))))
-    start += size
-  return jax.tree.unflatten(treedef, out)
-
-
 def _total_size(params, selected) -> int:
   leaves, treedef = jax.tree.flatten(params)
   return sum(int(np.size(x)) for x, f in zip(leaves, treedef.flatten_up_to(selected)) if f)
@@ -141,13 +118,13 @@ def _layer_masks(scores, densities):
   def per_leaf(d, s):
     if d is None:
       return None
-    return _keep_top_k_host(s, count_for_density(int(np.size(s)), d))
+    return _masks.keep_top_k_host(s, count_for_density(int(np.size(s)), d))
 
-  return jax.tree.map(per_leaf, densities, scores, is_leaf=_is_none)
+  return jax.tree.map(per_leaf, densities, scores, is_leaf=_masks.is_none)
 
 
 def _check_densities(densities, params) -> None:
-  leaves, treedef = jax.tree.flatten(densities, is_leaf=_is_none)
+  leaves, treedef = jax.tree.flatten(densities, is_leaf=_masks.is_none)
   try:
     treedef.flatten_up_to(params)
   except (ValueError, TypeError) as e:
@@ -156,8 +133,9 @@ def _check_densities(densities, params) -> None:
       f"None per leaf); got a mismatch: {e}"
     ) from None
   for d in leaves:
-    if d is not None and not 0.0 <= float(d) <= 1.0:
-      raise ValueError(f"`densities` entries must be in [0, 1] or None; got {d}.")
+    x = None if d is None else _checks.as_real(d)
+    if d is not None and (x is None or not 0.0 <= x <= 1.0):
+      raise ValueError(f"`densities` entries must be floats in [0, 1] or None; got {d!r}.")
 
 
 def _layer_or_global(scores, params, sparsity, densities, prunable, what):
@@ -169,10 +147,10 @@ def _layer_or_global(scores, params, sparsity, densities, prunable, what):
     )
   if densities is not None:
     return _layer_masks(scores, densities)
-  sparsity = _check_sparsity(sparsity)
+  sparsity = _checks.check_sparsity(sparsity)
   selected = _prunable_flags(params, prunable)
   keep = count_for_density(_total_size(params, selected), 1.0 - sparsity)
-  return _global_masks(scores, selected, keep)
+  return _masks.keep_top_k_global(scores, selected, keep)
 
 
 def magnitude_masks(
@@ -205,8 +183,7 @@ def magnitude_masks(
     Array([[ True, False],
            [False,  True]], dtype=bool)
   """
-  if scope not in SCOPES:
-    raise ValueError(f"`scope` must be one of {SCOPES}; got {scope!r}.")
+  _checks.check_choice(scope, "scope", SCOPES)
   scores = jax.tree.map(lambda w: np.abs(np.asarray(w, np.float32)), params)
   _check_finite_scores(scores, "magnitude_masks", "`params` (|w|)")
   if scope == "global":
@@ -216,7 +193,7 @@ def magnitude_masks(
       raise ValueError("scope='global' needs `sparsity` in [0, 1).")
     return _layer_or_global(scores, params, sparsity, None, prunable, "magnitude_masks")
   if densities is None and sparsity is not None:
-    sparsity = _check_sparsity(sparsity)
+    sparsity = _checks.check_sparsity(sparsity)
     densities = jax.tree.map(
       lambda f: (1.0 - sparsity) if f else None, _prunable_flags(params, prunable)
     )
@@ -305,18 +282,20 @@ def grasp_masks(
   ``N - int(sparsity * N)`` weights stay; among equal scores the lower flat
   index is kept. See the module docstring for ``loss_fn`` and the batch.
 
-  Reference protocol (§10), the caller's part: a class-balanced sample (10
-  images per class on CIFAR) as ``batch``; BN in train mode (batch
-  statistics) inside ``loss_fn``; scores taken on a copy of the params whose
-  dense layers are re-initialised (Xavier normal), the masks then applied to
-  the original params.
+  GraSP's protocol, the caller's part (alecwangcq/GraSP ``pruner/GraSP.py``,
+  ``GraSP_fetch_data`` and the ``reinit`` branch; ``samples_per_class: 10``
+  in its CIFAR configs, e.g. ``configs/cifar10/resnet32/GraSP_90.json``): a
+  class-balanced sample of 10 images per class as ``batch``; BN in train
+  mode (batch statistics) inside ``loss_fn``; scores taken on a copy of the
+  params whose dense (linear) layers are re-initialised Xavier-normal, the
+  masks then applied to the original params.
 
   A loss or score that is not finite is a ``ValueError`` (NaN scores would
   rank last and silently cut whole layers).
   """
-  sparsity = _check_sparsity(sparsity)
+  sparsity = _checks.check_sparsity(sparsity)
   scores = grasp_scores(loss_fn, params, batch, temperature)
   selected = _prunable_flags(params, prunable)
   n_total = _total_size(params, selected)
   negated = jax.tree.map(lambda s: -np.asarray(s, np.float32), scores)
-  return _global_masks(negated, selected, n_total - int(sparsity * n_total))
+  return _masks.keep_top_k_global(negated, selected, n_total - int(sparsity * n_total))

@@ -1,7 +1,13 @@
-"""RigL (Evci et al., 2020): drop by magnitude, grow by dense-gradient magnitude.
+"""RigL: drop by magnitude, grow by dense-gradient magnitude.
+
+Evci, Gale, Menick, Castro & Elsen, "Rigging the Lottery: Making All Tickets
+Winners", ICML 2020, arXiv:1911.11134; code google-research/rigl
+``rigl/sparse_optimizers.py`` (``SparseRigLOptimizer``) and jaxpruner's
+(google-research/jaxpruner ``jaxpruner/algorithms/sparse_trainers.py``,
+``RigL``).
 
 Every ``update_every`` steps ``t`` with ``begin_step <= t < end_step``, for each
-masked layer independently (reference §7), with ``n`` active weights:
+masked layer independently, with ``n`` active weights:
 
     f_t   = α/2 · (1 + cos(π · min(t − begin, T) / T)),  T = end − begin   (cosine)
     k     = floor(f_t · n)           (float32, 1e-3 tolerance)
@@ -21,26 +27,26 @@ weights, and the inner optimizer is not called, so its state (including its
 own step count, e.g. Adam's bias correction or a schedule inside ``inner``)
 does not advance on those steps.
 
-Choices where the reference codes differ:
+Choices where RigL's TF code and jaxpruner differ:
 
 * ``t − begin`` in the cosine (TF uses the global step ``t`` with
   ``T = end − begin``, jaxpruner ``t`` with ``T = end``; all agree for
   ``begin_step = 0``, the default of both).
 * ``end_step`` is exclusive: at ``t = end`` the cosine fraction is 0 and the
-  reference codes would skip a gradient step for a no-op update.
+  two codes would skip a gradient step for a no-op update.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from s2sam_jax import _masks
-from s2sam_jax.sparse import _wrapper, distributions
+from s2sam_jax import _checks, _masks
+from s2sam_jax.sparse import _wrapper
 
 DROP_SCHEDULES = ("cosine", "constant")
 
@@ -59,16 +65,13 @@ def drop_fraction_schedule(
     >>> round(float(f(50)), 4)
     0.15
   """
-  _wrapper.check_choice(schedule, "drop_schedule", DROP_SCHEDULES)
-  alpha = _wrapper.check_open_fraction(drop_fraction, "drop_fraction")
+  _checks.check_choice(schedule, "drop_schedule", DROP_SCHEDULES)
+  alpha = _checks.check_open_fraction(drop_fraction, "drop_fraction")
   if schedule == "constant":
     return lambda t: jnp.full([], alpha, jnp.float32)
-  _wrapper.check_int(begin_step, "begin_step", 0)
-  if end_step is None or _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(
-      f"`end_step` must be an integer > begin_step={begin_step} "
-      f"for the cosine schedule; got {end_step!r}."
-    )
+  _checks.check_step_range(
+    begin_step, end_step, end_required=True, why=" with drop_schedule='cosine'"
+  )
   span = float(end_step - begin_step)
 
   def cosine(t):
@@ -91,17 +94,12 @@ def periodic_update_steps(update_every: int, begin_step: int, end_step: int | No
 
 
 def check_schedule_args(update_every, drop_fraction, begin_step, end_step, drop_schedule):
-  _wrapper.check_int(update_every, "update_every", 1)
-  _wrapper.check_open_fraction(drop_fraction, "drop_fraction")
-  _wrapper.check_int(begin_step, "begin_step", 0)
-  _wrapper.check_choice(drop_schedule, "drop_schedule", DROP_SCHEDULES)
-  if end_step is None:
-    if drop_schedule == "cosine":
-      raise ValueError(
-        "`end_step` is required with drop_schedule='cosine' (an integer > begin_step)."
-      )
-  elif _wrapper.check_int(end_step, "end_step", 0) <= begin_step:
-    raise ValueError(f"`end_step` must be > begin_step={begin_step}; got {end_step}.")
+  _checks.check_int(update_every, "update_every", 1)
+  _checks.check_open_fraction(drop_fraction, "drop_fraction")
+  _checks.check_choice(drop_schedule, "drop_schedule", DROP_SCHEDULES)
+  _checks.check_step_range(
+    begin_step, end_step, end_required=drop_schedule == "cosine", why=" with drop_schedule='cosine'"
+  )
 
 
 def swap_count(fraction, n_active):
@@ -118,60 +116,39 @@ def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
   ``grow_score_fn(grad_leaf, key, shape) -> scores >= 0``; ``k =
   floor(fraction · n)``. Returns the new mask tree.
   """
-  treedef, mask_leaves, (param_leaves, grad_leaves) = _wrapper.flatten_masked(masks, params, grads)
-  keys = _wrapper.layer_keys(key, len(mask_leaves))
-  new = []
-  for m, p, g, k in zip(mask_leaves, param_leaves, grad_leaves, keys):
-    if m is None:
-      new.append(None)
-      continue
+
+  def per_leaf(m, p, g, k):
     n_active = jnp.sum(m, dtype=jnp.int32)
     n_swap = swap_count(fraction, n_active)
-    kept = _masks.keep_top_k(_wrapper.drop_scores(p, m), n_active - n_swap)
-    scores = _wrapper.grow_scores(grow_score_fn(g, k, m.shape), kept)
-    new.append(kept | _masks.keep_top_k(scores, n_swap))
-  return jax.tree.unflatten(treedef, new)
+    kept = _wrapper.keep_largest(p, m, n_active - n_swap)
+    return kept | _wrapper.grow(kept, grow_score_fn(g, k, m.shape), n_swap)
+
+  return _masks.per_layer(per_leaf, masks, params, grads, key=key)
 
 
 def prune_regrow_wrapper(
-  inner,
-  sparsity,
-  *,
   grow_score_fn,
-  distribution,
+  inner,
+  masks,
+  *,
+  sparsity,
+  end_step,
   update_every,
   drop_fraction,
   drop_schedule,
   begin_step,
-  end_step,
-  masks,
   key,
-  power,
-  overrides,
-  prunable,
   mask_gradients,
   skip_update_step,
 ):
-  """Shared constructor of :func:`rigl` and :func:`set_`."""
-  _wrapper.check_mask_source(sparsity, masks)
-  _wrapper.check_density_args(power, overrides)
-  _wrapper.check_distribution(distribution)
+  """Shared constructor of :func:`rigl` and :func:`set_` (their arguments,
+  and ``grow_score_fn`` of :func:`prune_and_regrow`)."""
+  source = _wrapper.mask_source(masks, sparsity, key, distribution="erk")
   check_schedule_args(update_every, drop_fraction, begin_step, end_step, drop_schedule)
-  key = _wrapper.raw_key(key)
   fraction_fn = drop_fraction_schedule(drop_fraction, begin_step, end_step, drop_schedule)
 
   def init(params):
-    mask_key, state_key = jax.random.split(key)
-    tree = _wrapper.initial_masks(
-      params,
-      masks,
-      sparsity=sparsity,
-      distribution=distribution,
-      key=mask_key,
-      power=power,
-      overrides=overrides,
-      prunable=prunable,
-    )
+    tree, state_key = source.init_with_state_key(params)
     return tree, {"key": state_key}
 
   def update(old_masks, params, grads, count, extras):
@@ -200,19 +177,15 @@ def _gradient_magnitude(grad, key, shape):
 
 def rigl(
   inner: optax.GradientTransformation,
-  sparsity: float | None = None,
+  masks: _wrapper.MasksOrFn | None = None,
   *,
+  sparsity: float | None = None,
   end_step: int | None,
-  distribution: str = "erk",
   update_every: int = 100,
   drop_fraction: float = 0.3,
   drop_schedule: str = "cosine",
   begin_step: int = 0,
-  masks: _wrapper.MasksOrFn | None = None,
   key: int | jax.Array = 0,
-  power: float = 1.0,
-  overrides: Mapping[str, float] | None = None,
-  prunable: distributions.Prunable = distributions.default_prunable,
   mask_gradients: bool = True,
   skip_update_step: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -220,21 +193,24 @@ def rigl(
 
   Args:
     inner: any optax transformation; extra args are forwarded to it.
-    sparsity: global target in ``[0, 1)`` for random masks at init (per-layer
-      densities from ``distribution``); or give ``masks`` instead.
+    masks: the initial masks, as :func:`static_masks` takes them: a mask
+      tree, or a function ``params -> masks`` (e.g. :func:`random_init`).
+    sparsity: instead of ``masks``, shorthand for
+      ``masks=random_init(sparsity)`` (ERK random masks, RigL's default).
     end_step: first step with no more topology updates (> ``begin_step``);
       ``None`` is allowed with ``drop_schedule='constant'`` (never stop).
-    distribution: ``'uniform'``, ``'er'`` or ``'erk'``.
     update_every: ``ΔT >= 1`` steps between topology updates.
     drop_fraction: ``α`` in ``(0, 1)``.
     drop_schedule: ``'cosine'`` or ``'constant'``.
     begin_step: first update step (RigL updates at ``t = begin_step``).
-    masks: explicit initial mask tree, or ``params -> masks`` (bool, or
-      numeric of exactly 0 and 1, as :func:`static_masks` checks them).
-    key: int seed or JAX PRNG key (initial masks).
-    power, overrides, prunable: see :func:`layer_densities`.
-    mask_gradients: mask the gradient given to ``inner`` (reference §1.2b);
-      growth always uses the dense gradient received.
+    key: int seed or JAX PRNG key: ``jax.random.split(key)`` gives the key
+      of random initial masks that have none of their own (``sparsity=``,
+      ``random_init(..., key=None)``) and the state's key.
+    mask_gradients: mask the gradient given to ``inner`` (``m ⊙ g``), so that
+      the inner state (momentum, Adam moments) of masked weights stays 0, as
+      jaxpruner's sparse trainers do (``is_sparse_gradients``); ``False``
+      passes the dense ``g`` (the S2-SAM authors' code on its SAM path).
+      Growth always uses the dense gradient received.
     skip_update_step: no gradient step on update iterations.
 
   Returns:
@@ -245,8 +221,8 @@ def rigl(
     >>> import jax, jax.numpy as jnp, optax
     >>> from s2sam_jax import sparse
     >>> params = {'w': jnp.ones((8, 8)), 'b': jnp.zeros(8)}
-    >>> tx = sparse.rigl(optax.sgd(0.1, momentum=0.9), 0.75, end_step=100,
-    ...                  update_every=10)
+    >>> tx = sparse.rigl(optax.sgd(0.1, momentum=0.9), sparse.random_init(0.75),
+    ...                  end_step=100, update_every=10)
     >>> state = tx.init(params)
     >>> params = sparse.apply_masks(params, state)
     >>> g = jax.tree.map(jnp.ones_like, params)
@@ -254,21 +230,4 @@ def rigl(
     >>> int(state.masks['w'].sum())
     16
   """
-  return prune_regrow_wrapper(
-    inner,
-    sparsity,
-    grow_score_fn=_gradient_magnitude,
-    distribution=distribution,
-    update_every=update_every,
-    drop_fraction=drop_fraction,
-    drop_schedule=drop_schedule,
-    begin_step=begin_step,
-    end_step=end_step,
-    masks=masks,
-    key=key,
-    power=power,
-    overrides=overrides,
-    prunable=prunable,
-    mask_gradients=mask_gradients,
-    skip_update_step=skip_update_step,
-  )
+  return prune_regrow_wrapper(_gradient_magnitude, **locals())  # the arguments above

@@ -1,7 +1,12 @@
-"""SET (Mocanu et al., 2018): drop by magnitude, grow uniformly at random.
+"""SET: drop by magnitude, grow uniformly at random.
 
-The schedule and the drop are RigL's (reference §6, after RigL's and
-jaxpruner's code): every ``update_every`` steps ``t`` in
+Mocanu, Mocanu, Stone, Nguyen, Gibescu & Liotta, "Scalable training of
+artificial neural networks with adaptive sparse connectivity inspired by
+network science", Nature Communications 9, 2383 (2018), arXiv:1707.04780.
+The schedule and the drop are RigL's, as in RigL's code
+(google-research/rigl ``rigl/sparse_optimizers.py``, ``SparseSETOptimizer``)
+and jaxpruner's (google-research/jaxpruner
+``jaxpruner/algorithms/sparse_trainers.py``, ``SET``): every ``update_every`` steps ``t`` in
 ``[begin_step, end_step)``, for each masked layer with ``n`` active weights,
 ``k = floor(f_t n)`` active weights of smallest |w| are dropped and ``k``
 entries are grown uniformly at random among those not kept (just-dropped
@@ -18,12 +23,10 @@ is skipped on update iterations as jaxpruner does (RigL's TF SET takes it:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jax
 import optax
 
-from s2sam_jax.sparse import _wrapper, distributions
+from s2sam_jax.sparse import _wrapper
 from s2sam_jax.sparse.rigl import prune_regrow_wrapper
 
 
@@ -34,54 +37,33 @@ def _uniform_scores(grad, key, shape):
 
 def set_(
   inner: optax.GradientTransformation,
-  sparsity: float | None = None,
+  masks: _wrapper.MasksOrFn | None = None,
   *,
+  sparsity: float | None = None,
   end_step: int | None,
-  distribution: str = "erk",
   update_every: int = 100,
   drop_fraction: float = 0.3,
   drop_schedule: str = "cosine",
   begin_step: int = 0,
-  masks: _wrapper.MasksOrFn | None = None,
   key: int | jax.Array = 0,
-  power: float = 1.0,
-  overrides: Mapping[str, float] | None = None,
-  prunable: distributions.Prunable = distributions.default_prunable,
   mask_gradients: bool = True,
   skip_update_step: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """SET around any optax transformation; arguments as :func:`rigl`.
 
-  ``key`` seeds both the initial masks and the random growth (kept in
-  :class:`DynamicSparseState` ``.key``).
+  ``key``'s second half (``jax.random.split(key)[1]``) seeds the random
+  growth (kept in :class:`DynamicSparseState` ``.key``).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> from s2sam_jax import sparse
     >>> params = {'w': jnp.ones((8, 8))}
-    >>> tx = sparse.set_(optax.adam(1e-3), 0.5, end_step=100, update_every=10,
-    ...                  distribution='uniform')
+    >>> tx = sparse.set_(optax.adam(1e-3), sparse.random_init(0.5, 'uniform'),
+    ...                  end_step=100, update_every=10)
     >>> state = tx.init(params)
     >>> u, state = tx.update({'w': jnp.ones((8, 8))}, state,
     ...                      sparse.apply_masks(params, state))
     >>> int(state.masks['w'].sum())
     32
   """
-  return prune_regrow_wrapper(
-    inner,
-    sparsity,
-    grow_score_fn=_uniform_scores,
-    distribution=distribution,
-    update_every=update_every,
-    drop_fraction=drop_fraction,
-    drop_schedule=drop_schedule,
-    begin_step=begin_step,
-    end_step=end_step,
-    masks=masks,
-    key=key,
-    power=power,
-    overrides=overrides,
-    prunable=prunable,
-    mask_gradients=mask_gradients,
-    skip_update_step=skip_update_step,
-  )
+  return prune_regrow_wrapper(_uniform_scores, **locals())  # the arguments above

@@ -23,8 +23,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from s2sam_jax import _masks
-from s2sam_jax.sparse.distributions import Prunable, default_prunable, path_str
+from s2sam_jax import _checks, _masks
+from s2sam_jax._masks import path_str
+from s2sam_jax.sparse.distributions import Prunable, default_prunable
+from s2sam_jax.sparse.gmp import check_gmp_schedule, gmp_pruning_steps, gmp_remaining
+from s2sam_jax.sparse.rigl import periodic_update_steps
 
 SAM_OPTIMIZERS = ("base", "s2sam", "sam")
 SPARSE_COST_METHODS = (
@@ -42,13 +45,10 @@ SPARSE_COST_METHODS = (
 METHODS = ("dense",) + SPARSE_COST_METHODS + ("rigl", "gmp")
 
 
-def _is_none(x) -> bool:
-  return x is None
-
-
 def _flat_with_paths(tree):
   return [
-    (path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+    (path_str(p), x)
+    for p, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_masks.is_none)[0]
   ]
 
 
@@ -62,14 +62,11 @@ def nnz(tree) -> int:
   )
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerSparsity:
-  """One leaf: ``nnz`` active entries out of ``size``."""
+class _Density:
+  """``density`` and ``sparsity`` of a record with ``nnz`` and ``size``."""
 
-  path: str
-  shape: tuple[int, ...]
-  size: int
   nnz: int
+  size: int
 
   @property
   def density(self) -> float:
@@ -81,7 +78,17 @@ class LayerSparsity:
 
 
 @dataclasses.dataclass(frozen=True)
-class SparsitySummary:
+class LayerSparsity(_Density):
+  """One leaf: ``nnz`` active entries out of ``size``."""
+
+  path: str
+  shape: tuple[int, ...]
+  size: int
+  nnz: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsitySummary(_Density):
   """Per-layer and global sparsity.
 
   ``layers`` are the masked (or prunable) leaves and the headline numbers
@@ -95,14 +102,6 @@ class SparsitySummary:
   nnz: int
   total_size: int
   total_nnz: int
-
-  @property
-  def density(self) -> float:
-    return self.nnz / self.size if self.size else 1.0
-
-  @property
-  def sparsity(self) -> float:
-    return 1.0 - self.density
 
   def as_dict(self) -> dict:
     """Plain dict (JSON-serialisable) with per-layer and global numbers."""
@@ -162,7 +161,7 @@ def sparsity_summary(
   """
   if masks is not None:
     _masks.validate_masks(masks, params)
-    mask_leaves = jax.tree.flatten(masks, is_leaf=_is_none)
+    mask_leaves = jax.tree.flatten(masks, is_leaf=_masks.is_none)
     selected = mask_leaves[1].flatten_up_to(params)
     pairs = list(zip(_flat_with_paths(masks), selected))
     layers, total_size, total_nnz = [], 0, 0
@@ -258,8 +257,8 @@ def mask_overlap(masks_a, masks_b) -> MaskOverlap:
   _masks.check_mask_values(masks_a, "masks_a")
   _masks.check_mask_values(masks_b, "masks_b")
   flat_a, flat_b = _flat_with_paths(masks_a), _flat_with_paths(masks_b)
-  def_a = jax.tree.structure(masks_a, is_leaf=_is_none)
-  def_b = jax.tree.structure(masks_b, is_leaf=_is_none)
+  def_a = jax.tree.structure(masks_a, is_leaf=_masks.is_none)
+  def_b = jax.tree.structure(masks_b, is_leaf=_masks.is_none)
   if def_a != def_b:
     raise ValueError(f"`masks_b` must have the structure of `masks_a`; got {def_b} vs {def_a}.")
   layers = []
@@ -327,9 +326,9 @@ def _density_by_path(densities) -> dict:
       _masks.check_mask_values({path: d}, "densities")
       d = float(np.mean(np.asarray(d, np.float64)))
     else:
-      d = float(d)
-    if not 0.0 <= d <= 1.0:
-      raise ValueError(f"`densities` entry {path!r} must be in [0, 1]; got {d}.")
+      d = _checks.as_real(d)
+    if d is None or not 0.0 <= d <= 1.0:
+      raise ValueError(f"`densities` entry {path!r} must be a float in [0, 1]; got {d}.")
     out[path] = d
   return out
 
@@ -396,22 +395,7 @@ def training_flops(
     >>> est.forward_sparse, est.total, round(est.relative_to_dense, 4)
     (20.0, 1200.0, 0.3636)
   """
-  if method not in METHODS:
-    raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
-  if optimizer not in SAM_OPTIMIZERS:
-    raise ValueError(f"`optimizer` must be one of {SAM_OPTIMIZERS}; got {optimizer!r}.")
-  for name, value, low in (
-    ("steps", steps, 1),
-    ("update_every", update_every, 1),
-    ("begin_step", begin_step, 0),
-  ):
-    if not isinstance(value, (int, np.integer)) or value < low:
-      raise ValueError(f"`{name}` must be an integer >= {low}; got {value!r}.")
-  flops = {k: float(v) for k, v in forward_flops.items()}
-  if not flops or not all(math.isfinite(v) and v >= 0 for v in flops.values()):
-    raise ValueError(
-      f"`forward_flops` must map layer paths to finite FLOPs >= 0; got {forward_flops!r}."
-    )
+  flops = _check_flops_args(forward_flops, method, optimizer, steps, update_every, begin_step)
   dens = {} if densities is None or method == "dense" else _density_by_path(densities)
   unknown = sorted(set(dens) - set(flops))
   if unknown:
@@ -423,19 +407,7 @@ def training_flops(
     per_step = 3.0 * (f_dense if method == "dense" else f_sparse)
     total = per_step * steps
   elif method == "rigl":
-    if end_step is not None and (
-      not isinstance(end_step, (int, np.integer))
-      or isinstance(end_step, bool)
-      or end_step <= begin_step
-    ):
-      raise ValueError(
-        f"method='rigl' needs `end_step` None or an integer > "
-        f"begin_step={begin_step}; got {end_step!r}."
-      )
-    t = np.arange(steps)
-    stop = steps if end_step is None else end_step
-    n_updates = int(np.sum((t >= begin_step) & (t < stop) & ((t - begin_step) % update_every == 0)))
-    total = (steps - n_updates) * 3.0 * f_sparse + n_updates * (2.0 * f_sparse + f_dense)
+    total = _rigl_total(f_dense, f_sparse, steps, update_every, begin_step, end_step)
   else:
     total = _gmp_total(flops, dens, steps, update_every, begin_step, end_step, initial_sparsity)
   if optimizer == "sam":
@@ -443,17 +415,40 @@ def training_flops(
   return FlopsEstimate(method, optimizer, int(steps), f_dense, f_sparse, float(total))
 
 
+def _check_flops_args(forward_flops, method, optimizer, steps, update_every, begin_step) -> dict:
+  """Checks :func:`training_flops`' arguments; ``forward_flops`` as floats."""
+  _checks.check_choice(method, "method", METHODS)
+  _checks.check_choice(optimizer, "optimizer", SAM_OPTIMIZERS)
+  _checks.check_int(steps, "steps", 1)
+  _checks.check_int(update_every, "update_every", 1)
+  _checks.check_int(begin_step, "begin_step", 0)
+  flops = {k: _checks.as_real(v) for k, v in forward_flops.items()}
+  if not flops or not all(v is not None and math.isfinite(v) and v >= 0 for v in flops.values()):
+    raise ValueError(
+      f"`forward_flops` must map layer paths to finite FLOPs >= 0; got {forward_flops!r}."
+    )
+  return flops
+
+
+def _rigl_total(f_dense, f_sparse, steps, update_every, begin, end):
+  """RigL: ``2 f_S + f_D`` on update steps (RigL's rule), ``3 f_S`` otherwise."""
+  _checks.check_step_range(begin, end, end_required=False)
+  t = np.arange(steps)
+  stop = steps if end is None else end
+  n_updates = int(np.sum(periodic_update_steps(update_every, begin, stop)(t)))
+  return (steps - n_updates) * 3.0 * f_sparse + n_updates * (2.0 * f_sparse + f_dense)
+
+
 def _gmp_total(flops, dens, steps, update_every, begin, end, initial_sparsity):
-  if end is None or not isinstance(end, (int, np.integer)) or end <= begin:
-    raise ValueError(f"method='gmp' needs an integer `end_step` > begin_step={begin}; got {end!r}.")
-  if not 0.0 <= initial_sparsity < 1.0:
-    raise ValueError(f"`initial_sparsity` must be in [0, 1); got {initial_sparsity}.")
-  prune_steps = np.unique(np.append(np.arange(begin, end + 1, update_every), end))
+  """GMP: ``3 Σ_l (1 - s_l(t')) F_l``, ``t'`` the last pruning step before ``t``."""
+  if end is None:
+    raise ValueError(f"method='gmp' needs `end_step` (an integer > begin_step={begin}).")
+  check_gmp_schedule(initial_sparsity, begin, end)
+  prune_steps = np.asarray(gmp_pruning_steps(update_every, begin, end))
   t = np.arange(steps)
   last = np.searchsorted(prune_steps, t, side="left") - 1  # last pruning step < t
   pruned = last >= 0
-  p = np.clip((prune_steps[np.maximum(last, 0)] - begin) / (end - begin), 0.0, 1.0)
-  cube = (1.0 - p) ** 3
+  cube = gmp_remaining(prune_steps[np.maximum(last, 0)], begin, end)
   masked_flops = sum(flops[k] for k in dens)
   final_pruned_flops = sum(flops[k] * (1.0 - d) for k, d in dens.items())
   # Σ_l s_l(t) F_l = (1 - cube) Σ_l s_l F_l + cube · s_i Σ_l F_l over masked layers
