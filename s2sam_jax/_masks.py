@@ -59,6 +59,7 @@ def map_masked(fn, masks: MaskTree, tree, *rest, dense_fn=None, key=None):
   """
   if dense_fn is None:
     dense_fn = lambda x, *_: x
+  masks = conform(masks, tree)  # the output takes tree's containers (e.g. an nnx.State)
   mask_leaves, treedef = jax.tree.flatten(masks, is_leaf=is_none)
   others = [treedef.flatten_up_to(t) for t in (tree, *rest)]
   out = []
@@ -93,10 +94,48 @@ def fill_layers(masks: MaskTree, values):
   return per_layer(lambda m: next(values), masks)
 
 
+def _is_value_key(key) -> bool:
+  # Flax NNX variables (nnx.Param, nnx.Optimizer's OptVariable, ...) hold
+  # their array under the attribute key ``.value``.
+  return isinstance(key, jax.tree_util.GetAttrKey) and key.name == "value"
+
+
+def _plain(path) -> tuple[str, ...]:
+  return tuple(_key_name(k) for k in path if not _is_value_key(k))
+
+
+def conform(tree, reference):
+  """``tree`` rebuilt in the containers of ``reference``.
+
+  A tree derived from an optimizer state (masks, a perturbation) and the
+  params it belongs to may hold their leaves at the same key paths in
+  different containers: a Flax NNX ``nnx.Optimizer`` wraps each leaf of its
+  state in an ``OptVariable`` where ``nnx.state(model, nnx.Param)`` has a
+  ``Param``, and a plain dict of masks may meet an ``nnx.State``. When the
+  two trees hold the same leaves (``None`` counts as one in ``tree``) at the
+  same paths, ignoring the variables' ``.value``, the result has
+  ``reference``'s structure; otherwise ``tree`` is returned unchanged (its
+  user's own check then reports the mismatch).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> conform((jnp.array([True, False]), None), [jnp.ones(2), jnp.ones(3)])
+    [Array([ True, False], dtype=bool), None]
+  """
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
+  ref_leaves, ref_def = jax.tree_util.tree_flatten_with_path(reference, is_leaf=is_none)
+  if treedef == ref_def or len(leaves) != len(ref_leaves):
+    return tree
+  if any(_plain(a) != _plain(b) for (a, _), (b, _) in zip(leaves, ref_leaves)):
+    return tree
+  return jax.tree_util.tree_unflatten(ref_def, [x for _, x in leaves])
+
+
 def mask_tree(tree, masks: MaskTree | None):
   """Returns ``m ⊙ x`` leaf-wise; dense leaves and ``masks=None`` pass through."""
   if masks is None:
     return tree
+  masks = conform(masks, tree)
   return map_masked(lambda m, x: jnp.where(m, x, jnp.zeros_like(x)), masks, tree)
 
 
@@ -110,13 +149,16 @@ def _key_name(key) -> str:
 def path_str(path) -> str:
   """``'/'``-joined keys of a JAX key path, e.g. ``'layer1/conv1/kernel'``.
 
+  The ``.value`` of a Flax NNX variable is not a key of its own
+  (``nnx.state(model)``'s ``conv1/kernel``, not ``conv1/kernel/value``).
+
   Example:
     >>> import jax
     >>> tree = {'layer1': {'conv1': {'kernel': 0}}, 'head': [0, 1]}
     >>> [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
     ['head/0', 'head/1', 'layer1/conv1/kernel']
   """
-  return "/".join(_key_name(k) for k in path)
+  return "/".join(_plain(path))
 
 
 def leaf_name(path) -> str:
@@ -188,6 +230,7 @@ def validate_masks(masks: MaskTree, params, name: str = "masks") -> None:
   values are a mask (:func:`check_mask_values`: ``bool``, or numeric of
   exactly 0 and 1). Leaves are named by their :func:`path_str`.
   """
+  masks = conform(masks, params)
   mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=is_none)
   try:
     param_subtrees = mask_def.flatten_up_to(params)

@@ -160,6 +160,7 @@ def sparsity_summary(
     (3, 6, 6, 9)
   """
   if masks is not None:
+    masks = _masks.conform(masks, params)  # e.g. an nnx.Optimizer's masks for nnx.Param state
     _masks.validate_masks(masks, params)
     mask_leaves = jax.tree.flatten(masks, is_leaf=_masks.is_none)
     selected = mask_leaves[1].flatten_up_to(params)
@@ -256,6 +257,7 @@ def mask_overlap(masks_a, masks_b) -> MaskOverlap:
   """
   _masks.check_mask_values(masks_a, "masks_a")
   _masks.check_mask_values(masks_b, "masks_b")
+  masks_b = _masks.conform(masks_b, masks_a)
   flat_a, flat_b = _flat_with_paths(masks_a), _flat_with_paths(masks_b)
   def_a = jax.tree.structure(masks_a, is_leaf=_masks.is_none)
   def_b = jax.tree.structure(masks_b, is_leaf=_masks.is_none)
