@@ -3,7 +3,7 @@
 Variants (same model, data and inner optimizer, SGD momentum 0.9):
 
 * ``dense``: the inner optimizer alone;
-* ``static``: ``sparse.static_random`` (fixed ERK masks);
+* ``static``: ``sparse.static_masks`` with random ERK masks (``sparsity=``);
 * ``rigl``: ``sparse.rigl`` with ``update_every`` (default 100): a sample is a
   block of ``update_every`` consecutive steps, which holds exactly one
   topology update, so the ratio includes the update's cost amortised;
@@ -66,9 +66,9 @@ def make_variants(sparsity: float, update_every: int):
   never = 10**9
   return {
     "dense": inner(),
-    "static": sparse.static_random(inner(), sparsity),
-    "rigl": sparse.rigl(inner(), sparsity, update_every=update_every, end_step=never),
-    "rigl_update_only": sparse.rigl(inner(), sparsity, update_every=1, end_step=never),
+    "static": sparse.static_masks(inner(), sparsity=sparsity),
+    "rigl": sparse.rigl(inner(), sparsity=sparsity, update_every=update_every, end_step=never),
+    "rigl_update_only": sparse.rigl(inner(), sparsity=sparsity, update_every=1, end_step=never),
   }
 
 

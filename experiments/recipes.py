@@ -186,63 +186,70 @@ def initial_masks(cfg: TrainConfig, params, key, scoring: Callable | None = None
 # ----------------------------------------------------------- optimizer
 
 
-def _mest(cfg: TrainConfig, inner, sched: Schedule, masks, key, common):
+def _random_masks(cfg: TrainConfig):
+  """``params -> masks``: random masks at ``--sparsity`` over ``--distribution``,
+  drawn with the method's own key (``sparse.random_init(..., key=None)``)."""
+  return sparse.random_init(cfg.sparsity, cfg.distribution, prunable=make_prunable(cfg))
+
+
+def _mest(cfg: TrainConfig, inner, sched: Schedule, masks, key):
   every = cfg.update_every
   if cfg.update_every_epochs:
     every = int(round(cfg.update_every_epochs * sched.steps_per_epoch))
   return sparse.mest(
     inner,
+    masks,
     variant="em" if cfg.method == "mest-em" else "ems",
-    masks=masks,
     update_every=max(every, 1),
     decay_steps=tuple(int(e * sched.steps_per_epoch) for e in cfg.mest_decay_epochs),
     prune_offsets=cfg.mest_prune_offsets,
     grow_offsets=cfg.mest_grow_offsets,
     key=key,
-    **common,
+    mask_gradients=cfg.mask_gradients,
   )
 
 
 def sparse_method(cfg: TrainConfig, inner, sched: Schedule, masks, key):
   """``inner`` wrapped by the sparse method of ``cfg`` (masks in its state);
-  ``masks`` from :func:`initial_masks`."""
-  method, s = cfg.method, cfg.sparsity
-  fixed = dict(mask_gradients=cfg.mask_gradients)
-  common = dict(distribution=cfg.distribution, prunable=make_prunable(cfg), **fixed)
-  end_step = topology_end_step(cfg, sched)
+  ``masks`` from :func:`initial_masks` (``None``: random masks of ``cfg``)."""
+  method = cfg.method
   if method == "dense":
     return inner
-  if method in ("magnitude", "snip", "grasp") + LOTTERY:
+  if masks is None and method != "gmp":
+    masks = _random_masks(cfg)
+  fixed = dict(key=key, mask_gradients=cfg.mask_gradients)
+  end_step = topology_end_step(cfg, sched)
+  if method in ("static", "magnitude", "snip", "grasp") + LOTTERY:
     return sparse.static_masks(inner, masks, **fixed)
-  if method == "static":
-    return sparse.static_random(inner, s, key=key, **common)
   if method in ("rigl", "set"):
     wrapper = sparse.rigl if method == "rigl" else sparse.set_
+    every, fraction = cfg.update_every, cfg.drop_fraction
     return wrapper(
-      inner,
-      s,
-      end_step=end_step,
-      update_every=cfg.update_every,
-      drop_fraction=cfg.drop_fraction,
-      key=key,
-      **common,
+      inner, masks, end_step=end_step, update_every=every, drop_fraction=fraction, **fixed
     )
   if method == "dsr":
     return sparse.dsr(
       inner,
-      s,
+      masks,
       update_every=dsr_periods(cfg, sched),
       end_step=end_step,
       target_count=cfg.dsr_target or None,
       target_fraction=cfg.dsr_target_fraction,
       init_threshold=cfg.dsr_threshold,
-      key=key,
-      **common,
+      **fixed,
     )
   if method in ("mest-em", "mest-ems"):
-    return _mest(cfg, inner, sched, masks, key, common)
-  if method == "gmp":
-    return sparse.gmp(inner, s, end_step=end_step, update_every=cfg.update_every, **common)
+    return _mest(cfg, inner, sched, masks, key)
+  if method == "gmp":  # dense at first; its masks come from magnitude pruning
+    return sparse.gmp(
+      inner,
+      cfg.sparsity,
+      end_step=end_step,
+      update_every=cfg.update_every,
+      distribution=cfg.distribution,
+      prunable=make_prunable(cfg),
+      mask_gradients=cfg.mask_gradients,
+    )
   raise ValueError(f"--method must be one of {configs_lib.METHODS}; got {method!r}.")
 
 

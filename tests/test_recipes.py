@@ -167,7 +167,7 @@ def test_the_old_fixed_offsets_are_refused_at_98():
 def test_library_default_offsets_follow_the_sparsity():
   params = {"w": jnp.ones((50, 100))}  # one layer of 5,000 weights
   for level, kept_at_least in ((0.9, 0.8), (0.98, 0.9), (0.99, 0.8)):
-    tx = sparse.mest(optax.sgd(0.1), level, update_every=5, decay_steps=(10, 20))
+    tx = sparse.mest(optax.sgd(0.1), sparsity=level, update_every=5, decay_steps=(10, 20))
     state = tx.init(params)
     before = np.asarray(state.masks["w"])
     _, state = tx.update({"w": jnp.zeros((50, 100))}, state, sparse.apply_masks(params, state))
@@ -175,7 +175,7 @@ def test_library_default_offsets_follow_the_sparsity():
     assert after.sum() == before.sum()
     assert (before & after).sum() / before.sum() >= kept_at_least - 1e-9
   with pytest.raises(ValueError, match="prune_offsets"):  # 0.1% dense: refused
-    sparse.mest(optax.sgd(0.1), 0.999, update_every=5, decay_steps=(10, 20)).init(params)
+    sparse.mest(optax.sgd(0.1), sparsity=0.999, update_every=5, decay_steps=(10, 20)).init(params)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ def test_library_default_offsets_follow_the_sparsity():
 )
 def test_invalid_offsets_are_refused_naming_the_layer(kwargs, match):
   params = {"w": jnp.ones((10, 10)), "b": jnp.ones(10)}
-  tx = sparse.mest(optax.sgd(0.1), 0.5, update_every=5, decay_steps=(10, 20), **kwargs)
+  tx = sparse.mest(optax.sgd(0.1), sparsity=0.5, update_every=5, decay_steps=(10, 20), **kwargs)
   with pytest.raises(ValueError, match=match):
     tx.init(params)
 
@@ -203,7 +203,7 @@ def test_dsr_period_grows_on_schedule():
   # doubles H: H doubles exactly at the rewire steps.
   params = {"w": jnp.full((8, 8), 5.0)}
   tx = sparse.dsr(
-    optax.sgd(0.0), 0.5, update_every={0: 2, 6: 4}, target_count=3, init_threshold=1e-3
+    optax.sgd(0.0), sparsity=0.5, update_every={0: 2, 6: 4}, target_count=3, init_threshold=1e-3
   )
   state = tx.init(params)
   p = sparse.apply_masks(params, state)
@@ -216,7 +216,7 @@ def test_dsr_period_grows_on_schedule():
       rewired.append(t)
   assert rewired == [2, 4, 8, 12]
   with pytest.raises(ValueError, match="update_every"):
-    sparse.dsr(optax.sgd(0.1), 0.5, update_every={5: 100})
+    sparse.dsr(optax.sgd(0.1), sparsity=0.5, update_every={5: 100})
 
 
 def test_dsr_recipe_carries_the_wrn_fraction_and_schedule():

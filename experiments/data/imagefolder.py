@@ -90,7 +90,15 @@ def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 def _decode_split(split_dir: Path, files, image_size: int | None) -> np.ndarray:
   from tqdm.auto import tqdm
 
-  bar = tqdm(total=len(files), desc=f"decoding {split_dir}", unit="image", mininterval=1.0)
+  # a bar for folders that take a while; it clears itself when done
+  bar = tqdm(
+    total=len(files),
+    desc=f"decoding {split_dir}",
+    unit="image",
+    mininterval=1.0,
+    leave=False,
+    disable=len(files) < 1000,
+  )
 
   def decode(item):
     path = split_dir / item[0]
