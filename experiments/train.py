@@ -31,12 +31,7 @@ Outputs in ``--out-dir``, a work dir (default ``runs/<model>-<dataset>-<method>-
 the result an uninterrupted run gives, bit for bit (the data order depends on
 (seed, epoch) only, the step key on (base key, step) only), or reports a
 finished run's results.
-
-Lottery ticket (``lt``) and learning-rate rewinding (``lrr``) run all their
-rounds inside the command: a dense round, then rounds that each prune
-``--prune-fraction`` of the remaining weights (global magnitude) and retrain
-(LT: weights rewound to step ``--rewind-steps``, fresh optimizer; LRR: the
-trained weights and momentum kept, the learning-rate schedule replayed).
+LT and LRR run all their rounds inside the command (:func:`next_round`).
 """
 
 from __future__ import annotations
