@@ -23,7 +23,6 @@ import numpy as np
 import optax
 
 import s2sam_jax
-from experiments import configs as configs_lib
 from experiments import models as models_lib
 from experiments.configs import TrainConfig
 from s2sam_jax import sparse
@@ -186,71 +185,53 @@ def initial_masks(cfg: TrainConfig, params, key, scoring: Callable | None = None
 # ----------------------------------------------------------- optimizer
 
 
-def _random_masks(cfg: TrainConfig):
-  """``params -> masks``: random masks at ``--sparsity`` over ``--distribution``,
-  drawn with the method's own key (``sparse.random_init(..., key=None)``)."""
-  return sparse.random_init(cfg.sparsity, cfg.distribution, prunable=make_prunable(cfg))
+# The training command's methods by their s2sam_jax.sparse.create names: the
+# mask sources train with fixed masks.
+_FACTORY_NAMES = {m: "static" for m in ("static", "magnitude", "snip", "grasp") + LOTTERY}
 
 
-def _mest(cfg: TrainConfig, inner, sched: Schedule, masks, key):
-  every = cfg.update_every
-  if cfg.update_every_epochs:
-    every = int(round(cfg.update_every_epochs * sched.steps_per_epoch))
-  return sparse.mest(
-    inner,
-    masks,
-    variant="em" if cfg.method == "mest-em" else "ems",
-    update_every=max(every, 1),
-    decay_steps=tuple(int(e * sched.steps_per_epoch) for e in cfg.mest_decay_epochs),
-    prune_offsets=cfg.mest_prune_offsets,
-    grow_offsets=cfg.mest_grow_offsets,
-    key=key,
-    mask_gradients=cfg.mask_gradients,
-  )
-
-
-def sparse_method(cfg: TrainConfig, inner, sched: Schedule, masks, key):
-  """``inner`` wrapped by the sparse method of ``cfg`` (masks in its state);
-  ``masks`` from :func:`initial_masks` (``None``: random masks of ``cfg``)."""
-  method = cfg.method
-  if method == "dense":
-    return inner
-  if masks is None and method != "gmp":
-    masks = _random_masks(cfg)
-  fixed = dict(key=key, mask_gradients=cfg.mask_gradients)
+def _knobs(cfg: TrainConfig, sched: Schedule) -> dict[str, Any]:
+  """The keyword arguments of ``cfg.method``'s own knobs."""
   end_step = topology_end_step(cfg, sched)
-  if method in ("static", "magnitude", "snip", "grasp") + LOTTERY:
-    return sparse.static_masks(inner, masks, **fixed)
-  if method in ("rigl", "set"):
-    wrapper = sparse.rigl if method == "rigl" else sparse.set_
-    every, fraction = cfg.update_every, cfg.drop_fraction
-    return wrapper(
-      inner, masks, end_step=end_step, update_every=every, drop_fraction=fraction, **fixed
-    )
-  if method == "dsr":
-    return sparse.dsr(
-      inner,
-      masks,
+  if cfg.method in ("rigl", "set"):
+    return dict(end_step=end_step, update_every=cfg.update_every, drop_fraction=cfg.drop_fraction)
+  if cfg.method == "dsr":
+    return dict(
       update_every=dsr_periods(cfg, sched),
       end_step=end_step,
       target_count=cfg.dsr_target or None,
       target_fraction=cfg.dsr_target_fraction,
       init_threshold=cfg.dsr_threshold,
-      **fixed,
     )
-  if method in ("mest-em", "mest-ems"):
-    return _mest(cfg, inner, sched, masks, key)
-  if method == "gmp":  # dense at first; its masks come from magnitude pruning
-    return sparse.gmp(
-      inner,
-      cfg.sparsity,
-      end_step=end_step,
-      update_every=cfg.update_every,
-      distribution=cfg.distribution,
-      prunable=make_prunable(cfg),
-      mask_gradients=cfg.mask_gradients,
+  if cfg.method in ("mest-em", "mest-ems"):
+    every = cfg.update_every
+    if cfg.update_every_epochs:
+      every = int(round(cfg.update_every_epochs * sched.steps_per_epoch))
+    return dict(
+      update_every=max(every, 1),
+      decay_steps=tuple(int(e * sched.steps_per_epoch) for e in cfg.mest_decay_epochs),
+      prune_offsets=cfg.mest_prune_offsets,
+      grow_offsets=cfg.mest_grow_offsets,
     )
-  raise ValueError(f"--method must be one of {configs_lib.METHODS}; got {method!r}.")
+  return {}
+
+
+def sparse_method(cfg: TrainConfig, inner, sched: Schedule, masks, key):
+  """``inner`` wrapped by the sparse method of ``cfg`` (masks in its state),
+  built by name with ``sparse.create``; ``masks`` from :func:`initial_masks`
+  (``None``: random masks at ``--sparsity`` over ``--distribution``, drawn
+  with the method's key)."""
+  if cfg.method == "dense":
+    return inner
+  fixed = dict(mask_gradients=cfg.mask_gradients)
+  if cfg.method == "gmp":  # dense at first; its masks come from magnitude pruning
+    gmp = dict(end_step=topology_end_step(cfg, sched), update_every=cfg.update_every)
+    gmp.update(sparsity=cfg.sparsity, distribution=cfg.distribution, prunable=make_prunable(cfg))
+    return sparse.create("gmp", inner, **gmp, **fixed)
+  if masks is None:
+    masks = sparse.random_init(cfg.sparsity, cfg.distribution, prunable=make_prunable(cfg))
+  name = _FACTORY_NAMES.get(cfg.method, cfg.method)
+  return sparse.create(name, inner, masks=masks, key=key, **_knobs(cfg, sched), **fixed)
 
 
 def wrap_mode(cfg: TrainConfig, tx) -> optax.GradientTransformationExtraArgs:
