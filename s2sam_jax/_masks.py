@@ -274,10 +274,15 @@ def find_masks(state) -> MaskTree | None:
 
 
 def _order_preserving_uint32(x):
-  """float32 -> uint32 with the same order (NaN lowest, -0.0 == 0.0)."""
-  x = jnp.asarray(x, jnp.float32)
-  x = jnp.where(jnp.isnan(x), -jnp.inf, jnp.where(x == 0, 0.0, x))
-  i = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  """float32 -> uint32 with the same order (NaN lowest, -0.0 == 0.0).
+
+  Integer operations only: XLA:CPU flushes subnormal floats to zero in float
+  compares, which would tie a subnormal score with 0.
+  """
+  i = jax.lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), jnp.uint32)
+  magnitude = i & jnp.uint32(0x7FFFFFFF)
+  i = jnp.where(magnitude > 0x7F800000, jnp.uint32(0xFF800000), i)  # NaN -> -inf
+  i = jnp.where(magnitude == 0, jnp.uint32(0), i)  # -0.0 -> +0.0
   negative = (i >> 31) == 1
   return jnp.where(negative, ~i, i | jnp.uint32(0x80000000))
 

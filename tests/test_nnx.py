@@ -43,7 +43,7 @@ def _loss(model, x, y):
 def _trained_nnx(steps=3):
   model = CNN(nnx.Rngs(0))
   inner = sparse.rigl(
-    optax.sgd(0.1, momentum=0.9), 0.8, key=jax.random.key(0), update_every=2, end_step=100
+    optax.sgd(0.1, momentum=0.9), sparsity=0.8, key=jax.random.key(0), update_every=2, end_step=100
   )
   opt = nnx.Optimizer(model, ss.s2sam(inner, rho=0.05), wrt=nnx.Param)
   x, y = _data()
@@ -113,7 +113,7 @@ def test_plain_dict_masks_into_nnx_optimizer():
 
 def test_linen_train_state_params():
   params = {"dense": {"kernel": jnp.ones((6, 4)), "bias": jnp.zeros(4)}}
-  tx = ss.s2sam(sparse.static_random(optax.sgd(0.1), 0.5, key=jax.random.key(0)), rho=0.05)
+  tx = ss.s2sam(sparse.static_masks(optax.sgd(0.1), sparsity=0.5, key=jax.random.key(0)), rho=0.05)
   state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
   state = state.apply_gradients(grads=jax.tree.map(jnp.ones_like, params))
   masked = sparse.apply_masks(state.params, state.opt_state)
