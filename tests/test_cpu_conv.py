@@ -13,7 +13,7 @@ from flax import nnx
 from jax import export, lax
 from jax.extend import core as jex_core
 
-from experiments.models import cpu_conv, native_kernels
+from experiments.models import conv_paths, cpu_conv, native_kernels
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -58,10 +58,12 @@ def all_taps(monkeypatch):
 
 @pytest.fixture(params=["native", "hlo"])
 def kernel_grad_impl(request, monkeypatch):
-  """Dense kernel gradients from the C++ kernel, or (native kernels off) from HLO matmuls."""
+  """Every conv on the custom path (not the per-shape choice, which gives these small test
+  shapes XLA's conv); kernel gradients from the C++ kernel, or (native kernels off) from HLO."""
   if request.param == "native":
     assert native_kernels.available(), "the C++ kernel must build where tests run"
   monkeypatch.setenv(native_kernels.ENV_VAR, "1" if request.param == "native" else "0")
+  monkeypatch.setenv(conv_paths.ENV_VAR, request.param)
   return request.param
 
 
@@ -126,8 +128,9 @@ def test_depthwise_forward_matches_numpy():
   assert _rel_err(out, expect) < 1e-5
 
 
-def test_flax_conv_takes_it_and_matches():
+def test_flax_conv_takes_it_and_matches(monkeypatch):
   """Signature compatible with how nnx.Conv calls conv_general_dilated (incl. out_sharding)."""
+  monkeypatch.setenv(conv_paths.ENV_VAR, "native")
 
   def make(fn):
     return nnx.Conv(
@@ -162,8 +165,9 @@ def _conv_jaxpr(**kw):
   return jax.make_jaxpr(f)(x, w).jaxpr
 
 
-def test_dispatch_picks_plain_conv_for_gpu_and_tpu():
-  (cond,) = [e for e in _conv_jaxpr().eqns if e.primitive.name == "cond"]
+@pytest.mark.parametrize("path", ["native", "hlo"])
+def test_dispatch_picks_plain_conv_for_gpu_and_tpu(path):
+  (cond,) = [e for e in _conv_jaxpr(path=path).eqns if e.primitive.name == "cond"]
   platforms = cond.params["branches_platforms"]
   branches = cond.params["branches"]
 
@@ -181,7 +185,9 @@ def test_exported_gradient_for_accelerators_has_only_xla_convs(platform):
   """Lowered for CUDA/TPU, forward and backward are XLA convolutions (no tap matmuls)."""
 
   def loss(x, w):
-    return cpu_conv.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=DN).sum()
+    return cpu_conv.conv_general_dilated(
+      x, w, (2, 2), "SAME", dimension_numbers=DN, path="native"
+    ).sum()
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
   specs = (

@@ -200,10 +200,11 @@ with warnings.catch_warnings(record=True) as caught:
     assert not native_kernels.available()
 assert any("no C++ compiler" in str(w.message) for w in caught), caught
 x, w = jnp.ones((2, 6, 6, 3)), jnp.ones((3, 3, 3, 4))
-conv = lambda f: (lambda w: f(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum())
-hlo = jax.jit(jax.grad(conv(cpu_conv.conv_general_dilated))).lower(w).compile().as_text()
+conv = lambda f, **kw: (lambda w: f(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw).sum())
+# the native path asked for, but no kernel: the HLO formulation
+hlo = jax.jit(jax.grad(conv(cpu_conv.conv_general_dilated, path="native"))).lower(w).compile().as_text()
 assert native_kernels.TARGET not in hlo
-assert jnp.allclose(jax.grad(conv(cpu_conv.conv_general_dilated))(w), jax.grad(conv(lax.conv_general_dilated))(w))
+assert jnp.allclose(jax.grad(conv(cpu_conv.conv_general_dilated, path="native"))(w), jax.grad(conv(lax.conv_general_dilated))(w))
 print("fallback ok")
 """
 

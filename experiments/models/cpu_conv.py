@@ -2,26 +2,35 @@
 
 ``conv_general_dilated`` is a drop-in replacement for ``jax.lax.conv_general_dilated`` with the
 signature ``flax.nnx.Conv`` calls (``out_sharding`` included). It computes the same function and
-the same gradients; on the CPU backend it computes some of them differently:
+the same gradients; on the CPU backend each convolution takes one of three paths, picked per
+shape by :func:`experiments.models.conv_paths.choose` (the rule, its measured crossover points
+and the table behind them are documented there):
 
-* depthwise (``feature_group_count == C_in``, kernel ``(kh, kw, 1, C_out)``): XLA:CPU runs these
-  20-40x slower than a dense conv of the same size (forward, input and kernel gradient). Here the
+* ``xla``: plain ``lax.conv_general_dilated`` (small convs, 1-D and dense convs whose output
+  channels leave the C++ kernel a scalar tail, e.g. the default MNIST-1D CNN's 25 channels).
+* ``hlo``: the custom VJP below with HLO formulations;
+* ``native``: the same custom VJP with C++ kernel gradients.
+
+The custom VJP computes, per kind of convolution:
+
+* depthwise (``feature_group_count == C_in``, kernel ``(kh, kw, 1, C_out)``): XLA:CPU runs
+  these 20-40x slower than a dense conv of the same size (forward, input and kernel gradient). Here the
   forward and the input gradient are kh*kw fused multiply-adds of shifted slices, and the kernel
   gradient a per-channel weighted sum per kernel offset.
-* dense kernel gradients (``feature_group_count == 1``, any kernel size and stride): a C++
-  kernel, :func:`experiments.models.native_kernels.conv_kernel_grad`, that accumulates each
-  tile of ``dw`` in vector registers while streaming over the images, 3-5x faster than XLA:CPU,
-  which computes this gradient as a convolution over the batch after transposing both operands
-  (about half of a CIFAR ResNet step). Depthwise kernel gradients (multiplier 1) likewise
-  (``depthwise_conv_kernel_grad``). Used when a C++ compiler is present (built on first use)
+* dense kernel gradients (``feature_group_count == 1``, any kernel size and stride), ``native``
+  path: a C++ kernel, :func:`experiments.models.native_kernels.conv_kernel_grad`, that
+  accumulates each tile of ``dw`` in vector registers while streaming over the images, 3-5x
+  faster than XLA:CPU on CIFAR ResNet shapes, which computes this gradient as a convolution
+  over the batch after transposing both operands. Depthwise kernel gradients (multiplier 1)
+  likewise (``depthwise_conv_kernel_grad``). Built on first use when a C++ compiler is present,
   unless ``S2SAM_NATIVE_CPU_KERNELS=0``; otherwise the HLO formulations below.
-* 1x1 kernels without the C++ kernel: the kernel gradient is one matrix product ``X^T @ g``
-  (XLA's own is 4-15x slower).
+* 1x1 kernels, ``hlo`` path: the kernel gradient is one matrix product ``X^T @ g`` (XLA's own is
+  2-4x slower).
 * inputs smaller than the kernel (VGG-19's 2x2 maps under 3x3 kernels): XLA:CPU falls off its
   fast path there (~100x slower, 0.75 s for one 64x2x2x512 conv); forward and input gradient
-  (and, without the C++ kernel, the kernel gradient) are kh*kw matrix products over kernel
+  (and, on the ``hlo`` path, the kernel gradient) are kh*kw matrix products over kernel
   offsets (offsets that only see padding skipped).
-* everything else (dense kxk forward and input gradient; without the C++ kernel, the dense
+* everything else (dense kxk forward and input gradient; on the ``hlo`` path, the dense kxk
   kernel gradient) is XLA's own: tap matmuls for the dense kernel gradient measured about
   break-even with XLA's (see ``TAP_MATMUL_MIN_CHANNEL_PRODUCT``, off by default).
 
@@ -49,8 +58,10 @@ use plain lax: anything but 2-D NHWC/HWIO convolutions, kernel or input dilation
 ``batch_group_count != 1``, ``preferred_element_type`` or ``out_sharding`` set.
 
 Opt-out: set the environment variable ``S2SAM_FAST_CPU_CONV=0`` (also ``false``/``off``/``no``;
-read at trace time, on every call), or pass ``fast_cpu=False``. ``fast_cpu=True`` forces the
-custom version on every backend (for tests).
+read at trace time, on every call), or pass ``fast_cpu=False``: every conv is ``xla``.
+``S2SAM_CPU_CONV_PATH=xla|hlo|native`` or ``path=...`` force one path instead of the per-shape
+choice; ``fast_cpu=True`` forces the custom version (``native`` where it applies, else
+``hlo``) on every backend (for tests).
 
 Example::
 
@@ -72,7 +83,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from experiments.models import native_kernels
+from experiments.models import conv_paths, native_kernels
 
 ENV_VAR = "S2SAM_FAST_CPU_CONV"
 _NHWC = lax.ConvDimensionNumbers(
@@ -144,12 +155,15 @@ def conv_general_dilated(
   out_sharding=None,
   *,
   fast_cpu: bool | None = None,
+  path: str | None = None,
 ):
   """``lax.conv_general_dilated`` with faster gradients on CPU (see the module docstring).
 
-  ``fast_cpu``: None (default) = custom gradient on the CPU backend unless the environment
-  variable ``S2SAM_FAST_CPU_CONV=0``; False = always plain lax; True = custom gradient on
-  every backend.
+  ``fast_cpu``: None (default) = on the CPU backend, the path :mod:`conv_paths` picks for this
+  shape, unless the environment variable ``S2SAM_FAST_CPU_CONV=0``; False = always plain lax;
+  True = the custom version on every backend (native kernel gradients where available).
+  ``path``: ``'xla'``, ``'hlo'`` or ``'native'`` forces that path (on CPU, or everywhere with
+  ``fast_cpu=True``) instead of the per-shape choice; so does ``S2SAM_CPU_CONV_PATH``.
   """
   plain = functools.partial(
     lax.conv_general_dilated,
@@ -169,6 +183,8 @@ def conv_general_dilated(
     force = False
   else:
     force = fast_cpu
+  if path is not None and path not in conv_paths.PATHS:
+    raise ValueError(f"`path` must be one of {conv_paths.PATHS} or None, got {path!r}")
   if not fast_cpu or not _supported(
     lhs,
     rhs,
@@ -182,12 +198,25 @@ def conv_general_dilated(
     return plain(lhs, rhs)
   strides = tuple(int(s) for s in window_strides)
   pads = _explicit_padding(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  groups = int(feature_group_count)
+  geometry = conv_paths.Geometry.of(lhs, rhs, strides, pads, groups)
+  applicable = _native_applicable(lhs, rhs, groups, lhs.dtype, rhs.dtype)
+  chosen = path or conv_paths.path_override() or ("native" if force else None)
+  if chosen is None:  # the per-shape choice
+    native_ok = applicable and native_kernels.available()
+    chosen = conv_paths.choose(geometry, lanes=native_kernels.vector_lanes() if native_ok else None)
+  elif chosen == "native" and not (applicable and native_kernels.available()):
+    chosen = "hlo"  # no C++ kernel for this conv (or none built): its HLO formulation
+  conv_paths.record(geometry, chosen)
+  if chosen == "xla":
+    return plain(lhs, rhs)
   fast = functools.partial(
     _matmul_grad_conv,
     strides=strides,
     pads=pads,
-    groups=int(feature_group_count),
+    groups=groups,
     precision=precision,
+    native=chosen == "native",
   )
   if force:
     return fast(lhs, rhs)
@@ -235,8 +264,8 @@ def _explicit_padding(in_hw, k_hw, strides, padding) -> tuple[tuple[int, int], .
 TAP_MATMUL_MIN_CHANNEL_PRODUCT = 2**62
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _matmul_grad_conv(x, w, strides, pads, groups, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _matmul_grad_conv(x, w, strides, pads, groups, precision, native):
   return _forward(x, w, strides, pads, groups, precision)
 
 
@@ -263,15 +292,15 @@ def _xla_conv(x, w, strides, pads, groups, precision):
   )
 
 
-def _fwd(x, w, strides, pads, groups, precision):
+def _fwd(x, w, strides, pads, groups, precision, native):
   return _forward(x, w, strides, pads, groups, precision), (x, w)
 
 
-def _bwd(strides, pads, groups, precision, res, g):
+def _bwd(strides, pads, groups, precision, native, res, g):
   x, w = res
   return (
     _input_grad(x, w, g, strides, pads, groups, precision),
-    _kernel_grad(x, w, g, strides, pads, groups, precision),
+    _kernel_grad(x, w, g, strides, pads, groups, precision, native),
   )
 
 
@@ -347,11 +376,17 @@ def _depthwise_forward(x, w, strides, pads, groups):
   return y.reshape(*y.shape[:3], o).astype(jnp.result_type(x.dtype, w.dtype))
 
 
-def _kernel_grad(x, w, g, strides, pads, groups, precision):
+def _native_applicable(x, w, groups, *dtypes) -> bool:
+  """Whether a C++ kernel computes this conv's kernel gradient (dense, or depthwise x1, <= f32)."""
   depthwise_multiplier_1 = _is_depthwise(w, groups) and w.shape[3] == groups
   # the C++ kernels compute in float32: float64 keeps the HLO formulations
-  at_most_f32 = all(jnp.finfo(a.dtype).bits <= 32 for a in (x, w, g))
-  if (groups == 1 or depthwise_multiplier_1) and at_most_f32 and native_kernels.available():
+  at_most_f32 = all(jnp.finfo(d).bits <= 32 for d in dtypes)
+  return (groups == 1 or depthwise_multiplier_1) and at_most_f32
+
+
+def _kernel_grad(x, w, g, strides, pads, groups, precision, native=True):
+  usable = _native_applicable(x, w, groups, x.dtype, w.dtype, g.dtype)
+  if native and usable and native_kernels.available():
     return _native_kernel_grad(x, w, g, strides, pads, groups, precision)
   return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
 

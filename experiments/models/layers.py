@@ -77,8 +77,9 @@ def conv_general_dilated_impl():
 
   Returns :func:`experiments.models.cpu_conv.conv_general_dilated`, a drop-in for
   ``jax.lax.conv_general_dilated`` (same signature and results) that is faster on the CPU
-  backend and *is* ``lax.conv_general_dilated`` on GPU/TPU. Opt out with the environment variable
-  ``S2SAM_FAST_CPU_CONV=0`` (read when a step is traced).
+  backend and *is* ``lax.conv_general_dilated`` on GPU/TPU. On CPU it picks its path per conv
+  shape (:mod:`experiments.models.conv_paths`; XLA's own where that is the fastest). Opt out
+  with the environment variable ``S2SAM_FAST_CPU_CONV=0`` (read when a step is traced).
   """
   from experiments.models import cpu_conv  # pylint: disable=g-import-not-at-top
 

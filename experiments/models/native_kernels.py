@@ -71,6 +71,16 @@ def available() -> bool:
   return enabled() and _load() is not None
 
 
+def vector_lanes() -> int:
+  """Floats per vector register the built kernels use (16 with AVX-512, else 8).
+
+  Builds the kernels on first call; RuntimeError when :func:`available` is False.
+  """
+  if not available():
+    raise RuntimeError(f"native CPU kernels are unavailable: {_failure}")
+  return _lanes
+
+
 def conv_kernel_grad(x, g, kernel_hw: Sequence[int], strides: Sequence[int], pads) -> jax.Array:
   """Kernel gradient ``[KH, KW, C, O]`` (float32) of a dense NHWC/HWIO convolution.
 
@@ -189,6 +199,7 @@ def _build(compiler: str) -> Path:
 
 
 _failure = "disabled by S2SAM_NATIVE_CPU_KERNELS"  # why _load() returned None
+_lanes = 0  # S2samVectorLanes() of the loaded library
 _load_lock = threading.Lock()
 
 
@@ -200,13 +211,14 @@ def _load() -> Path | None:
 
 @functools.cache
 def _load_once() -> Path | None:
-  global _failure
+  global _failure, _lanes
   compiler = _compiler()
   try:
     if compiler is None:
       raise OSError("no C++ compiler found ($CXX, c++, g++, clang++)")
     library = _build(compiler)
     handle = ctypes.cdll.LoadLibrary(str(library))
+    _lanes = int(handle.S2samVectorLanes())
     for target, symbol in _SYMBOLS.items():
       jax.ffi.register_ffi_target(
         target, jax.ffi.pycapsule(getattr(handle, symbol)), platform="cpu"

@@ -378,6 +378,10 @@ ffi::Error DepthwiseKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       .Attr<int64_t>("pad_top")                    \
       .Attr<int64_t>("pad_left")
 
+// Floats per vector register of this build (16 with AVX-512, else 8): the per-shape choice of
+// path (experiments/models/conv_paths.py) prices the output-channel tails with it.
+extern "C" int S2samVectorLanes() { return kLanes; }
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(S2samConvKernelGrad, ConvKernelGrad, S2SAM_KERNEL_GRAD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(S2samDepthwiseKernelGrad, DepthwiseKernelGrad,
                               S2SAM_KERNEL_GRAD_BINDING);
