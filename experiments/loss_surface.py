@@ -22,11 +22,11 @@ of ``python -m experiments.train`` or of a study. For each run, at its clean wei
   as at a trained minimum.
 
 The loss is the mean cross-entropy of the model in eval mode (batch-norm running statistics,
-no augmentation) on a fixed set of *training* examples: all of them for sets of at most
-10,000 examples (MNIST-1D: the 4,000), else ``--examples`` evenly spaced ones (default
-2,000). The whole grid is one jitted ``lax.map`` over the points, ``--points-per-batch`` of
-them vmapped at a time, each a scan over ``--batch-size`` examples; the power iteration is one
-jitted ``lax.while_loop``.
+no augmentation) on a fixed set of *training* examples: ``--examples`` of them, evenly spaced
+(default: all of a set of at most 10,000, as MNIST-1D's 4,000; else 2,000). The whole grid is
+one jitted ``lax.map`` over the points (``--points-per-batch`` of them vmapped at a time), each
+a scan over batches of ``--batch-size`` examples; the power iteration is one jitted
+``lax.while_loop``.
 
 Example (the Figure 1/3 runs of the MNIST-1D study: dense and RigL ERK at 90% and 98%, each
 original vs S2-SAM, every seed recorded)::
@@ -219,16 +219,18 @@ def dataset_loss(apply_eval: Callable, stats) -> Callable:
 def grid_losses(loss: Callable, params, d1, d2, coords, data, points_per_batch: int):
   """``loss(θ + α d1 + β d2, data)`` for each row ``(α, β)`` of ``coords`` (``(P, 2)``).
 
-  One ``lax.map`` over the points, ``points_per_batch`` of them vmapped at a time. Pruned
-  weights stay 0 at every point when ``θ``, ``d1`` and ``d2`` are 0 there. Returns the
-  ``(P,)`` losses and accuracies.
+  One ``lax.map`` over the points, ``points_per_batch`` of them vmapped at a time (1: one
+  after the other; vmapping over weights turns every convolution into a grouped one, several
+  times slower on XLA:CPU). Pruned weights stay 0 at every point when ``θ``, ``d1`` and
+  ``d2`` are 0 there. Returns the ``(P,)`` losses and accuracies.
   """
 
   def at(c):
     p = jax.tree.map(lambda w, a, b: w + (c[0] * a + c[1] * b).astype(w.dtype), params, d1, d2)
     return loss(p, data)
 
-  return jax.lax.map(at, coords, batch_size=min(points_per_batch, coords.shape[0]))
+  batch = min(points_per_batch, coords.shape[0])
+  return jax.lax.map(at, coords, batch_size=batch if batch > 1 else None)
 
 
 class PowerIteration(NamedTuple):
@@ -505,7 +507,7 @@ def eval_set(source, indices: np.ndarray, prepare: Callable, batch_size: int) ->
   return EvalSet(jnp.stack(xs), jnp.asarray(np.stack(ys)), jnp.asarray(valid))
 
 
-def measure(run: Run, settings: Settings, *, data_dir=None, batch_size=1000, points_per_batch=4):
+def measure(run: Run, settings: Settings, *, data_dir=None, batch_size=1000, points_per_batch=1):
   """The surface, Ra and λ_max of ``run``'s final clean weights (see the module docstring).
 
   Returns a dict: ``alphas``, ``betas`` (``(grid,)``), ``loss`` and ``accuracy``
@@ -830,7 +832,12 @@ def _parser() -> argparse.ArgumentParser:
     f"else {DEFAULT_EXAMPLES:,} evenly spaced)",
   )
   p.add_argument("--batch-size", type=int, default=1000, help="examples per forward pass")
-  p.add_argument("--points-per-batch", type=int, default=4, help="grid points vmapped together")
+  p.add_argument(
+    "--points-per-batch",
+    type=int,
+    default=1,
+    help="grid points vmapped together (default 1: fastest on CPU, where it makes grouped convs)",
+  )
   p.add_argument("--direction-seed", type=int, default=0, help="seed of d1, d2 and the power start")
   p.add_argument("--tol", type=float, default=1e-3, help="power iteration: relative change")
   p.add_argument("--max-iters", type=int, default=100, help="power iteration: most products")

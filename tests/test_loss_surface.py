@@ -38,7 +38,7 @@ def test_filter_normalisation_matches_each_filter_norm_inside_the_masks():
   masks["norm"] = {"scale": None}
   theta = dict(params, dense=dict(params["dense"], kernel=params["dense"]["kernel"] * mask))
   direction = jax.tree.map(lambda x: 3.0 * jnp.ones_like(x) + x, theta)
-  d = jax.tree.map(np.asarray, ls.filter_normalize(direction, theta, masks))
+  d = jax.tree.map(np.asarray, jax.jit(ls.filter_normalize)(direction, theta, masks))
 
   conv_w = np.asarray(theta["conv"]["kernel"])
   np.testing.assert_allclose(
@@ -58,7 +58,7 @@ def test_filter_normalisation_matches_each_filter_norm_inside_the_masks():
   raw = np.asarray(direction["dense"]["kernel"])[:, 1]
   np.testing.assert_allclose(d["dense"]["kernel"][:, 1] / raw, d["dense"]["kernel"][0, 1] / raw[0])
 
-  d1, d2 = ls.random_directions(jax.random.key(0), theta, masks)
+  d1, d2 = jax.jit(ls.random_directions)(jax.random.key(0), theta, masks)
   for x in (d1, d2):
     assert np.all(np.asarray(x["dense"]["kernel"])[~mask] == 0.0)
   assert not np.allclose(d1["conv"]["kernel"], d2["conv"]["kernel"])
