@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import benchmarking
+from experiments import benchmarking, runtime
 from experiments.models import conv_paths, cpu_conv, create_model, native_kernels
 
 # model -> (batch sizes, input shape without the batch). The usual ones: the default job's
@@ -637,7 +637,7 @@ def main(argv=None):
     sys.argv[1:] if argv is None else argv
   )
   if args.what != "e2e":
-    cpu_conv.maybe_tune_glibc_malloc()  # as experiments.train does
+    runtime.maybe_tune_glibc_malloc()  # as experiments.train does
   {"shapes": run_shapes, "models": run_models, "e2e": run_e2e}[args.what](args, command)
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import runtime
 from experiments.models import cpu_conv, native_kernels
 
 
@@ -401,7 +402,7 @@ def main(argv=None):
     "--tune-malloc",
     action=argparse.BooleanOptionalAction,
     default=True,
-    help="glibc malloc: one arena, no mmap, no trim (cpu_conv.tune_glibc_malloc)",
+    help="glibc malloc: one arena, no mmap, no trim (runtime.tune_glibc_malloc)",
   )
   args = parser.parse_args(argv)
   command = "python -m experiments.bench_cpu_conv " + " ".join(
@@ -409,7 +410,7 @@ def main(argv=None):
   )
 
   if args.tune_malloc:
-    cpu_conv.tune_glibc_malloc()
+    runtime.tune_glibc_malloc()
   if args.omp_passive:  # must precede the first torch import
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   import torch

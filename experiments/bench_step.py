@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import optax
 
 import s2sam_jax as ss
-from experiments import benchmarking
-from experiments.models import cpu_conv, create_model
+from experiments import benchmarking, runtime
+from experiments.models import create_model
 
 
 def make_steps(model_name: str, batch_size: int, seed: int = 0):
@@ -72,7 +72,7 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
-  cpu_conv.maybe_tune_glibc_malloc()  # as the training command does
+  runtime.maybe_tune_glibc_malloc()  # as the training command does
 
   times = benchmarking.interleaved_medians(
     make_steps(args.model, args.batch_size), steps=args.steps, warmup=args.warmup

@@ -29,10 +29,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import benchmarking, configs, recipes
+from experiments import benchmarking, configs, recipes, runtime
 from experiments import steps as steps_lib
 from experiments.data.source import DatasetInfo
-from experiments.models import cpu_conv
 
 METHODS = ("dense", "static", "set", "rigl-erk", "dsr", "mest-em", "mest-ems", "gmp")
 MODES = ("original", "sam", "s2sam")
@@ -173,7 +172,7 @@ def main(argv=None) -> int:
   parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
   parser.add_argument("--out", default=None, help="JSON path (a .md table is written beside)")
   args = parser.parse_args(argv)
-  cpu_conv.maybe_tune_glibc_malloc()  # as the training command does
+  runtime.maybe_tune_glibc_malloc()  # as the training command does
   rows = bench(args.model, args.batch_size, args.sparsity, args.steps, args.warmup, args.methods)
   result = dict(
     command="python -m experiments.bench_throughput "

@@ -56,6 +56,8 @@ TRAINING_PATH = (
   "experiments/metrics.py",
   "experiments/models",
   "experiments/data",
+  "experiments/datasets.py",
+  "experiments/runtime.py",
 )
 
 
@@ -427,9 +429,9 @@ def main(argv=None) -> int:
     for c in cells:
       print(c.name, " ".join(flags_to_argv(c.flags)))
     return 0
-  from experiments.models import cpu_conv  # pylint: disable=import-outside-toplevel
+  from experiments import runtime  # pylint: disable=import-outside-toplevel
 
-  cpu_conv.maybe_tune_glibc_malloc()
+  runtime.maybe_tune_glibc_malloc()
   run_study(args.study, cells, restart=args.restart, max_runs=args.max_runs)
   return 0
 

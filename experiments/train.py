@@ -62,7 +62,6 @@ from experiments.checkpoint import Checkpointer
 from experiments.configs import TrainConfig
 from experiments.flags import config_from_args, describe
 from experiments.metrics import MetricsWriter, to_python, write_json
-from experiments.models import cpu_conv
 from experiments.progress import Progress
 from experiments.run_state import RunState
 from s2sam_jax import sparse
@@ -468,8 +467,8 @@ def _train(cfg: TrainConfig) -> tuple[int, dict | None]:
 
 def main(argv=None) -> int:
   # Before JAX allocates: reuse freed host memory instead of page-faulting
-  # each step's temporaries in again (about 20% of a CPU step; see cpu_conv).
-  cpu_conv.maybe_tune_glibc_malloc()
+  # each step's temporaries in again (about 20% of a CPU step; see runtime).
+  runtime.maybe_tune_glibc_malloc()
   try:
     cfg, args = config_from_args(argv)
   except ValueError as e:  # a bad --config name or flag value
