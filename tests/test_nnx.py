@@ -121,3 +121,31 @@ def test_linen_train_state_params():
   clean = ss.unperturbed(state.params, state.opt_state)
   assert isinstance(clean, dict)
   assert sparse.sparsity_summary(clean, sparse.get_masks(state.opt_state)).density == 0.5
+
+
+@pytest.mark.parametrize("method", ["static", "set", "rigl", "dsr"])
+def test_random_masks_init_traces_as_it_runs(method):
+  # Flax's sharded init (nnx.jit around the model and optimizer), jax.jit(TrainState.create)
+  # and abstract checkpoint restores (eval_shape) trace tx.init: random masks must allow it.
+  params = {
+    "conv": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.zeros(8)},
+    "dense": {"kernel": jnp.ones((32, 10))},
+  }
+  kwargs = {} if method == "static" else {"end_step": 100}
+  tx = ss.s2sam(sparse.create(method, optax.sgd(0.1), sparsity=0.9, key=3, **kwargs), rho=0.05)
+  eager, traced = tx.init(params), jax.jit(tx.init)(params)
+  assert jax.tree.structure(jax.eval_shape(tx.init, params)) == jax.tree.structure(eager)
+  for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_model_and_optimizer_built_under_nnx_jit():
+  @nnx.jit
+  def create():
+    model = CNN(nnx.Rngs(0))
+    tx = ss.s2sam(sparse.rigl(optax.sgd(0.1), sparsity=0.8, key=0, end_step=100), rho=0.05)
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  model, opt = create()
+  summary = sparse.sparsity_summary(nnx.state(model, nnx.Param), sparse.get_masks(opt.opt_state))
+  assert summary.density == pytest.approx(0.2, abs=0.01)

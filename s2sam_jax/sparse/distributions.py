@@ -293,7 +293,7 @@ def random_masks(key, params, densities):
     shape = tuple(p.shape)
     n = int(np.prod(shape))
     keep = _random_top_k(k, _masks.bucket(n), n, count_for_density(n, d))
-    masks.append(jnp.asarray(np.asarray(keep)[:n].reshape(shape)))
+    masks.append(keep[:n].reshape(shape))  # jnp: traceable (init under jit, eval_shape)
   return jax.tree.unflatten(density_def, masks)
 
 
