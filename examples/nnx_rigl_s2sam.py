@@ -76,8 +76,8 @@ def main(steps=400, batch_size=64, sparsity=0.9, seed=0):
     rho=0.05,
   )
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  # Start from the sparse network: at step 0 (ε = 0) the unperturbed weights are the masked ones.
-  nnx.update(model, ss.unperturbed(nnx.state(model, nnx.Param), optimizer.opt_state))
+  # Start from the sparse network: zero the weights the initial masks prune.
+  nnx.update(model, ss.sparse.apply_masks(nnx.state(model, nnx.Param), optimizer.opt_state))
 
   rng = np.random.default_rng(seed)
   losses = []

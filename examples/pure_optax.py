@@ -40,6 +40,8 @@ def main(steps=1500, sparsity=0.9, seed=0):
   y = jnp.sin(3 * x) + 0.5 * x  # a noiseless 1-D regression target
   params = init_params(k_params)
 
+  # Inside the sparse wrapper, which masks the gradient it passes on: the clipping norm counts
+  # active weights only.
   inner = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
   tx = ss.s2sam(
     # The same as ss.sparse.create("set", inner, sparsity=..., ...), the by-name factory.
