@@ -593,10 +593,6 @@ def run_e2e(args, command: str) -> dict:
 def _machine() -> dict:
   info = benchmarking.machine_info()
   info["native_kernels"] = native_kernels.available()
-  try:
-    info["load_average"] = os.getloadavg()
-  except OSError:
-    pass
   return info
 
 

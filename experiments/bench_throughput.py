@@ -151,6 +151,8 @@ def markdown(result) -> str:
     f"Model {result['model']}, batch {result['batch_size']}, sparsity {result['sparsity']:g} "
     f"(median of {result['steps']} interleaved steps)",
     "",
+    f"Command: `{result['command']}`. Machine: {result['machine']}.",
+    "",
     "| method | mode | images/s | step / original | peak memory (MiB) | memory / original |",
     "|---|---|---:|---:|---:|---:|",
   ]

@@ -6,8 +6,10 @@ alike, so the ratios between medians are far steadier than absolute times.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -54,8 +56,29 @@ def machine_info() -> dict:
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "processor": platform.processor() or platform.machine(),
-    "cpu_count": __import__("os").cpu_count(),
+    "cpu_count": os.cpu_count(),
     "jax": jax.__version__,
     "optax": optax.__version__,
     "python": platform.python_version(),
+    "load_average": os.getloadavg(),  # other work on the machine at the start
+    "commit": _commit(),
   }
+
+
+def _commit() -> str | None:
+  """The repository's HEAD commit, with ``+dirty`` when tracked files differ from it."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ("+dirty" if dirty else "")

@@ -22,7 +22,8 @@ def test_markdown_has_one_row_per_method_and_mode():
     method=method, mode=mode, images_per_s=100.0, ratio_to_original=1.0,
     memory_bytes={"peak": 2**20}, memory_ratio_to_original=1.0,
   )  # fmt: skip
-  result = dict(model="m", batch_size=8, sparsity=0.9, steps=3)
+  result = dict(model="m", batch_size=8, sparsity=0.9, steps=3, command="python -m x", machine={})
   result["rows"] = [row(a, b) for a in ("dense", "rigl-erk") for b in bench_throughput.MODES]
   lines = bench_throughput.markdown(result).splitlines()
   assert len([l for l in lines if l.startswith("| dense") or l.startswith("| rigl")]) == 6
+  assert "Command: `python -m x`" in lines[2]
