@@ -19,27 +19,40 @@ from experiments import configs, recipes, train
 from experiments import models as models_lib
 from s2sam_jax import sparse
 
-# (model, variant, sparsity): (lower_bound, upper_bound) as the yaml files
-# write them (profiles/<model>_LTH/irregular/<file>).
-YAML_BOUNDS = {
-  # resnet_0.98_without.yaml / resnet_0.98_with.yaml
-  ("resnet32", "em", 0.98): ((0.982, 0.981, 0.98), (0.98, 0.98, 0.98)),
-  ("resnet32", "ems", 0.98): ((0.98, 0.98, 0.98), (0.93, 0.96, 0.98)),
-  # resnet_0.95_without.yaml / resnet_0.95_with.yaml
-  ("resnet32", "em", 0.95): ((0.97, 0.96, 0.95), (0.95, 0.95, 0.95)),
-  ("resnet32", "ems", 0.95): ((0.95, 0.95, 0.95), (0.9, 0.925, 0.95)),
-  # resnet_0.5_without.yaml / resnet_0.1_with.yaml / resnet_0.8_with.yaml
-  ("resnet32", "em", 0.5): ((0.52, 0.51, 0.5), (0.5, 0.5, 0.5)),
-  ("resnet32", "ems", 0.1): ((0.1, 0.1, 0.1), (0.05, 0.075, 0.1)),
-  ("resnet32", "ems", 0.8): ((0.8, 0.8, 0.8), (0.75, 0.775, 0.8)),
-  # vgg_0.98_without.yaml / vgg_0.98_with.yaml
-  ("vgg19", "em", 0.98): ((0.99, 0.985, 0.98), (0.98, 0.98, 0.98)),
-  ("vgg19", "ems", 0.98): ((0.98, 0.98, 0.98), (0.93, 0.955, 0.98)),
-  # vgg_0.9_without.yaml / vgg_0.95_with.yaml / vgg_0.2_without.yaml
-  ("vgg19", "em", 0.9): ((0.92, 0.91, 0.9), (0.9, 0.9, 0.9)),
-  ("vgg19", "ems", 0.95): ((0.95, 0.95, 0.95), (0.9, 0.925, 0.95)),
-  ("vgg19", "em", 0.2): ((0.22, 0.21, 0.2), (0.2, 0.2, 0.2)),
-}
+# The profile files (under jjsrf/SSAM-NEURIPS2024 profiles/) and the bounds they write:
+# lower_bound, then upper_bound, one value per phase.
+PROFILE_FILES = """
+resnet32_LTH/irregular/resnet_0.98_without.yaml   0.982 0.981 0.98    0.98 0.98 0.98
+resnet32_LTH/irregular/resnet_0.98_with.yaml      0.98 0.98 0.98      0.93 0.96 0.98
+resnet32_LTH/irregular/resnet_0.95_without.yaml   0.97 0.96 0.95      0.95 0.95 0.95
+resnet32_LTH/irregular/resnet_0.95_with.yaml      0.95 0.95 0.95      0.9 0.925 0.95
+resnet32_LTH/irregular/resnet_0.5_without.yaml    0.52 0.51 0.5       0.5 0.5 0.5
+resnet32_LTH/irregular/resnet_0.1_with.yaml       0.1 0.1 0.1         0.05 0.075 0.1
+resnet32_LTH/irregular/resnet_0.8_with.yaml       0.8 0.8 0.8         0.75 0.775 0.8
+vgg19_LTH/irregular/vgg_0.98_without.yaml         0.99 0.985 0.98     0.98 0.98 0.98
+vgg19_LTH/irregular/vgg_0.98_with.yaml            0.98 0.98 0.98      0.93 0.955 0.98
+vgg19_LTH/irregular/vgg_0.9_without.yaml          0.92 0.91 0.9       0.9 0.9 0.9
+vgg19_LTH/irregular/vgg_0.95_with.yaml            0.95 0.95 0.95      0.9 0.925 0.95
+vgg19_LTH/irregular/vgg_0.2_without.yaml          0.22 0.21 0.2       0.2 0.2 0.2
+"""
+
+
+def _profile_files(table: str):
+  """``{(model, variant, sparsity): (file, (lower_bound, upper_bound))}`` of the table."""
+  rows = {}
+  for line in table.strip().splitlines():
+    path, *bounds = line.split()
+    model = path.split("_LTH/")[0]
+    _, level, profile = path.rsplit("/", 1)[1].removesuffix(".yaml").split("_")
+    key = (model, "em" if profile == "without" else "ems", float(level))
+    values = tuple(float(v) for v in bounds)
+    rows[key] = ("profiles/" + path, (values[:3], values[3:]))
+  return rows
+
+
+PROFILES = _profile_files(PROFILE_FILES)
+# (model, variant, sparsity): (lower_bound, upper_bound) as the yaml files write them
+YAML_BOUNDS = {key: bounds for key, (_, bounds) in PROFILES.items()}
 
 
 @pytest.mark.parametrize("key", sorted(YAML_BOUNDS))
@@ -50,9 +63,7 @@ def test_profile_table_equals_the_yaml_files(key):
   prune, grow = sparse.mest_profile_offsets(variant, level, model=model)
   np.testing.assert_allclose(prune, np.subtract(low, level), atol=1e-9)
   np.testing.assert_allclose(grow, np.subtract(up, level), atol=1e-9)
-  assert sparse.mest_profile_file(model, variant, level).endswith(
-    f"_{level:g}_{'without' if variant == 'em' else 'with'}.yaml"
-  )
+  assert sparse.mest_profile_file(model, variant, level) == PROFILES[key][0]
 
 
 def test_missing_profiles_are_named_as_missing():
