@@ -1,12 +1,14 @@
 """Named recipes against the methods' own codes.
 
 Independent references: the bounds of the S2-SAM authors' profile yaml files
-and the values of their scripts, typed here by hand with the file each comes
-from (jjsrf/SSAM-NEURIPS2024); DSR's N_target and period schedule
+(``tests/data/mest_profile_bounds.txt``) and the values of their scripts, typed
+by hand with the file each comes from (jjsrf/SSAM-NEURIPS2024); DSR's N_target and period schedule
 (IntelAI/dynamic-reparameterization); counts recomputed from the layer sizes.
 """
 
 from __future__ import annotations
+
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -19,28 +21,13 @@ from experiments import configs, recipes, train
 from experiments import models as models_lib
 from s2sam_jax import sparse
 
-# The profile files (under jjsrf/SSAM-NEURIPS2024 profiles/) and the bounds they write:
-# lower_bound, then upper_bound, one value per phase.
-PROFILE_FILES = """
-resnet32_LTH/irregular/resnet_0.98_without.yaml   0.982 0.981 0.98    0.98 0.98 0.98
-resnet32_LTH/irregular/resnet_0.98_with.yaml      0.98 0.98 0.98      0.93 0.96 0.98
-resnet32_LTH/irregular/resnet_0.95_without.yaml   0.97 0.96 0.95      0.95 0.95 0.95
-resnet32_LTH/irregular/resnet_0.95_with.yaml      0.95 0.95 0.95      0.9 0.925 0.95
-resnet32_LTH/irregular/resnet_0.5_without.yaml    0.52 0.51 0.5       0.5 0.5 0.5
-resnet32_LTH/irregular/resnet_0.1_with.yaml       0.1 0.1 0.1         0.05 0.075 0.1
-resnet32_LTH/irregular/resnet_0.8_with.yaml       0.8 0.8 0.8         0.75 0.775 0.8
-vgg19_LTH/irregular/vgg_0.98_without.yaml         0.99 0.985 0.98     0.98 0.98 0.98
-vgg19_LTH/irregular/vgg_0.98_with.yaml            0.98 0.98 0.98      0.93 0.955 0.98
-vgg19_LTH/irregular/vgg_0.9_without.yaml          0.92 0.91 0.9       0.9 0.9 0.9
-vgg19_LTH/irregular/vgg_0.95_with.yaml            0.95 0.95 0.95      0.9 0.925 0.95
-vgg19_LTH/irregular/vgg_0.2_without.yaml          0.22 0.21 0.2       0.2 0.2 0.2
-"""
 
-
-def _profile_files(table: str):
+def _profile_files(table: pathlib.Path):
   """``{(model, variant, sparsity): (file, (lower_bound, upper_bound))}`` of the table."""
   rows = {}
-  for line in table.strip().splitlines():
+  for line in table.read_text().splitlines():
+    if not line.strip() or line.startswith("#"):
+      continue
     path, *bounds = line.split()
     model = path.split("_LTH/")[0]
     _, level, profile = path.rsplit("/", 1)[1].removesuffix(".yaml").split("_")
@@ -50,7 +37,7 @@ def _profile_files(table: str):
   return rows
 
 
-PROFILES = _profile_files(PROFILE_FILES)
+PROFILES = _profile_files(pathlib.Path(__file__).parent / "data" / "mest_profile_bounds.txt")
 # (model, variant, sparsity): (lower_bound, upper_bound) as the yaml files write them
 YAML_BOUNDS = {key: bounds for key, (_, bounds) in PROFILES.items()}
 
@@ -243,22 +230,39 @@ def test_dsr_recipe_carries_the_wrn_fraction_and_schedule():
   assert (imagenet["dsr_target"], imagenet["update_every"]) == (400_000, 1000)
 
 
+# field -> value -> the named configs that fix it so
+FIXED_RECIPES = {
+  "distribution": {
+    "uniform": (
+      "table1/cifar10/resnet32/mest-em",
+      "table1/cifar10/vgg19/mest-ems",
+      "table1/cifar100/resnet32/magnitude",
+      "table1/cifar10/resnet32/dsr",
+      "table1/cifar10/resnet32/rigl-uniform",
+      "table2/imagenet2012/resnet50/rigl-uniform",
+    ),
+    "erk": ("table1/cifar10/resnet32/rigl-erk",),
+  },
+  "keep_dense": {
+    "none": (
+      "table1/cifar10/resnet32/snip",
+      "table1/cifar100/vgg19/grasp",
+      "table1/cifar10/resnet32/lt",
+      "table1/cifar10/resnet32/lrr",
+      "table2/imagenet2012/resnet50/grasp",
+    )
+  },
+  "method": {"rigl": ("table1/cifar10/resnet32/rigl-uniform",)},
+}
+
+
 @pytest.mark.parametrize(
   "name,field,value",
   [
-    ("table1/cifar10/resnet32/mest-em", "distribution", "uniform"),
-    ("table1/cifar10/vgg19/mest-ems", "distribution", "uniform"),
-    ("table1/cifar100/resnet32/magnitude", "distribution", "uniform"),
-    ("table1/cifar10/resnet32/dsr", "distribution", "uniform"),
-    ("table1/cifar10/resnet32/snip", "keep_dense", "none"),
-    ("table1/cifar100/vgg19/grasp", "keep_dense", "none"),
-    ("table1/cifar10/resnet32/lt", "keep_dense", "none"),
-    ("table1/cifar10/resnet32/lrr", "keep_dense", "none"),
-    ("table2/imagenet2012/resnet50/grasp", "keep_dense", "none"),
-    ("table1/cifar10/resnet32/rigl-uniform", "distribution", "uniform"),
-    ("table1/cifar10/resnet32/rigl-erk", "distribution", "erk"),
-    ("table1/cifar10/resnet32/rigl-uniform", "method", "rigl"),
-    ("table2/imagenet2012/resnet50/rigl-uniform", "distribution", "uniform"),
+    (name, field, value)
+    for field, by_value in FIXED_RECIPES.items()
+    for value, names in by_value.items()
+    for name in names
   ],
 )
 def test_describe_shows_the_fixed_recipes(name, field, value, capsys):
