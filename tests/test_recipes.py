@@ -117,20 +117,25 @@ def _resnet32_at_98():
   return params, sparse.magnitude_masks(params, densities)
 
 
-def test_mest_em_at_98_keeps_its_weights_through_an_update():
-  params, masks = _resnet32_at_98()
-  n_active = sum(int(m.sum()) for m in jax.tree.leaves(masks))
-  assert 36_000 < n_active < 37_500  # 2% of the 30 block convs
-  prune, grow = sparse.mest_profile_offsets("em", 0.98)
-  tx = sparse.mest(
+def _mest_em(masks, prune_offsets, grow_offsets):
+  """MEST EM from ``masks``, mutating every 10 steps, phases from steps 100 and 200."""
+  return sparse.mest(
     optax.sgd(0.1),
     variant="em",
     masks=masks,
     update_every=10,
     decay_steps=(100, 200),
-    prune_offsets=prune,
-    grow_offsets=grow,
+    prune_offsets=prune_offsets,
+    grow_offsets=grow_offsets,
   )
+
+
+def test_mest_em_at_98_keeps_its_weights_through_an_update():
+  params, masks = _resnet32_at_98()
+  n_active = sum(int(m.sum()) for m in jax.tree.leaves(masks))
+  assert 36_000 < n_active < 37_500  # 2% of the 30 block convs
+  prune, grow = sparse.mest_profile_offsets("em", 0.98)
+  tx = _mest_em(masks, prune, grow)
   state = tx.init(params)
   _, state = tx.update(
     jax.tree.map(jnp.zeros_like, params), state, sparse.apply_masks(params, state)
@@ -149,15 +154,7 @@ def test_mest_em_at_98_keeps_its_weights_through_an_update():
 
 def test_the_old_fixed_offsets_are_refused_at_98():
   params, masks = _resnet32_at_98()
-  tx = sparse.mest(
-    optax.sgd(0.1),
-    variant="em",
-    masks=masks,
-    update_every=10,
-    decay_steps=(100, 200),
-    prune_offsets=(0.02, 0.01, 0.0),
-    grow_offsets=(0.0, 0.0, 0.0),
-  )
+  tx = _mest_em(masks, (0.02, 0.01, 0.0), (0.0, 0.0, 0.0))
   with pytest.raises(ValueError, match=r"prune_offsets\[0\] = 0.02 .*layer"):
     tx.init(params)
 
