@@ -41,7 +41,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from experiments import benchmarking, runtime
@@ -418,32 +417,8 @@ def _put(result: dict, row: dict, key: Callable[[dict], object]) -> None:
 def model_step(model: str, batch: int, setting: str, seed: int = 0):
   """A zero-argument closure: one compiled training step of ``model`` under ``setting``."""
   m = create_model(model, num_classes=10, rngs=nnx.Rngs(seed))
-  m.train()
-  graphdef, params, stats = nnx.split(m, nnx.Param, nnx.BatchStat)
-  rng = np.random.default_rng(seed)
-  images = jnp.asarray(rng.normal(size=(batch, *ZOO[model][1])), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, 10, size=(batch,)), jnp.int32)
-  tx = optax.sgd(0.1, momentum=0.9)
-
-  def loss_fn(params, stats):
-    m = nnx.merge(graphdef, params, stats, copy=True)
-    loss = optax.softmax_cross_entropy_with_integer_labels(m(images), labels).mean()
-    return loss, nnx.state(m, nnx.BatchStat)
-
-  def step(params, stats, opt_state):
-    grads, stats = jax.grad(loss_fn, has_aux=True)(params, stats)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), stats, opt_state
-
-  carry = [params, stats, tx.init(params)]
-  with environment(SETTINGS[setting]):
-    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry).compile()
-
-  def run():
-    carry[:] = compiled(*carry)
-    jax.block_until_ready(carry)
-
-  return run
+  images, labels = benchmarking.random_batch(ZOO[model][1], batch, seed)
+  return benchmarking.sgd_step(m, images, labels, environment(SETTINGS[setting]))
 
 
 def model_paths(model: str, batch: int) -> dict[str, int]:

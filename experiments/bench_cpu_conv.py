@@ -37,10 +37,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from experiments import runtime
+from experiments import benchmarking, runtime
 from experiments.models import cpu_conv, native_kernels
 
 
@@ -107,164 +106,31 @@ def jax_step(
 ):
   """A zero-argument closure running one compiled training step (donated carry)."""
   model = jax_model(name, seed=seed)
-  model.train()
-  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  rng = np.random.default_rng(seed)
-  images = jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, 10, size=(batch_size,)), jnp.int32)
-  tx = optax.sgd(0.1, momentum=0.9)
+  images, labels = benchmarking.random_batch((32, 32, 3), batch_size, seed)
+  return benchmarking.sgd_step(
+    model, images, labels, _switches(fast, native, skip_kernel_grad, skip_input_grad)
+  )
 
-  def loss_fn(params, stats):
-    stats = jax.tree.map(lambda a: a, stats)  # fresh Variables at this trace level
-    m = nnx.merge(graphdef, params, stats)
-    logits = m(images)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, nnx.state(m, nnx.BatchStat)
 
-  def step(params, stats, opt_state):
-    grads, stats = jax.grad(loss_fn, has_aux=True)(params, stats)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), stats, opt_state
-
-  carry = [params, stats, tx.init(params)]
+@contextlib.contextmanager
+def _switches(fast, native, skip_kernel_grad, skip_input_grad):
+  """The conv's switches for one variant, while its step compiles."""
   with (
     switch_env(cpu_conv.ENV_VAR, fast),
     switch_env(native_kernels.ENV_VAR, native),
     skip_conv_grads(skip_kernel_grad, skip_input_grad),
   ):
-    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry).compile()
-
-  def run():
-    carry[:] = compiled(*carry)
-    jax.block_until_ready(carry)
-
-  return run
+    yield
 
 
 # --------------------------------------------------------------------------- torch models
 
 
 def torch_model(name, num_classes=10):
-  """The same architectures as the zoo, in PyTorch (NCHW)."""
-  from torch import nn
-  from torch.nn import functional as F
+  """The same architectures as the zoo, in PyTorch (NCHW): :mod:`experiments.torch_models`."""
+  from experiments import torch_models
 
-  def conv_bn(cin, cout, k, stride=1, groups=1):
-    return [
-      nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-      nn.BatchNorm2d(cout),
-    ]
-
-  class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride, shortcut):
-      super().__init__()
-      self.conv1, self.bn1 = conv_bn(cin, cout, 3, stride)
-      self.conv2, self.bn2 = conv_bn(cout, cout, 3)
-      self.proj = None
-      self.pad = 0
-      self.stride = stride
-      if stride != 1 or cin != cout:
-        if shortcut == "projection":
-          self.proj = nn.Sequential(*conv_bn(cin, cout, 1, stride))
-        else:
-          self.pad = cout - cin
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      out = self.bn2(self.conv2(out))
-      if self.proj is not None:
-        sc = self.proj(x)
-      elif self.stride != 1 or self.pad:
-        half = self.pad // 2
-        sc = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, half, self.pad - half))
-      else:
-        sc = x
-      return F.relu(out + sc)
-
-  class ResNet(nn.Module):
-    def __init__(self, depth, widths, shortcut):
-      super().__init__()
-      n = (depth - 2) // 6
-      self.conv1, self.bn1 = conv_bn(3, widths[0], 3)
-      blocks, cin = [], widths[0]
-      for stage, w in enumerate(widths):
-        for i in range(n):
-          blocks.append(BasicBlock(cin, w, 2 if (stage > 0 and i == 0) else 1, shortcut))
-          cin = w
-      self.blocks = nn.Sequential(*blocks)
-      self.linear = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-      x = self.blocks(F.relu(self.bn1(self.conv1(x))))
-      return self.linear(x.mean((2, 3)))
-
-  class VGG(nn.Module):
-    def __init__(self, config):
-      super().__init__()
-      mods, cin = [], 3
-      for item in config:
-        if item == "M":
-          mods.append(nn.MaxPool2d(2, 2))
-        else:
-          mods += conv_bn(cin, item, 3) + [nn.ReLU()]
-          cin = item
-      self.features = nn.Sequential(*mods)
-      self.classifier = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-      return self.classifier(self.features(x).mean((2, 3)))
-
-  class InvertedResidual(nn.Module):
-    def __init__(self, cin, cout, expansion, stride):
-      super().__init__()
-      planes = expansion * cin
-      self.stride = stride
-      self.conv1, self.bn1 = conv_bn(cin, planes, 1)
-      self.conv2, self.bn2 = conv_bn(planes, planes, 3, stride, groups=planes)
-      self.conv3, self.bn3 = conv_bn(planes, cout, 1)
-      self.proj = None
-      if stride == 1 and cin != cout:
-        self.proj = nn.Sequential(*conv_bn(cin, cout, 1))
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      out = F.relu(self.bn2(self.conv2(out)))
-      out = self.bn3(self.conv3(out))
-      if self.stride != 1:
-        return out
-      return out + (x if self.proj is None else self.proj(x))
-
-  class MobileNetV2(nn.Module):
-    def __init__(self, config):
-      super().__init__()
-      self.conv1, self.bn1 = conv_bn(3, 32, 3)
-      blocks, cin = [], 32
-      for expansion, cout, repeats, first_stride in config:
-        for i in range(repeats):
-          blocks.append(InvertedResidual(cin, cout, expansion, first_stride if i == 0 else 1))
-          cin = cout
-      self.blocks = nn.Sequential(*blocks)
-      self.conv2, self.bn2 = conv_bn(cin, 1280, 1)
-      self.linear = nn.Linear(1280, num_classes)
-
-    def forward(self, x):
-      x = self.blocks(F.relu(self.bn1(self.conv1(x))))
-      x = F.relu(self.bn2(self.conv2(x)))
-      return self.linear(x.mean((2, 3)))
-
-  from experiments.models import mobilenetv2, resnet_cifar, vgg
-
-  zoo = MODELS[name]
-  if zoo.startswith("resnet"):
-    depth = int(zoo[len("resnet") :].split("_")[0])
-    if zoo.endswith("_classic"):
-      return ResNet(depth, resnet_cifar.CLASSIC_WIDTHS, "pad")
-    return ResNet(depth, resnet_cifar.GRASP_WIDTHS, "projection")
-  if zoo == "vgg19":
-    return VGG(vgg.VGG19_CONFIG)
-  if zoo == "mobilenetv2":
-    return MobileNetV2(mobilenetv2.CIFAR_CONFIG)
-  raise ValueError(f"no torch model for {name!r}")
+  return torch_models.create(MODELS[name], num_classes=num_classes)
 
 
 def torch_step(name, batch_size, seed=0, threads=None):
@@ -375,7 +241,7 @@ def markdown(result) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 128])
@@ -404,7 +270,49 @@ def main(argv=None):
     default=True,
     help="glibc malloc: one arena, no mmap, no trim (runtime.tune_glibc_malloc)",
   )
-  args = parser.parse_args(argv)
+  return parser
+
+
+def variant_makers(name, bs, default_threads) -> dict:
+  """Variant name -> a zero-argument maker of its step closure, for ``name`` at batch ``bs``."""
+  return {
+    "jax_plain": lambda: jax_step(name, bs, fast=False),
+    "jax_fast": lambda: jax_step(name, bs, fast=True),
+    # cpu_conv without the native kernel gradient (XLA's instead)
+    "jax_fast_xla_kernel_grad": lambda: jax_step(name, bs, fast=True, native=False),
+    "torch": lambda: torch_step(name, bs, threads=default_threads),
+    "torch_1thread": lambda: torch_step(name, bs, threads=1),
+    # diagnostics (wrong gradients, timing only): what the conv gradients cost
+    "jax_fast_zero_kernel_grad": lambda: jax_step(name, bs, fast=True, skip_kernel_grad=True),
+    "jax_fast_zero_conv_grads": lambda: jax_step(
+      name, bs, fast=True, skip_kernel_grad=True, skip_input_grad=True
+    ),
+  }
+
+
+def config_row(name, bs, times) -> dict:
+  """One configuration's result row: its times, and each JAX variant's ratio to the faster
+  PyTorch variant (when one ran)."""
+  row = {"model": name, "batch_size": bs, "parameters": parameter_counts(name), "times": times}
+  torch_best = min((t["median_s"] for v, t in times.items() if v.startswith("torch")), default=None)
+  if torch_best is not None:
+    for v in times:
+      if v.startswith("jax"):
+        row[f"ratio_{v}_to_best_torch"] = times[v]["median_s"] / torch_best
+  return row
+
+
+def write_result(result, out) -> None:
+  """``out`` (JSON) and its Markdown table beside it (``.md``)."""
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+    f.write("\n")
+  with open(os.path.splitext(out)[0] + ".md", "w") as f:
+    f.write(markdown(result))
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
   command = "python -m experiments.bench_cpu_conv " + " ".join(
     sys.argv[1:] if argv is None else argv
   )
@@ -431,37 +339,13 @@ def main(argv=None):
   }
   for name in args.models:
     for bs in args.batch_sizes:
-      makers = {
-        "jax_plain": lambda: jax_step(name, bs, fast=False),
-        "jax_fast": lambda: jax_step(name, bs, fast=True),
-        # cpu_conv without the native kernel gradient (XLA's instead)
-        "jax_fast_xla_kernel_grad": lambda: jax_step(name, bs, fast=True, native=False),
-        "torch": lambda: torch_step(name, bs, threads=default_threads),
-        "torch_1thread": lambda: torch_step(name, bs, threads=1),
-        # diagnostics (wrong gradients, timing only): what the conv gradients cost
-        "jax_fast_zero_kernel_grad": lambda: jax_step(name, bs, fast=True, skip_kernel_grad=True),
-        "jax_fast_zero_conv_grads": lambda: jax_step(
-          name, bs, fast=True, skip_kernel_grad=True, skip_input_grad=True
-        ),
-      }
+      makers = variant_makers(name, bs, default_threads)
       fns = {v: makers[v]() for v in args.variants}
-      times = interleaved(fns, args.steps, args.warmup)
-      row = {"model": name, "batch_size": bs, "parameters": parameter_counts(name), "times": times}
-      torch_best = min(
-        (t["median_s"] for v, t in times.items() if v.startswith("torch")), default=None
-      )
-      if torch_best is not None:
-        for v in times:
-          if v.startswith("jax"):
-            row[f"ratio_{v}_to_best_torch"] = times[v]["median_s"] / torch_best
+      row = config_row(name, bs, interleaved(fns, args.steps, args.warmup))
       result["configs"].append(row)
       print(json.dumps(row), flush=True)
       if args.out:
-        with open(args.out, "w") as f:
-          json.dump(result, f, indent=2)
-          f.write("\n")
-        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-          f.write(markdown(result))
+        write_result(result, args.out)
 
 
 if __name__ == "__main__":

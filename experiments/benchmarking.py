@@ -6,6 +6,7 @@ alike, so the ratios between medians are far steadier than absolute times.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -14,6 +15,9 @@ import time
 from collections.abc import Callable
 
 import jax
+import numpy as np
+import optax
+from flax import nnx
 
 
 def interleaved_medians(
@@ -50,8 +54,6 @@ def _stats(samples):
 
 def machine_info() -> dict:
   """Where a benchmark ran: backend, devices, CPU, library versions."""
-  import optax  # pylint: disable=g-import-not-at-top
-
   return {
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
@@ -82,3 +84,43 @@ def _commit() -> str | None:
   except (OSError, subprocess.CalledProcessError):
     return None
   return head + ("+dirty" if dirty else "")
+
+
+def random_batch(shape, batch: int, seed: int = 0, num_classes: int = 10):
+  """``(images, labels)``: a normal ``(batch, *shape)`` float32 batch and uniform labels."""
+  rng = np.random.default_rng(seed)
+  images = jax.numpy.asarray(rng.normal(size=(batch, *shape)), jax.numpy.float32)
+  labels = jax.numpy.asarray(rng.integers(0, num_classes, size=(batch,)), jax.numpy.int32)
+  return images, labels
+
+
+def sgd_step(model: nnx.Module, images, labels, compile_context=contextlib.nullcontext()):
+  """A zero-argument closure running one compiled training step of ``model``.
+
+  The step: forward in training mode, cross-entropy, backward, SGD with momentum (0.1, 0.9),
+  BatchNorm statistics carried; the carry is donated. It is compiled under
+  ``compile_context`` (e.g. the conv path's environment switches, read at trace time).
+  """
+  model.train()
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  tx = optax.sgd(0.1, momentum=0.9)
+
+  def loss_fn(params, stats):
+    m = nnx.merge(graphdef, params, stats, copy=True)  # fresh Variables at this trace level
+    loss = optax.softmax_cross_entropy_with_integer_labels(m(images), labels).mean()
+    return loss, nnx.state(m, nnx.BatchStat)
+
+  def step(params, stats, opt_state):
+    grads, stats = jax.grad(loss_fn, has_aux=True)(params, stats)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state
+
+  carry = [params, stats, tx.init(params)]
+  with compile_context:
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*carry).compile()
+
+  def run():
+    carry[:] = compiled(*carry)
+    jax.block_until_ready(carry)
+
+  return run

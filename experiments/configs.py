@@ -340,41 +340,29 @@ _GRASP_CIFAR = dict(
   momentum=0.9,
 )
 
+# [code] MEST base; ΔT = 5 epochs, decays at epochs 100/130; one uniform
+# ratio per layer (the profiles); offsets from the profile (resolve()).
+_MEST_CIFAR = dict(
+  _MEST_BASE, update_every_epochs=5, mest_decay_epochs=(100, 130), distribution="uniform"
+)
+# [UNCONFIRMED] the reference's suggestion for SET and RigL: MEST base, ΔT 100
+# steps, α = 0.3 cosine, end at 75% of training.
+_DST_CIFAR = dict(_MEST_BASE, update_every=100, drop_fraction=0.3, update_end=0.75)
+
 # Named-config keys are Table 1's rows; ``method`` is the training method.
 _CIFAR_METHODS: dict[str, dict[str, Any]] = {
-  # [code] MEST base; ΔT = 5 epochs, decays at epochs 100/130; one uniform
-  # ratio per layer (the profiles); offsets from the profile (resolve()).
-  "mest-em": dict(
-    _MEST_BASE, update_every_epochs=5, mest_decay_epochs=(100, 130), distribution="uniform"
-  ),
-  "mest-ems": dict(
-    _MEST_BASE, update_every_epochs=5, mest_decay_epochs=(100, 130), distribution="uniform"
-  ),
+  "mest-em": _MEST_CIFAR,
+  "mest-ems": _MEST_CIFAR,
   # [code] one-shot per-layer magnitude of the random init (S2-SAM
   # `no_mutate`), one uniform ratio per layer.
   "magnitude": dict(_MEST_BASE, distribution="uniform"),
   # [UNCONFIRMED] MEST base recipe for static random masks.
   "static": dict(_MEST_BASE),
-  # [UNCONFIRMED] the reference's suggestion: MEST base, ΔT 100 steps,
-  # α = 0.3 cosine, end at 75% of training. Table 1 has both RigL rows:
-  # "RigL" (uniform, the RigL paper's default) and "RigL (ERK)".
-  "rigl-uniform": dict(
-    _MEST_BASE,
-    method="rigl",
-    distribution="uniform",
-    update_every=100,
-    drop_fraction=0.3,
-    update_end=0.75,
-  ),
-  "rigl-erk": dict(
-    _MEST_BASE,
-    method="rigl",
-    distribution="erk",
-    update_every=100,
-    drop_fraction=0.3,
-    update_end=0.75,
-  ),
-  "set": dict(_MEST_BASE, update_every=100, drop_fraction=0.3, update_end=0.75),
+  # Table 1 has both RigL rows: "RigL" (uniform, the RigL paper's default)
+  # and "RigL (ERK)".
+  "rigl-uniform": dict(_DST_CIFAR, method="rigl", distribution="uniform"),
+  "rigl-erk": dict(_DST_CIFAR, method="rigl", distribution="erk"),
+  "set": _DST_CIFAR,
   # [UNCONFIRMED] MEST base with DSR's official CIFAR rewiring [code]: every
   # layer at the same sparsity; period 100 steps doubling at 12.5/40/70% of
   # training (epochs 25/80/140 of 200); N_target as WRN-28-2's fraction of
@@ -404,13 +392,9 @@ _CIFAR_METHODS: dict[str, dict[str, Any]] = {
   # [code] Renda et al. CIFAR ResNet: 182 epochs, batch 128, ×0.1 at 91
   # and 136, wd 2e-4 (5e-4 for VGG), full-schedule rewind [paper]; global.
   "lrr": dict(
+    _GRASP_CIFAR,
     epochs=182,
-    batch_size=128,
-    lr=0.1,
-    schedule="step",
     lr_milestones=(91, 136),
-    lr_gamma=0.1,
-    momentum=0.9,
     weight_decay=2e-4,
     prune_fraction=0.2,
     keep_dense="none",
@@ -446,6 +430,27 @@ _RIGL_IMAGENET = dict(  # [code + paper]
   update_end=0.75,
   distribution="erk",
 )
+# [UNCONFIRMED] MEST has no ImageNet code: RigL's recipe, MEST's uniform
+# profile, ΔT 5 epochs, decays at 60/80% of training as at 100/130 of 160.
+_MEST_IMAGENET = dict(
+  _RIGL_IMAGENET, distribution="uniform", update_every_epochs=5, mest_decay_epochs=(62, 81)
+)
+# SGD momentum 0.9, wd 1e-4, steps of x0.1 on the epochs given: the ImageNet
+# codes of DSR, GraSP, OpenLTH and Renda et al. and the dense family [code].
+_STEP_IMAGENET = dict(
+  schedule="step", lr_gamma=0.1, momentum=0.9, weight_decay=1e-4, epochs=90, batch_size=256, lr=0.1
+)
+# OpenLTH's ResNet-50 recipe (lt) and Renda et al.'s TPU one (lrr) [code]:
+# batch 1024, lr 0.4, steps at 30/60/80 after 5 warmup epochs, 20% global per round.
+_LTH_IMAGENET = dict(
+  _STEP_IMAGENET,
+  batch_size=1024,
+  lr=0.4,
+  lr_milestones=(30, 60, 80),
+  warmup_epochs=5,
+  prune_fraction=0.2,
+  keep_dense="none",
+)
 _IMAGENET_METHODS: dict[str, dict[str, Any]] = {
   # RigL's two distributions [code]: uniform (first layer dense, as
   # keep_dense="paper") and ERK.
@@ -456,27 +461,16 @@ _IMAGENET_METHODS: dict[str, dict[str, Any]] = {
   "snip": dict(_RIGL_IMAGENET, snip_scope="layer", keep_dense="none"),
   "static": dict(_RIGL_IMAGENET),  # [UNCONFIRMED]
   "magnitude": dict(_RIGL_IMAGENET),  # [UNCONFIRMED]
-  # [UNCONFIRMED] MEST has no ImageNet code: RigL's recipe, MEST's uniform
-  # profile, ΔT 5 epochs, decays at 60/80% of training as at 100/130 of 160.
-  "mest-em": dict(
-    _RIGL_IMAGENET, distribution="uniform", update_every_epochs=5, mest_decay_epochs=(62, 81)
-  ),
-  "mest-ems": dict(
-    _RIGL_IMAGENET, distribution="uniform", update_every_epochs=5, mest_decay_epochs=(62, 81)
-  ),
+  "mest-em": _MEST_IMAGENET,
+  "mest-ems": _MEST_IMAGENET,
   "gmp": dict(_RIGL_IMAGENET),  # [UNCONFIRMED]
   "dense": dict(_RIGL_IMAGENET),  # [UNCONFIRMED]
   # [code] DSR's ResNet-50 run: period 1000 doubling at epochs 25/50/75 of
   # 100, N_target 400,000 (the code's count for this network).
   "dsr": dict(
+    _STEP_IMAGENET,
     epochs=100,
-    batch_size=256,
-    lr=0.1,
-    schedule="step",
     lr_milestones=(30, 60, 90),
-    lr_gamma=0.1,
-    momentum=0.9,
-    weight_decay=1e-4,
     distribution="uniform",
     update_every=1000,
     dsr_target=400000,
@@ -485,63 +479,21 @@ _IMAGENET_METHODS: dict[str, dict[str, Any]] = {
     update_end=0.95,
   ),
   "grasp": dict(
-    epochs=90,
-    batch_size=256,
-    lr=0.1,
-    schedule="step",  # [code]
+    _STEP_IMAGENET,
     lr_milestones=(30, 60),
-    lr_gamma=0.1,
-    momentum=0.9,
-    weight_decay=1e-4,
     grasp_temperature=200.0,
     keep_dense="none",
     # GraSP scores 150 batches of 250 images [code]; here a
     # class-balanced sample of the same size (37 x 1000).
     grasp_samples_per_class=37,
   ),
-  "lt": dict(
-    epochs=90,
-    batch_size=1024,
-    lr=0.4,
-    schedule="step",  # [code] OpenLTH
-    lr_milestones=(30, 60, 80),
-    lr_gamma=0.1,
-    warmup_epochs=5,
-    momentum=0.9,
-    weight_decay=1e-4,
-    prune_fraction=0.2,
-    keep_dense="none",
-    rewind_steps=6255,
-  ),  # rewind to ~5 epochs [UNCONFIRMED]
-  "lrr": dict(
-    epochs=90,
-    batch_size=1024,
-    lr=0.4,
-    schedule="step",  # [code] Renda TPU
-    lr_milestones=(30, 60, 80),
-    lr_gamma=0.1,
-    warmup_epochs=5,
-    momentum=0.9,
-    weight_decay=1e-4,
-    prune_fraction=0.2,
-    keep_dense="none",
-  ),
+  "lt": dict(_LTH_IMAGENET, rewind_steps=6255),  # rewind to ~5 epochs [UNCONFIRMED]
+  "lrr": _LTH_IMAGENET,
 }
 
 # Dense families [UNCONFIRMED mapping and recipe].
 _DENSE_CIFAR = dict(_MEST_BASE, method="dense", sparsity=0.0)
-_DENSE_IMAGENET = dict(
-  epochs=90,
-  batch_size=256,
-  lr=0.1,
-  schedule="step",
-  lr_milestones=(30, 60, 80),
-  lr_gamma=0.1,
-  momentum=0.9,
-  weight_decay=1e-4,
-  method="dense",
-  sparsity=0.0,
-)
+_DENSE_IMAGENET = dict(_STEP_IMAGENET, lr_milestones=(30, 60, 80), method="dense", sparsity=0.0)
 
 _IMAGENET_C = tuple(
   f"imagenet2012_corrupted/{c}_{s}"
@@ -571,33 +523,26 @@ _IMAGENET_C = tuple(
 # knobs with their epoch-based ones scaled to the run's length), on the
 # 64-channel CNN, where 98% sparsity still leaves a network that learns.
 MNIST1D_EPOCHS = 300
-_MNIST1D_BASE = dict(
+_MNIST1D_BASE = dict(  # the MEST base recipe at batch 128, weight decay 5e-4
+  _MEST_BASE,
   model="mnist1d_cnn64",
   dataset="mnist1d",
   epochs=MNIST1D_EPOCHS,
   batch_size=128,
-  lr=0.1,
-  schedule="cosine",
-  lr_end=4e-8,
-  momentum=0.9,
   weight_decay=5e-4,
-  rho=0.05,
   eval_every=10,
 )
 _SCALE = MNIST1D_EPOCHS / 160  # MEST's epochs 5, 100, 130 of 160
+_MEST_MNIST1D = dict(
+  update_every_epochs=5 * _SCALE,
+  mest_decay_epochs=(round(100 * _SCALE), round(130 * _SCALE)),
+  distribution="uniform",
+)
 _MNIST1D_METHODS: dict[str, dict[str, Any]] = {
   key: dict(recipe, **{k: v for k, v in _MNIST1D_BASE.items()})
   for key, recipe in {
-    "mest-em": dict(
-      update_every_epochs=5 * _SCALE,
-      mest_decay_epochs=(round(100 * _SCALE), round(130 * _SCALE)),
-      distribution="uniform",
-    ),
-    "mest-ems": dict(
-      update_every_epochs=5 * _SCALE,
-      mest_decay_epochs=(round(100 * _SCALE), round(130 * _SCALE)),
-      distribution="uniform",
-    ),
+    "mest-em": _MEST_MNIST1D,
+    "mest-ems": _MEST_MNIST1D,
     "magnitude": dict(distribution="uniform"),
     "static": dict(),
     "rigl-uniform": dict(method="rigl", distribution="uniform", update_every=100),
@@ -628,13 +573,7 @@ def _cell(recipe: dict[str, Any], key: str, **values) -> dict[str, Any]:
 # sp_0.9.sh and ..._sam.sh) [code]: MEST base recipe, mask update every 5
 # epochs from epoch 0, decays at 100/130, one uniform ratio over the profile's
 # layers (the block convs: keep_dense="paper"), test set every epoch.
-_AUTHORS_BASE = dict(
-  _MEST_BASE,
-  distribution="uniform",
-  keep_dense="paper",
-  update_every_epochs=5,
-  mest_decay_epochs=(100, 130),
-)
+_AUTHORS_BASE = dict(_MEST_CIFAR, keep_dense="paper")
 _AUTHORS_MODES = {
   # --optmzr sgd: SGD momentum 0.9, weight decay 1e-4 hard-coded, seed 914;
   # gradients masked before the step.

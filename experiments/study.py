@@ -135,6 +135,11 @@ def _cells(
   name = name or key
   if key in ("lt", "lrr"):
     base.update(_ROUND_EPOCHS)
+  return _method_grid(name, key, base, levels, modes, seeds)
+
+
+def _method_grid(name, key, base, levels, modes, seeds) -> list[Cell]:
+  """Method ``key``'s cells: seeds x sparsity levels x modes (dense: no sparsity axis)."""
   if key == "dense":
     return grid(name, base, seed=seeds, optimizer_mode=modes)
   return grid(name, base, seed=seeds, sparsity=levels, optimizer_mode=modes)
@@ -237,9 +242,7 @@ def _cifar_cells(key, levels, modes, seeds=(0, 1)) -> list[Cell]:
   base = dict(config="table1/cifar10/resnet32/" + key, **_CIFAR)
   if key.startswith("mest-"):
     base.update(_CIFAR_MEST)
-  if key == "dense":
-    return grid(key, base, seed=seeds, optimizer_mode=modes)
-  return grid(key, base, seed=seeds, sparsity=levels, optimizer_mode=modes)
+  return _method_grid(key, key, base, levels, modes, seeds)
 
 
 @study("rho_cifar10")

@@ -1,17 +1,17 @@
 """The sharpness-aware perturbation shared by S2-SAM and two-step SAM.
 
-SAM (Foret et al., 2021) evaluates the gradient at ``w + ε`` with
+SAM (Foret et al., 2021) evaluates the gradient at ``w + ε`` with::
 
     ε = ρ · g / (‖g‖ + eps)
 
 and ASAM (Kwon et al., 2021) makes the radius scale-invariant with
-``T = |w| + η``:
+``T = |w| + η``::
 
     ε = ρ · T² ⊙ g / (‖T ⊙ g‖ + eps).
 
 The S2-SAM authors' code (jjsrf/SSAM-NEURIPS2024 ``sam.py``, ``--sam-v2
 --adaptive``) computes neither: with ``g`` the stored gradient and ``u`` the
-point it was taken at (the previous *perturbed* weights),
+point it was taken at (the previous *perturbed* weights), it computes::
 
     ε = ρ · g ⊙ g ⊙ g / (‖|u| ⊙ g‖ + eps)        (``formula="authors"``)
 

@@ -2,7 +2,7 @@
 
 SAM needs two forward-backward passes per update. S2-SAM perturbs the weights
 with the previous step's normalised gradient instead, so every step costs one
-forward-backward pass, like the base optimizer:
+forward-backward pass, like the base optimizer::
 
     ε_t     = ρ · g_{t-1} / (‖g_{t-1}‖ + eps)          (ε_0 = 0)
     g_t     = ∇L(w_t + ε_t)                            (the only gradient)

@@ -1,6 +1,6 @@
 """Two-step SAM (Foret et al., 2021): the baseline S2-SAM is compared with.
 
-Each update takes a second gradient at the ascent point:
+Each update takes a second gradient at the ascent point::
 
     ε_t     = ρ · g_t / (‖g_t‖ + eps),     g_t = ∇L(w_t)   (given by the loop)
     g̃_t     = ∇L(w_t + ε_t)                               (``grad_fn``)

@@ -1,6 +1,9 @@
-"""experiments.bench_cpu_conv: the harness (timing, switches, table), without PyTorch."""
+"""experiments.bench_cpu_conv: the harness (timing, switches, table) without PyTorch; the
+PyTorch twins' parameter counts where torch is installed."""
 
 import os
+
+import pytest
 
 from experiments import bench_cpu_conv
 from experiments.models import native_kernels
@@ -47,3 +50,12 @@ def test_markdown_reports_ratios():
   assert row == (
     "| resnet20_classic | 64 | 0.200 (0.200) | 0.100 (0.100) | 0.080 (0.080) | 0.50 | 2.50 | 1.25 |"
   )
+
+
+@pytest.mark.parametrize("name", list(bench_cpu_conv.MODELS))
+def test_torch_twins_have_the_zoo_parameter_counts(name):
+  """experiments.torch_models builds each benchmark model with the JAX zoo's parameter count
+  (needs the ``bench`` extra)."""
+  pytest.importorskip("torch")
+  counts = bench_cpu_conv.parameter_counts(name)
+  assert counts["jax"] == counts["torch"]

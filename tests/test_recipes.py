@@ -1,12 +1,14 @@
 """Named recipes against the methods' own codes.
 
 Independent references: the bounds of the S2-SAM authors' profile yaml files
-and the values of their scripts, typed here by hand with the file each comes
-from (jjsrf/SSAM-NEURIPS2024); DSR's N_target and period schedule
+(``tests/data/mest_profile_bounds.txt``) and the values of their scripts, typed
+by hand with the file each comes from (jjsrf/SSAM-NEURIPS2024); DSR's N_target and period schedule
 (IntelAI/dynamic-reparameterization); counts recomputed from the layer sizes.
 """
 
 from __future__ import annotations
+
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -19,27 +21,25 @@ from experiments import configs, recipes, train
 from experiments import models as models_lib
 from s2sam_jax import sparse
 
-# (model, variant, sparsity): (lower_bound, upper_bound) as the yaml files
-# write them (profiles/<model>_LTH/irregular/<file>).
-YAML_BOUNDS = {
-  # resnet_0.98_without.yaml / resnet_0.98_with.yaml
-  ("resnet32", "em", 0.98): ((0.982, 0.981, 0.98), (0.98, 0.98, 0.98)),
-  ("resnet32", "ems", 0.98): ((0.98, 0.98, 0.98), (0.93, 0.96, 0.98)),
-  # resnet_0.95_without.yaml / resnet_0.95_with.yaml
-  ("resnet32", "em", 0.95): ((0.97, 0.96, 0.95), (0.95, 0.95, 0.95)),
-  ("resnet32", "ems", 0.95): ((0.95, 0.95, 0.95), (0.9, 0.925, 0.95)),
-  # resnet_0.5_without.yaml / resnet_0.1_with.yaml / resnet_0.8_with.yaml
-  ("resnet32", "em", 0.5): ((0.52, 0.51, 0.5), (0.5, 0.5, 0.5)),
-  ("resnet32", "ems", 0.1): ((0.1, 0.1, 0.1), (0.05, 0.075, 0.1)),
-  ("resnet32", "ems", 0.8): ((0.8, 0.8, 0.8), (0.75, 0.775, 0.8)),
-  # vgg_0.98_without.yaml / vgg_0.98_with.yaml
-  ("vgg19", "em", 0.98): ((0.99, 0.985, 0.98), (0.98, 0.98, 0.98)),
-  ("vgg19", "ems", 0.98): ((0.98, 0.98, 0.98), (0.93, 0.955, 0.98)),
-  # vgg_0.9_without.yaml / vgg_0.95_with.yaml / vgg_0.2_without.yaml
-  ("vgg19", "em", 0.9): ((0.92, 0.91, 0.9), (0.9, 0.9, 0.9)),
-  ("vgg19", "ems", 0.95): ((0.95, 0.95, 0.95), (0.9, 0.925, 0.95)),
-  ("vgg19", "em", 0.2): ((0.22, 0.21, 0.2), (0.2, 0.2, 0.2)),
-}
+
+def _profile_files(table: pathlib.Path):
+  """``{(model, variant, sparsity): (file, (lower_bound, upper_bound))}`` of the table."""
+  rows = {}
+  for line in table.read_text().splitlines():
+    if not line.strip() or line.startswith("#"):
+      continue
+    path, *bounds = line.split()
+    model = path.split("_LTH/")[0]
+    _, level, profile = path.rsplit("/", 1)[1].removesuffix(".yaml").split("_")
+    key = (model, "em" if profile == "without" else "ems", float(level))
+    values = tuple(float(v) for v in bounds)
+    rows[key] = ("profiles/" + path, (values[:3], values[3:]))
+  return rows
+
+
+PROFILES = _profile_files(pathlib.Path(__file__).parent / "data" / "mest_profile_bounds.txt")
+# (model, variant, sparsity): (lower_bound, upper_bound) as the yaml files write them
+YAML_BOUNDS = {key: bounds for key, (_, bounds) in PROFILES.items()}
 
 
 @pytest.mark.parametrize("key", sorted(YAML_BOUNDS))
@@ -50,9 +50,7 @@ def test_profile_table_equals_the_yaml_files(key):
   prune, grow = sparse.mest_profile_offsets(variant, level, model=model)
   np.testing.assert_allclose(prune, np.subtract(low, level), atol=1e-9)
   np.testing.assert_allclose(grow, np.subtract(up, level), atol=1e-9)
-  assert sparse.mest_profile_file(model, variant, level).endswith(
-    f"_{level:g}_{'without' if variant == 'em' else 'with'}.yaml"
-  )
+  assert sparse.mest_profile_file(model, variant, level) == PROFILES[key][0]
 
 
 def test_missing_profiles_are_named_as_missing():
@@ -119,20 +117,25 @@ def _resnet32_at_98():
   return params, sparse.magnitude_masks(params, densities)
 
 
-def test_mest_em_at_98_keeps_its_weights_through_an_update():
-  params, masks = _resnet32_at_98()
-  n_active = sum(int(m.sum()) for m in jax.tree.leaves(masks))
-  assert 36_000 < n_active < 37_500  # 2% of the 30 block convs
-  prune, grow = sparse.mest_profile_offsets("em", 0.98)
-  tx = sparse.mest(
+def _mest_em(masks, prune_offsets, grow_offsets):
+  """MEST EM from ``masks``, mutating every 10 steps, phases from steps 100 and 200."""
+  return sparse.mest(
     optax.sgd(0.1),
     variant="em",
     masks=masks,
     update_every=10,
     decay_steps=(100, 200),
-    prune_offsets=prune,
-    grow_offsets=grow,
+    prune_offsets=prune_offsets,
+    grow_offsets=grow_offsets,
   )
+
+
+def test_mest_em_at_98_keeps_its_weights_through_an_update():
+  params, masks = _resnet32_at_98()
+  n_active = sum(int(m.sum()) for m in jax.tree.leaves(masks))
+  assert 36_000 < n_active < 37_500  # 2% of the 30 block convs
+  prune, grow = sparse.mest_profile_offsets("em", 0.98)
+  tx = _mest_em(masks, prune, grow)
   state = tx.init(params)
   _, state = tx.update(
     jax.tree.map(jnp.zeros_like, params), state, sparse.apply_masks(params, state)
@@ -151,15 +154,7 @@ def test_mest_em_at_98_keeps_its_weights_through_an_update():
 
 def test_the_old_fixed_offsets_are_refused_at_98():
   params, masks = _resnet32_at_98()
-  tx = sparse.mest(
-    optax.sgd(0.1),
-    variant="em",
-    masks=masks,
-    update_every=10,
-    decay_steps=(100, 200),
-    prune_offsets=(0.02, 0.01, 0.0),
-    grow_offsets=(0.0, 0.0, 0.0),
-  )
+  tx = _mest_em(masks, (0.02, 0.01, 0.0), (0.0, 0.0, 0.0))
   with pytest.raises(ValueError, match=r"prune_offsets\[0\] = 0.02 .*layer"):
     tx.init(params)
 
@@ -232,22 +227,39 @@ def test_dsr_recipe_carries_the_wrn_fraction_and_schedule():
   assert (imagenet["dsr_target"], imagenet["update_every"]) == (400_000, 1000)
 
 
+# field -> value -> the named configs that fix it so
+FIXED_RECIPES = {
+  "distribution": {
+    "uniform": (
+      "table1/cifar10/resnet32/mest-em",
+      "table1/cifar10/vgg19/mest-ems",
+      "table1/cifar100/resnet32/magnitude",
+      "table1/cifar10/resnet32/dsr",
+      "table1/cifar10/resnet32/rigl-uniform",
+      "table2/imagenet2012/resnet50/rigl-uniform",
+    ),
+    "erk": ("table1/cifar10/resnet32/rigl-erk",),
+  },
+  "keep_dense": {
+    "none": (
+      "table1/cifar10/resnet32/snip",
+      "table1/cifar100/vgg19/grasp",
+      "table1/cifar10/resnet32/lt",
+      "table1/cifar10/resnet32/lrr",
+      "table2/imagenet2012/resnet50/grasp",
+    )
+  },
+  "method": {"rigl": ("table1/cifar10/resnet32/rigl-uniform",)},
+}
+
+
 @pytest.mark.parametrize(
   "name,field,value",
   [
-    ("table1/cifar10/resnet32/mest-em", "distribution", "uniform"),
-    ("table1/cifar10/vgg19/mest-ems", "distribution", "uniform"),
-    ("table1/cifar100/resnet32/magnitude", "distribution", "uniform"),
-    ("table1/cifar10/resnet32/dsr", "distribution", "uniform"),
-    ("table1/cifar10/resnet32/snip", "keep_dense", "none"),
-    ("table1/cifar100/vgg19/grasp", "keep_dense", "none"),
-    ("table1/cifar10/resnet32/lt", "keep_dense", "none"),
-    ("table1/cifar10/resnet32/lrr", "keep_dense", "none"),
-    ("table2/imagenet2012/resnet50/grasp", "keep_dense", "none"),
-    ("table1/cifar10/resnet32/rigl-uniform", "distribution", "uniform"),
-    ("table1/cifar10/resnet32/rigl-erk", "distribution", "erk"),
-    ("table1/cifar10/resnet32/rigl-uniform", "method", "rigl"),
-    ("table2/imagenet2012/resnet50/rigl-uniform", "distribution", "uniform"),
+    (name, field, value)
+    for field, by_value in FIXED_RECIPES.items()
+    for value, names in by_value.items()
+    for name in names
   ],
 )
 def test_describe_shows_the_fixed_recipes(name, field, value, capsys):

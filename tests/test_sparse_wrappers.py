@@ -24,14 +24,11 @@ def _trace(state):
 # ----------------------------------------------------------------------- RigL
 
 
-def _rigl_case(**kwargs):
-  """One layer of 8 weights, 4 active, the update at step 1 (hand-worked)."""
-  w = jnp.array([[0.5, -0.1, 0.3, -0.8], [0.0, 0.0, 0.0, 0.0]])
-  masks = {"w": jnp.array([[True, True, True, True], [False] * 4])}
-  g0 = jnp.arange(1.0, 9.0).reshape(2, 4)  # fills the momentum everywhere
-  g1 = jnp.array([[9.0, 0.2, 5.0, 9.0], [0.1, 3.0, 4.0, 0.05]])
-  tx = sparse.rigl(
-    optax.sgd(0.0, momentum=0.9),
+def _rigl_half_at_step_1(inner, masks, **kwargs):
+  """RigL whose first update, at step 1, drops and regrows half of each layer's active
+  weights (the next one at step 11); unmasked gradients."""
+  return sparse.rigl(
+    inner,
     masks=masks,
     drop_fraction=0.5,
     drop_schedule="constant",
@@ -41,6 +38,15 @@ def _rigl_case(**kwargs):
     mask_gradients=False,
     **kwargs,
   )
+
+
+def _rigl_case(**kwargs):
+  """One layer of 8 weights, 4 active, the update at step 1 (hand-worked)."""
+  w = jnp.array([[0.5, -0.1, 0.3, -0.8], [0.0, 0.0, 0.0, 0.0]])
+  masks = {"w": jnp.array([[True, True, True, True], [False] * 4])}
+  g0 = jnp.arange(1.0, 9.0).reshape(2, 4)  # fills the momentum everywhere
+  g1 = jnp.array([[9.0, 0.2, 5.0, 9.0], [0.1, 3.0, 4.0, 0.05]])
+  tx = _rigl_half_at_step_1(optax.sgd(0.0, momentum=0.9), masks, **kwargs)
   params = {"w": w}
   state = tx.init(params)
   _, state = tx.update({"w": g0}, state, params)
@@ -337,16 +343,7 @@ def test_inner_state_zeroed_for_nested_optimizers():
     },
     {"a": "adam", "b": "sgd"},
   )
-  tx = sparse.rigl(
-    inner,
-    masks=masks,
-    drop_fraction=0.5,
-    drop_schedule="constant",
-    begin_step=1,
-    end_step=None,
-    update_every=10,
-    mask_gradients=False,
-  )
+  tx = _rigl_half_at_step_1(inner, masks)
   state = tx.init(params)
   g = {"a": jnp.ones((3, 4)), "b": jnp.ones(4)}
   _, state = tx.update(g, state, params)

@@ -103,18 +103,8 @@ def expected_active(method, sizes, s):
   return sum(round((1 - s) * n) for n in sizes)  # per layer, exact
 
 
-SPARSE_METHODS = [
-  "static",
-  "magnitude",
-  "snip",
-  "grasp",
-  "set",
-  "dsr",
-  "rigl",
-  "mest-em",
-  "mest-ems",
-  "gmp",
-]
+# every one-training-run sparse method (LT and LRR train in rounds: their own tests)
+SPARSE_METHODS = [m for m in configs.METHODS if m not in ("dense", "lt", "lrr")]
 CASES = [(m, "s2sam") for m in SPARSE_METHODS + ["dense"]] + [
   ("rigl", "original"),
   ("rigl", "sam"),

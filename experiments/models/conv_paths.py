@@ -73,10 +73,10 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import os
-from collections.abc import Iterator
+
+from experiments.models import recording
 
 PATHS = ("xla", "hlo", "native")
 ENV_VAR = "S2SAM_CPU_CONV_PATH"
@@ -211,28 +211,18 @@ def path_override() -> str | None:
   return value
 
 
-_RECORD: contextvars.ContextVar[list | None] = contextvars.ContextVar(
-  "experiments_conv_paths_record", default=None
-)
+_RECORD = recording.Recorder("experiments_conv_paths_record")
 
 
-@contextlib.contextmanager
-def record_choices() -> Iterator[list]:
+def record_choices() -> contextlib.AbstractContextManager[list]:
   """Collects ``(Geometry, path)`` for each CPU-path convolution traced inside the context.
 
   Convs that never reach the choice (``S2SAM_FAST_CPU_CONV=0``, unsupported layouts) are not
   recorded.
   """
-  records: list = []
-  token = _RECORD.set(records)
-  try:
-    yield records
-  finally:
-    _RECORD.reset(token)
+  return _RECORD.collect()
 
 
 def record(g: Geometry, path: str) -> None:
   """Adds ``(g, path)`` to the active :func:`record_choices` list, if any."""
-  records = _RECORD.get()
-  if records is not None:
-    records.append((g, path))
+  _RECORD.add((g, path))

@@ -141,29 +141,13 @@ def conv_general_dilated(
     force = fast_cpu
   if path is not None and path not in conv_paths.PATHS:
     raise ValueError(f"`path` must be one of {conv_paths.PATHS} or None, got {path!r}")
-  if not fast_cpu or not _supported(
-    lhs,
-    rhs,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    batch_group_count,
-    preferred_element_type,
-    out_sharding,
-  ):
+  if not fast_cpu or not _supported(lhs, rhs, plain.keywords):
     return plain(lhs, rhs)
   strides = tuple(int(s) for s in window_strides)
   pads = _explicit_padding(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   groups = int(feature_group_count)
-  geometry = conv_paths.Geometry.of(lhs, rhs, strides, pads, groups)
-  applicable = _native_applicable(lhs, rhs, groups, lhs.dtype, rhs.dtype)
-  chosen = path or conv_paths.path_override() or ("native" if force else None)
-  if chosen is None:  # the per-shape choice
-    native_ok = applicable and native_kernels.available()
-    chosen = conv_paths.choose(geometry, lanes=native_kernels.vector_lanes() if native_ok else None)
-  elif chosen == "native" and not (applicable and native_kernels.available()):
-    chosen = "hlo"  # no C++ kernel for this conv (or none built): its HLO formulation
-  conv_paths.record(geometry, chosen)
+  requested = path or conv_paths.path_override() or ("native" if force else None)
+  chosen = _choose_path(lhs, rhs, strides, pads, groups, requested)
   if chosen == "xla":
     return plain(lhs, rhs)
   fast = functools.partial(
@@ -179,30 +163,47 @@ def conv_general_dilated(
   return dispatch(lhs, rhs, cpu=fast, default=lambda x, w: plain(x, w))
 
 
+def _choose_path(lhs, rhs, strides, pads, groups, requested: str | None) -> str:
+  """The path of one supported conv, recorded for :func:`conv_paths.record_choices`.
+
+  ``requested`` (``path=``, ``S2SAM_CPU_CONV_PATH`` or ``fast_cpu=True``'s ``'native'``) wins;
+  None: the per-shape choice. A ``'native'`` with no C++ kernel for the conv (or none built)
+  becomes ``'hlo'``.
+  """
+  geometry = conv_paths.Geometry.of(lhs, rhs, strides, pads, groups)
+  applicable = _native_applicable(lhs, rhs, groups, lhs.dtype, rhs.dtype)
+  chosen = requested
+  if chosen is None:  # the per-shape choice
+    native_ok = applicable and native_kernels.available()
+    chosen = conv_paths.choose(geometry, lanes=native_kernels.vector_lanes() if native_ok else None)
+  elif chosen == "native" and not (applicable and native_kernels.available()):
+    chosen = "hlo"  # no C++ kernel for this conv (or none built): its HLO formulation
+  conv_paths.record(geometry, chosen)
+  return chosen
+
+
 def dispatch(lhs, rhs, *, cpu, default):
   """``cpu(lhs, rhs)`` when lowered for CPU, ``default(lhs, rhs)`` on any other platform."""
   return lax.platform_dependent(lhs, rhs, cpu=cpu, default=default)
 
 
-def _supported(
-  lhs,
-  rhs,
-  lhs_dilation,
-  rhs_dilation,
-  dimension_numbers,
-  batch_group_count,
-  preferred_element_type,
-  out_sharding,
-) -> bool:
+def _supported(lhs, rhs, options: dict) -> bool:
+  """Whether the custom path takes a conv with ``lax.conv_general_dilated``'s keyword
+  ``options``: 4-D NHWC/HWIO, no dilation, no batch groups, default output type and sharding."""
   if lhs.ndim != 4 or rhs.ndim != 4:
     return False
-  if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1))):
+  dilations = (options["lhs_dilation"] or (1, 1), options["rhs_dilation"] or (1, 1))
+  if any(d != 1 for dilation in dilations for d in dilation):
     return False
-  if batch_group_count != 1 or preferred_element_type is not None or out_sharding is not None:
+  if (
+    options["batch_group_count"] != 1
+    or options["preferred_element_type"] is not None
+    or options["out_sharding"] is not None
+  ):
     return False
-  if dimension_numbers is None:
+  if options["dimension_numbers"] is None:
     return False
-  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, options["dimension_numbers"])
   return dn == _NHWC
 
 

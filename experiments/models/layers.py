@@ -39,13 +39,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from experiments.models import recording
 
 kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 torch_default_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -86,44 +86,33 @@ def conv_general_dilated_impl():
   return cpu_conv.conv_general_dilated
 
 
-_SHAPE_RECORD: contextvars.ContextVar[list | None] = contextvars.ContextVar(
-  "experiments_models_shape_record", default=None
-)
+_SHAPES = recording.Recorder("experiments_models_shape_record")
 
 
-@contextlib.contextmanager
-def record_shapes() -> Iterator[list]:
+def record_shapes() -> contextlib.AbstractContextManager[list]:
   """Collects ``(module, input_shape, output_shape)`` for each :class:`Conv`/:class:`Linear` call."""
-  records: list = []
-  token = _SHAPE_RECORD.set(records)
-  try:
-    yield records
-  finally:
-    _SHAPE_RECORD.reset(token)
+  return _SHAPES.collect()
 
 
 def _record(module, inputs, outputs) -> None:
-  records = _SHAPE_RECORD.get()
-  if records is not None:
-    records.append((module, tuple(inputs.shape), tuple(outputs.shape)))
+  _SHAPES.add((module, tuple(inputs.shape), tuple(outputs.shape)))
 
 
-class Conv(nnx.Conv):
+class _ReportsShapes:
+  """Mixin for an nnx layer: each call reports its shapes to :func:`record_shapes`."""
+
+  def __call__(self, inputs):
+    outputs = super().__call__(inputs)
+    _record(self, inputs, outputs)
+    return outputs
+
+
+class Conv(_ReportsShapes, nnx.Conv):
   """``nnx.Conv`` that reports its shapes to :func:`record_shapes`; build it with :func:`conv`."""
 
-  def __call__(self, inputs):
-    outputs = super().__call__(inputs)
-    _record(self, inputs, outputs)
-    return outputs
 
-
-class Linear(nnx.Linear):
+class Linear(_ReportsShapes, nnx.Linear):
   """``nnx.Linear`` that reports its shapes to :func:`record_shapes`; build it with :func:`linear`."""
-
-  def __call__(self, inputs):
-    outputs = super().__call__(inputs)
-    _record(self, inputs, outputs)
-    return outputs
 
 
 def conv(
@@ -154,13 +143,8 @@ def conv(
     strides=strides,
     padding=padding,
     feature_group_count=feature_group_count,
-    use_bias=use_bias,
-    kernel_init=kernel_init,
-    bias_init=bias_init,
-    dtype=dtype,
-    param_dtype=jnp.float32,
     conv_general_dilated=conv_general_dilated_impl(),
-    rngs=rngs,
+    **_parameters(use_bias, kernel_init, bias_init, dtype, rngs),
   )
 
 
@@ -181,13 +165,31 @@ def linear(
   if bias_init is None:
     bias_init = torch_default_bias_init(in_features)
   return Linear(
-    in_features,
-    out_features,
+    in_features, out_features, **_parameters(use_bias, kernel_init, bias_init, dtype, rngs)
+  )
+
+
+def _parameters(use_bias, kernel_init, bias_init, dtype, rngs) -> dict:
+  """What :func:`conv` and :func:`linear` give their layer alike: the inits, the computation
+  ``dtype``, and float32 parameters whatever it is."""
+  return dict(
     use_bias=use_bias,
     kernel_init=kernel_init,
     bias_init=bias_init,
     dtype=dtype,
     param_dtype=jnp.float32,
+    rngs=rngs,
+  )
+
+
+def classifier(in_features: int, num_classes: int, *, dtype=None, rngs: nnx.Rngs) -> Linear:
+  """The CIFAR models' classifier, initialised as GraSP's: ``N(0, 0.01²)`` kernel, zero bias."""
+  return linear(
+    in_features,
+    num_classes,
+    kernel_init=normal_init(0.01),
+    bias_init=zeros_init,
+    dtype=dtype,
     rngs=rngs,
   )
 

@@ -99,14 +99,7 @@ class MobileNetV2(nnx.Module):
     self.layers = nnx.List(blocks)
     self.conv2 = layers.conv(in_planes, 1280, 1, padding=0, dtype=dtype, rngs=rngs)
     self.bn2 = layers.batch_norm(1280, dtype=dtype, rngs=rngs)
-    self.linear = layers.linear(
-      1280,
-      num_classes,
-      kernel_init=layers.normal_init(0.01),
-      bias_init=layers.zeros_init,
-      dtype=dtype,
-      rngs=rngs,
-    )
+    self.linear = layers.classifier(1280, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     x = jax.nn.relu(self.bn1(self.conv1(x)))

@@ -115,14 +115,7 @@ class CifarResNet(nnx.Module):
         in_planes = planes
       stages.append(nnx.List(blocks))
     self.layer1, self.layer2, self.layer3 = stages
-    self.linear = layers.linear(
-      widths[-1],
-      num_classes,
-      kernel_init=layers.normal_init(0.01),
-      bias_init=layers.zeros_init,
-      dtype=dtype,
-      rngs=rngs,
-    )
+    self.linear = layers.classifier(widths[-1], num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     x = jax.nn.relu(self.bn1(self.conv1(x)))

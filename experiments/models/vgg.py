@@ -65,14 +65,7 @@ class VGG(nnx.Module):
     self.convs = nnx.List(convs)
     self.bns = nnx.List(bns)
     self.pool_after = tuple(pool_after)
-    self.classifier = layers.linear(
-      in_features,
-      num_classes,
-      kernel_init=layers.normal_init(0.01),
-      bias_init=layers.zeros_init,
-      dtype=dtype,
-      rngs=rngs,
-    )
+    self.classifier = layers.classifier(in_features, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     for conv, bn, pool in zip(self.convs, self.bns, self.pool_after):

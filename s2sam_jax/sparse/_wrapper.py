@@ -292,7 +292,7 @@ def get_masks(state) -> MaskTree | None:
 
 
 def drop_scores(weights, mask):
-  """|w| on active entries, -1 on inactive ones (never kept before active)."""
+  """``|w|`` on active entries, -1 on inactive ones (never kept before active)."""
   w = jnp.abs(jnp.asarray(weights, jnp.float32))
   return jnp.where(mask, jnp.nan_to_num(w, nan=0.0, posinf=jnp.finfo(jnp.float32).max), -1.0)
 

@@ -8,7 +8,7 @@ one global threshold ``H`` (Mostafa & Wang's code, IntelAI/dynamic-reparameteriz
 ``main.py``, ``parameterized_tensors.py``):
 
 1. **Drop.** In every masked layer remove the active weights with
-   ``|w| < H``, keeping at least the largest-|w| one of a non-empty layer.
+   ``|w| < H``, keeping at least the one of largest ``|w|`` in a non-empty layer.
    ``K`` = total removed; ``n_l`` = survivors of layer ``l``.
 2. **Reallocate.** Layer ``l`` gets ``q_l = round(K n_l / Σ n)`` new weights;
    the rounding residual ``K − Σ q`` goes to one random layer. Where a layer
@@ -124,7 +124,7 @@ def adapt_threshold(threshold, removed, target_count):
 
 def _survivors(m, w, threshold):
   """DSR's drop in one layer: the active ``|w| >= H`` survive, and at least
-  the largest-|w| one of a non-empty layer."""
+  the one of largest ``|w|`` in a non-empty layer."""
   w = jnp.abs(jnp.asarray(w, jnp.float32))
   keep = m & (w >= threshold)
   largest = _wrapper.keep_largest(w, m, 1) & m

@@ -8,11 +8,11 @@ its progress counted from ``t + 1``.
 
 Training starts dense (masks all True on the prunable leaves). Every
 ``update_every`` steps ``t`` in ``[begin_step, end_step]`` (and at
-``end_step`` itself), each masked layer ``l`` is pruned by magnitude to
+``end_step`` itself), each masked layer ``l`` is pruned by magnitude to the sparsity::
 
     s_l(t) = s_l + (s_i − s_l) · (1 − (t − t0) / (n Δt))³,   n Δt = end − t0
 
-i.e. it keeps the ``round((1 − s_l(t)) N_l)`` active weights of largest |w|
+i.e. it keeps the ``round((1 − s_l(t)) N_l)`` active weights of largest ``|w|``
 (never regrowing: counts only decrease). ``s_l`` is layer ``l``'s final
 sparsity from ``distribution`` (Zhu & Gupta prune every layer to the same
 ``s_f``: ``'uniform'``, the default), ``s_i`` = ``initial_sparsity``. The
@@ -193,7 +193,7 @@ class _Pruning(NamedTuple):
     )
 
   def prune(self, masks, params, final_densities, count):
-    """Per layer: keep the largest-|w| active weights, as many as the
+    """Per layer: keep the active weights of largest ``|w|``, as many as the
     schedule allows at step ``count`` (never more than are active)."""
     n_updates = len(gmp_pruning_steps(self.update_every, self.begin_step, self.end_step)) - 1
     j = jnp.where(count >= self.end_step, n_updates, (count - self.begin_step) // self.update_every)

@@ -8,7 +8,7 @@ active weights at init) is mutated every ``update_every`` steps, **including
 step 0** (MEST's ``prune_utils/retrain.py``, ``SparseTraining.update_mask``;
 the S2-SAM copy in jjsrf/SSAM-NEURIPS2024). The bounds move in phases: phase
 ``k`` is the number of ``decay_steps`` already reached. With sparsity offsets
-``δL_k`` (prune-to) and ``δU_k`` (grow-to), as fractions of the **layer size**:
+``δL_k`` (prune-to) and ``δU_k`` (grow-to), as fractions of the **layer size**::
 
     prune: keep the  min(n_active, c_l − round(δL_k N_l))  active weights of largest |w|
     grow:  add random inactive entries (just-pruned ones included) until
@@ -371,7 +371,7 @@ def _initial_extras(masks, prune_offsets, grow_offsets, state_key) -> dict:
 
 
 def _mutate(decay_steps, old_masks, params, grads, count, extras):
-  """One mutation: per layer, prune to the phase's lower bound by |w|, then
+  """One mutation: per layer, prune to the phase's lower bound by ``|w|``, then
   grow at random (just-pruned entries included) to its upper bound."""
   del grads
   next_key, sub = jax.random.split(extras["key"])

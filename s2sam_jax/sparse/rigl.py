@@ -7,7 +7,7 @@ Winners", ICML 2020, arXiv:1911.11134; code google-research/rigl
 ``RigL``).
 
 Every ``update_every`` steps ``t`` with ``begin_step <= t < end_step``, for each
-masked layer independently, with ``n`` active weights:
+masked layer independently, with ``n`` active weights::
 
     f_t   = α/2 · (1 + cos(π · min(t − begin, T) / T)),  T = end − begin   (cosine)
     k     = floor(f_t · n)           (float32, 1e-3 tolerance)
@@ -111,7 +111,7 @@ def swap_count(fraction, n_active):
 
 
 def prune_and_regrow(masks, params, grads, fraction, key, grow_score_fn):
-  """Per layer: keep the ``n − k`` largest |w|, grow ``k`` by ``grow_score_fn``.
+  """Per layer: keep the ``n − k`` largest ``|w|``, grow ``k`` by ``grow_score_fn``.
 
   ``grow_score_fn(grad_leaf, key, shape) -> scores >= 0``; ``k =
   floor(fraction · n)``. Returns the new mask tree.

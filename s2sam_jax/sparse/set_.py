@@ -8,7 +8,7 @@ The schedule and the drop are RigL's, as in RigL's code
 and jaxpruner's (google-research/jaxpruner
 ``jaxpruner/algorithms/sparse_trainers.py``, ``SET``): every ``update_every`` steps ``t`` in
 ``[begin_step, end_step)``, for each masked layer with ``n`` active weights,
-``k = floor(f_t n)`` active weights of smallest |w| are dropped and ``k``
+``k = floor(f_t n)`` active weights of smallest ``|w|`` are dropped and ``k``
 entries are grown uniformly at random among those not kept (just-dropped
 entries are eligible). Counts per layer are exact; grown weights start at 0
 with zeroed inner state; dropped weights' inner state is zeroed too.
