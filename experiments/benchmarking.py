@@ -63,11 +63,11 @@ def machine_info() -> dict:
     "optax": optax.__version__,
     "python": platform.python_version(),
     "load_average": os.getloadavg(),  # other work on the machine at the start
-    "commit": _commit(),
+    "commit": git_commit(),
   }
 
 
-def _commit() -> str | None:
+def git_commit() -> str | None:
   """The repository's HEAD commit, with ``+dirty`` when tracked files differ from it."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:

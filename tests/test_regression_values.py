@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 
 import jax
@@ -32,7 +31,7 @@ import jaxlib
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import benchmarking, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VALUES = os.path.join(HERE, "data", "regression_values.json")
@@ -129,16 +128,7 @@ def record():
   with tempfile.TemporaryDirectory() as tmp:
     os.environ["S2SAM_JAX_CACHE"] = os.path.join(tmp, "cache")
     runs = {name: _measure(name, flags, tmp) for name, flags in _runs(tmp).items()}
-  commit = subprocess.run(
-    ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE
-  ).stdout.strip()
-  dirty = subprocess.run(
-    ["git", "status", "--porcelain", "--untracked-files=no"],
-    capture_output=True,
-    text=True,
-    cwd=HERE,
-  ).stdout.strip()
-  out = {"commit": commit + ("+dirty" if dirty else ""), "platform": _platform(), "runs": runs}
+  out = {"commit": benchmarking.git_commit(), "platform": _platform(), "runs": runs}
   os.makedirs(os.path.dirname(VALUES), exist_ok=True)
   with open(VALUES, "w") as f:
     json.dump(out, f, indent=1)
