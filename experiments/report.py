@@ -284,7 +284,8 @@ def rho_table(rows: list[dict[str, Any]]) -> str | None:
     "|---|" + "---|" * (len(levels) + 1),
   ]
   means = {}
-  for rho in [None] + rhos:
+  untuned = [None] if any(by.get((None, s)) for s in levels) else []  # the original arm
+  for rho in untuned + rhos:
     cells = [by.get((rho, s), {}) for s in levels]
     means[rho] = float(np.mean([np.mean(list(c.values())) for c in cells if c]))
     label = "original" if rho is None else f"{rho:g}"

@@ -195,6 +195,25 @@ def lt_mnist1d() -> list[Cell]:
   return _seed_major(cells + _cells("lrr", (0.9,), name="lrr/prune=0.2"))
 
 
+# The authors' S2-SAM (configs._AUTHORS_MODES): their formula, rho and SAM path.
+# Their per-arm weight decay and seeds are left out so the arms still pair.
+AUTHORS_S2SAM = dict(
+  rho=0.05, adaptive=True, adaptive_formula="authors", perturb_pruned=True, mask_gradients=False
+)
+
+
+@study("authors_mnist1d")
+def authors_mnist1d() -> list[Cell]:
+  """The S2-SAM authors' protocol arm for MEST EM on MNIST-1D: their adaptive
+  formula, rho = 0.05, every weight perturbed and unmasked gradients into the
+  momentum, against the original arm at 90/95/98%, five seeds (the one,
+  labelled, arm whose optimizer differs from the paper's equation)."""
+  name = "mest-em/authors"
+  cells = _cells("mest-em", modes=("original",), name=name)
+  cells += _cells("mest-em", modes=("s2sam",), name=name, **AUTHORS_S2SAM)
+  return _seed_major(cells)
+
+
 # CIFAR-10: ResNet-20 (16/32/64) on the table1 recipes, a reduced budget of
 # 10 epochs (the cosine schedule over those 10; MEST's epoch knobs scaled as
 # 5, 100, 130 of 160). The data folder comes from $CIFAR10_DIR (an image
@@ -219,6 +238,25 @@ def _cifar_cells(key, levels, modes, seeds=(0, 1)) -> list[Cell]:
   if key == "dense":
     return grid(key, base, seed=seeds, optimizer_mode=modes)
   return grid(key, base, seed=seeds, sparsity=levels, optimizer_mode=modes)
+
+
+@study("rho_cifar10")
+def rho_cifar10() -> list[Cell]:
+  """S2-SAM's rho on CIFAR-10, chosen on a validation split (10% of the
+  training set held out; the test set unused): RigL ERK at 90%, one seed, at
+  the study budget (10 epochs)."""
+  cells = [
+    c
+    for rho in (0.02, 0.05, 0.1, 0.2)
+    for c in grid(
+      f"rigl-erk/rho={rho}",
+      dict(config="table1/cifar10/resnet32/rigl-erk", **_CIFAR, rho=rho, validation_fraction=0.1),
+      seed=(0,),
+      sparsity=(0.9,),
+      optimizer_mode=("s2sam",),
+    )
+  ]
+  return cells
 
 
 @study("table1_cifar10")

@@ -158,6 +158,15 @@ def test_rho_table_picks_the_best_mean_validation_accuracy():
   assert report.rho_table([_r("rigl", 0.9, "original", 0, 0.6)]) is None
 
 
+def test_rho_table_without_an_original_arm():
+  rows = [
+    _r("rigl", 0.9, "s2sam", 0, acc, f"rigl/rho={rho}", rho=rho)
+    for rho, acc in ((0.05, 0.7), (0.1, 0.6))
+  ]
+  md = report.rho_table(rows)
+  assert "original" not in md and "nan" not in md and md.endswith("rho = 0.05.")
+
+
 def test_sweep_rows_join_table1s_levels_and_dense_as_zero():
   sweep = [_r("rigl", 0.4, m, 0, 0.8) for m in ("original", "s2sam")]
   table = [_r("rigl", 0.9, m, 0, 0.7) for m in ("original", "s2sam")]
