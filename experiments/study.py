@@ -250,7 +250,7 @@ def rho_cifar10() -> list[Cell]:
     for rho in (0.02, 0.05, 0.1, 0.2)
     for c in grid(
       f"rigl-erk/rho={rho}",
-      dict(config="table1/cifar10/resnet32/rigl-erk", **_CIFAR, rho=rho, validation_fraction=0.1),
+      dict(_CIFAR, config="table1/cifar10/resnet32/rigl-erk", rho=rho, validation_fraction=0.1),
       seed=(0,),
       sparsity=(0.9,),
       optimizer_mode=("s2sam",),
