@@ -130,7 +130,13 @@ def table1(rows: list[dict[str, Any]]) -> tuple[str, list[list[str]]]:
     levels = sorted({k[4] for k in keys})
     methods = sorted(
       {(k[2], k[3], k[5]) for k in keys},
-      key=lambda m: (list(METHOD_LABELS).index(m[0]) if m[0] in METHOD_LABELS else 99, m[1]),
+      # the table's method order, then distribution and variant (the input order of a set
+      # is not reproducible across processes)
+      key=lambda m: (
+        list(METHOD_LABELS).index(m[0]) if m[0] in METHOD_LABELS else 99,
+        str(m[1]),
+        str(m[2]),
+      ),
     )
     md += [
       f"### {dataset}, {model}",

@@ -175,3 +175,18 @@ def test_sweep_rows_join_table1s_levels_and_dense_as_zero():
   rows = report.sweep_rows(sweep, table)
   levels = sorted({(r["method"], r["sparsity"]) for r in rows})
   assert levels == [("rigl", 0.0), ("rigl", 0.4), ("rigl", 0.9)]
+
+
+def test_table1_row_order_does_not_depend_on_input_order():
+  rows = [
+    _r("rigl", 0.9, mode, s, 0.6 + 0.01 * s, f"rigl/rho={rho}", rho=rho)
+    for rho in (0.5, 0.02, 0.1)
+    for mode in ("original", "s2sam")
+    for s in (0, 1)
+  ]
+  md = report.table1(rows)[0]
+  # sorted by method, distribution and variant: the same table in every process
+  assert [md.index(f"rho={rho}]") for rho in ("0.02", "0.1", "0.5")] == sorted(
+    md.index(f"rho={rho}]") for rho in ("0.02", "0.1", "0.5")
+  )
+  assert md == report.table1(rows[::-1])[0]
