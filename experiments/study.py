@@ -264,25 +264,6 @@ def rho_cifar10() -> list[Cell]:
   return cells
 
 
-@study("rho_cifar10")
-def rho_cifar10() -> list[Cell]:
-  """S2-SAM's rho on CIFAR-10, chosen on a validation split (10% of the
-  training set held out; the test set unused): RigL ERK at 90%, one seed, at
-  the study budget (10 epochs)."""
-  cells = [
-    c
-    for rho in (0.02, 0.05, 0.1, 0.2)
-    for c in grid(
-      f"rigl-erk/rho={rho}",
-      dict(_CIFAR, config="table1/cifar10/resnet32/rigl-erk", rho=rho, validation_fraction=0.1),
-      seed=(0,),
-      sparsity=(0.9,),
-      optimizer_mode=("s2sam",),
-    )
-  ]
-  return cells
-
-
 @study("table1_cifar10")
 def table1_cifar10() -> list[Cell]:
   """Table 1 on real CIFAR-10 at a reduced budget: RigL ERK and MEST EM at
