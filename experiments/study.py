@@ -100,7 +100,11 @@ STUDIES: dict[str, Callable[[], list[Cell]]] = {}
 
 
 def study(name: str):
+  """Registers a function ``() -> cells`` as the study ``name`` (each name once)."""
+
   def register(fn):
+    if name in STUDIES:
+      raise ValueError(f"study {name!r} is registered twice")
     STUDIES[name] = fn
     return fn
 

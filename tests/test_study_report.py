@@ -190,3 +190,9 @@ def test_table1_row_order_does_not_depend_on_input_order():
     md.index(f"rho={rho}]") for rho in ("0.02", "0.1", "0.5")
   )
   assert md == report.table1(rows[::-1])[0]
+
+
+def test_a_study_name_registers_once():
+  with pytest.raises(ValueError, match="'rho_mnist1d' is registered twice"):
+    study.study("rho_mnist1d")(lambda: [])
+  assert study.STUDIES["rho_mnist1d"] is study.rho_mnist1d
