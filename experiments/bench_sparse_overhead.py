@@ -85,19 +85,10 @@ def resnet_problem(name, batch_size, key, image_size=32):
   from experiments.models import create_model  # pylint: disable=g-import-not-at-top
 
   model = create_model(name, num_classes=10, rngs=nnx.Rngs(0))
-  model.train()
-  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   kx, ky = jax.random.split(key)
   images = jax.random.normal(kx, (batch_size, image_size, image_size, 3))
   labels = jax.random.randint(ky, (batch_size,), 0, 10)
-
-  def loss(params, stats):
-    model = nnx.merge(graphdef, params, stats, copy=True)
-    logits = model(images)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, nnx.state(model, nnx.BatchStat)
-
-  return params, stats, jax.grad(loss, has_aux=True)
+  return benchmarking.model_gradient(model, images, labels)
 
 
 # ------------------------------------------------------------ transformations

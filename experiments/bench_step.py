@@ -27,19 +27,10 @@ from experiments.models import create_model
 def make_steps(model_name: str, batch_size: int, seed: int = 0):
   """Returns {variant: zero-arg step closure} over shared data and model."""
   model = create_model(model_name, num_classes=10, rngs=nnx.Rngs(seed))
-  model.train()
-  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   key = jax.random.key(seed)
   images = jax.random.normal(key, (batch_size, 32, 32, 3), jnp.float32)
   labels = jax.random.randint(key, (batch_size,), 0, 10)
-
-  def loss_and_stats(params, batch_stats):
-    model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    logits = model(images)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, nnx.state(model, nnx.BatchStat)
-
-  grad_and_stats = jax.grad(loss_and_stats, has_aux=True)
+  params, batch_stats, grad_and_stats = benchmarking.model_gradient(model, images, labels)
   base = lambda: optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
   variants = {"base": base(), "s2sam": ss.s2sam(base(), rho=0.05), "sam": ss.sam(base(), rho=0.05)}
 

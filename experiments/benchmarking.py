@@ -94,6 +94,20 @@ def random_batch(shape, batch: int, seed: int = 0, num_classes: int = 10):
   return images, labels
 
 
+def model_gradient(model: nnx.Module, images, labels):
+  """``(params, stats, grad_fn)`` of ``model`` in training mode on one fixed batch:
+  ``grad_fn(params, stats) -> (gradient of the mean cross-entropy, new BatchNorm stats)``."""
+  model.train()
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+
+  def loss_fn(params, stats):
+    m = nnx.merge(graphdef, params, stats, copy=True)  # fresh Variables at this trace level
+    loss = optax.softmax_cross_entropy_with_integer_labels(m(images), labels).mean()
+    return loss, nnx.state(m, nnx.BatchStat)
+
+  return params, stats, jax.grad(loss_fn, has_aux=True)
+
+
 def sgd_step(model: nnx.Module, images, labels, compile_context=contextlib.nullcontext()):
   """A zero-argument closure running one compiled training step of ``model``.
 
@@ -101,17 +115,11 @@ def sgd_step(model: nnx.Module, images, labels, compile_context=contextlib.nullc
   BatchNorm statistics carried; the carry is donated. It is compiled under
   ``compile_context`` (e.g. the conv path's environment switches, read at trace time).
   """
-  model.train()
-  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  params, stats, grad_fn = model_gradient(model, images, labels)
   tx = optax.sgd(0.1, momentum=0.9)
 
-  def loss_fn(params, stats):
-    m = nnx.merge(graphdef, params, stats, copy=True)  # fresh Variables at this trace level
-    loss = optax.softmax_cross_entropy_with_integer_labels(m(images), labels).mean()
-    return loss, nnx.state(m, nnx.BatchStat)
-
   def step(params, stats, opt_state):
-    grads, stats = jax.grad(loss_fn, has_aux=True)(params, stats)
+    grads, stats = grad_fn(params, stats)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state
 
