@@ -96,6 +96,34 @@ def test_values_and_grads_match_lax(
   assert _rel_err(dw, dw_ref) < 1e-5
 
 
+@pytest.mark.parametrize(
+  "name,k,stride,padding,groups,c_in,c_out,h",
+  [c if len(c) == 8 else c + (9,) for c in CASES],
+  ids=[c[0] for c in CASES],
+)
+def test_hessian_vector_products_match_lax(
+  all_taps, kernel_grad_impl, name, k, stride, padding, groups, c_in, c_out, h
+):
+  """Second order, as GraSP and the loss surfaces take it: forward over reverse (``jax.jvp``
+  of ``jax.grad``) and reverse over reverse, through the custom gradient (and the C++ one)."""
+  x, w = _data(k, groups, c_in, c_out, h=h)
+  kw = dict(dimension_numbers=DN, feature_group_count=groups)
+  rng = np.random.default_rng(2)
+  vx, vw = (jnp.asarray(rng.normal(size=a.shape), jnp.float32) for a in (x, w))
+
+  def hvps(conv):
+    loss = lambda x, w: jnp.sum(jnp.tanh(conv(x, w, (stride, stride), padding, **kw)) ** 2)
+    grad = jax.grad(loss, argnums=(0, 1))
+    forward = jax.jvp(grad, (x, w), (vx, vw))[1]
+    reverse = jax.grad(lambda x, w: jnp.vdot(grad(x, w)[1], vw), argnums=(0, 1))(x, w)
+    return forward, reverse
+
+  ours = jax.jit(lambda: hvps(cpu_conv.conv_general_dilated))()
+  ref = hvps(lax.conv_general_dilated)
+  for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    assert _rel_err(got, want) < 1e-4
+
+
 def _kernel_grad_hlo(k):
   x, w = _data(k, 1, 4, 6)
   f = lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)

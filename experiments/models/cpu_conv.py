@@ -350,17 +350,46 @@ def _kernel_grad(x, w, g, strides, pads, groups, precision, native=True):
 
 def _native_kernel_grad(x, w, g, strides, pads, groups, precision):
   """The C++ kernels (``native_kernels``) on CPU; elsewhere (``fast_cpu=True``) the HLO ones."""
+  w_aval = jax.ShapeDtypeStruct(w.shape, w.dtype)
+  return _native_kernel_grad_op(x, g, w_aval, strides, pads, groups, precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _native_kernel_grad_op(x, g, w_aval, strides, pads, groups, precision):
   kernel = (
     native_kernels.conv_kernel_grad if groups == 1 else native_kernels.depthwise_conv_kernel_grad
   )
 
   def native(x, g):
-    return kernel(x, g, w.shape[:2], strides, pads).astype(w.dtype)
+    return kernel(x, g, w_aval.shape[:2], strides, pads).astype(w_aval.dtype)
 
   def portable(x, g):
-    return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
+    return _portable_kernel_grad(x, g, w_aval, strides, pads, groups, precision)
 
   return lax.platform_dependent(x, g, cpu=native, default=portable)
+
+
+@_native_kernel_grad_op.defjvp
+def _native_kernel_grad_jvp(w_aval, strides, pads, groups, precision, primals, tangents):
+  # The FFI call has no derivative; dw(x, g) is bilinear, so its tangent is
+  # dw(dx, g) + dw(x, dg), taken from the HLO formulation: differentiable to any order
+  # (GraSP's and the loss surfaces' Hessian-vector products differentiate the gradient).
+  (x, g), (dx, dg) = primals, tangents
+  portable = functools.partial(
+    _portable_kernel_grad,
+    w_aval=w_aval,
+    strides=strides,
+    pads=pads,
+    groups=groups,
+    precision=precision,
+  )
+  y = _native_kernel_grad_op(x, g, w_aval, strides, pads, groups, precision)
+  return y, portable(dx, g) + portable(x, dg)
+
+
+def _portable_kernel_grad(x, g, w_aval, strides, pads, groups, precision):
+  w = jnp.zeros(w_aval.shape, w_aval.dtype)  # only its shape matters: dw is linear in (x, g)
+  return _matmul_kernel_grad(x, w, g, strides, pads, groups, precision)
 
 
 def _matmul_kernel_grad(x, w, g, strides, pads, groups, precision):
