@@ -47,7 +47,7 @@ import numpy as np
 import optax
 
 import s2sam_jax
-from experiments import benchmarking
+from experiments import benchmarking, runtime
 from s2sam_jax import sparse
 
 METHODS = ("dense", "static", "set", "rigl", "dsr", "mest", "gmp")
@@ -329,6 +329,9 @@ def main(argv=None):
     args.mlp_sizes, args.mlp_batch, args.resnet_batch = "16,32,8", 4, 2
     args.rounds, args.update_every = 2, 4
 
+  # As the training command does: without it XLA:CPU's per-step temporaries of the
+  # topology update (never run on ordinary steps) are mmapped and page-faulted every step.
+  malloc_tuned = runtime.maybe_tune_glibc_malloc()
   log = lambda s: print(s, file=sys.stderr, flush=True)
   key = jax.random.key(0)
   results = {}
@@ -358,8 +361,10 @@ def main(argv=None):
       "Ordinary: a step with no topology update; topology-update step: a step that "
       "updates the topology (update_every=1); amortised = ((ΔT-1) ordinary + update)/ΔT. "
       "+s2sam: the method inside s2sam_jax.s2sam (its dense row is S2-SAM around SGD). "
-      "Steps donate params and state, as the training command does."
+      "Steps donate params and state, and glibc malloc is tuned "
+      "(experiments.runtime.tune_glibc_malloc), as the training command does."
     ),
+    "malloc_tuned": malloc_tuned,
     "config": {k: v for k, v in vars(args).items() if k != "out_dir"},
     "machine": benchmarking.machine_info(),
     "models": results,

@@ -4,12 +4,12 @@ Every wrapper in :mod:`s2sam_jax.sparse` is built by :func:`sparse_wrapper`
 from an initial mask tree and (for dynamic methods) a topology update. One
 ``update(grads, state, params, **extra_args)`` does, with masks ``m``:
 
-1. If ``is_update_step(count)`` (a traced bool, evaluated with ``lax.cond``):
-   new masks ``m'`` from the method's topology update; the inner optimizer's
+1. If ``is_update_step(count)`` (a traced bool): new masks ``m'`` from the
+   method's topology update, otherwise ``m' = m``; the inner optimizer's
    state is zeroed wherever the mask changed (dropped and newly grown weights;
    a weight dropped and regrown in the same update keeps its state), through
    ``optax.tree.map_params`` so that any optimizer's per-param state
-   (momentum, Adam's ``mu``/``nu``, ...) is covered. Otherwise ``m' = m``.
+   (momentum, Adam's ``mu``/``nu``, ...) is covered.
 2. The inner step ``u = inner(m' ⊙ g)`` (``mask_gradients=False`` passes the
    dense ``g``); extra args are forwarded to ``inner``. Methods that skip the
    gradient step on update iterations (RigL, SET) return ``u = 0`` there and
@@ -18,6 +18,15 @@ from an initial mask tree and (for dynamic methods) a topology update. One
    weights and ``−p`` on masked ones, so ``optax.apply_updates`` leaves
    masked weights exactly ``0``. Newly grown weights start at ``0``
    (``u − p`` there).
+
+Cost: only the topology update sits under a ``lax.cond``, whose result is
+the *flips* ``m' ≠ m`` (all False off update steps) and the method's extra
+state. Everything else (``m' = m ⊕ flips``, the zeroing, the inner step, the
+masked update, and for RigL/SET the choice between stepping and not) is
+elementwise outside it, so XLA fuses it with the inner optimizer into the one
+pass a static mask costs. A branch that returned the masks or the inner state
+unchanged would make XLA copy those buffers on every step, and an inner step
+inside a branch could not fuse with the update around it.
 
 Inner-state leaves whose shape differs from their param (e.g. Adafactor's
 factored moments) cannot be zeroed elementwise and are left unchanged.
@@ -159,22 +168,26 @@ def zero_inner_state(inner: optax.GradientTransformation, inner_state, reset: Ma
   )
 
 
-def _final_update(u, p, new_m, old_m):
+def _final_update(u, p, new_m, flipped):
   u = jnp.asarray(u)
   minus_p = -jnp.asarray(p).astype(u.dtype)
-  if old_m is None:  # masks unchanged
+  if flipped is None:  # masks unchanged
     return jnp.where(new_m, u, minus_p)
-  return jnp.where(new_m, jnp.where(old_m, u, u + minus_p), minus_p)
+  return jnp.where(new_m, jnp.where(flipped, u + minus_p, u), minus_p)
 
 
-def masked_updates(updates, params, new_masks: MaskTree, old_masks: MaskTree | None = None):
-  """``m' ⊙ (p + u) − p`` with grown weights (``m' ∧ ¬m``) started at 0."""
-  if old_masks is None:
+def masked_updates(updates, params, new_masks: MaskTree, flips: MaskTree | None = None):
+  """``m' ⊙ (p + u) − p`` with grown weights (``m' ∧ flips``) started at 0.
+
+  ``flips`` is ``m' ≠ m`` (None: no mask changed). Taking the flips rather
+  than the old masks lets the new masks overwrite the old ones in place.
+  """
+  if flips is None:
     return _masks.map_masked(
       lambda m, u, p: _final_update(u, p, m, None), new_masks, updates, params
     )
   return _masks.map_masked(
-    lambda m, u, p, old: _final_update(u, p, m, old), new_masks, updates, params, old_masks
+    lambda m, u, p, f: _final_update(u, p, m, f), new_masks, updates, params, flips
   )
 
 
@@ -237,30 +250,40 @@ def sparse_wrapper(
       )
 
     extras = {f: getattr(state, f) for f in extra_fields}
-
-    # One lax.cond per step: ordinary steps run only the inner step.
-    def update_step():
-      masks, new_extras = topology.update(old_masks, params, grads, state.count, extras)
-      changed = _masks.map_masked(jnp.not_equal, masks, old_masks)
-      inner_state = zero_inner_state(inner, state.inner_state, changed)
-      u, stepped_state = inner_step(masks, inner_state)
-      if topology.skip_inner_step:  # u only gives the structure; DCE'd
-        u, stepped_state = jax.tree.map(jnp.zeros_like, u), inner_state
-      return masks, new_extras, u, stepped_state
-
-    def ordinary_step():
-      u, inner_state = inner_step(old_masks, state.inner_state)
-      return old_masks, extras, u, inner_state
-
-    masks, extras, u, inner_state = jax.lax.cond(
-      topology.is_update_step(state.count), update_step, ordinary_step
-    )
-    updates = masked_updates(u, params, masks, old_masks)
+    is_update = topology.is_update_step(state.count)
+    flips, extras = topology_flips(topology, is_update, old_masks, params, grads, state, extras)
+    masks = _masks.map_masked(jnp.not_equal, flips, old_masks)  # m' = m xor flips
+    inner_state = zero_inner_state(inner, state.inner_state, flips)
+    u, stepped_state = inner_step(masks, inner_state)
+    if topology.skip_inner_step:  # u = 0, state as zeroed: selects, fused with the step
+      u = jax.tree.map(lambda x: jnp.where(is_update, jnp.zeros_like(x), x), u)
+      stepped_state = select_tree(is_update, inner_state, stepped_state)
+    updates = masked_updates(u, params, masks, flips)
     return updates, state._replace(
-      count=optax.safe_increment(state.count), masks=masks, inner_state=inner_state, **extras
+      count=optax.safe_increment(state.count), masks=masks, inner_state=stepped_state, **extras
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def topology_flips(topology: Topology, is_update, old_masks, params, grads, state, extras):
+  """``(m' ≠ m, extras')`` under a ``lax.cond``: the topology update's flips
+  and extras on update steps, all-False flips and ``extras`` otherwise."""
+
+  def update():
+    masks, new_extras = topology.update(old_masks, params, grads, state.count, extras)
+    return _masks.map_masked(jnp.not_equal, masks, old_masks), new_extras
+
+  def keep():
+    return _masks.per_layer(jnp.zeros_like, old_masks), extras
+
+  return jax.lax.cond(is_update, update, keep)
+
+
+def select_tree(pred, on_true, on_false):
+  """``on_true`` if ``pred`` (a traced bool) else ``on_false``, leaf-wise with
+  ``jnp.where`` (elementwise, so it fuses with the computation of both)."""
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 # ----------------------------------------------------------------- helpers
