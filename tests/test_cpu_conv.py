@@ -38,6 +38,13 @@ CASES = [
 ]
 
 
+EVERY_CASE = pytest.mark.parametrize(
+  "name,k,stride,padding,groups,c_in,c_out,h",
+  [c if len(c) == 8 else c + (9,) for c in CASES],
+  ids=[c[0] for c in CASES],
+)
+
+
 def _data(k, groups, c_in, c_out, h=9, seed=0):
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.normal(size=(2, h, h, c_in)), jnp.float32)
@@ -67,11 +74,7 @@ def kernel_grad_impl(request, monkeypatch):
   return request.param
 
 
-@pytest.mark.parametrize(
-  "name,k,stride,padding,groups,c_in,c_out,h",
-  [c if len(c) == 8 else c + (9,) for c in CASES],
-  ids=[c[0] for c in CASES],
-)
+@EVERY_CASE
 def test_values_and_grads_match_lax(
   all_taps, kernel_grad_impl, name, k, stride, padding, groups, c_in, c_out, h
 ):
@@ -96,11 +99,7 @@ def test_values_and_grads_match_lax(
   assert _rel_err(dw, dw_ref) < 1e-5
 
 
-@pytest.mark.parametrize(
-  "name,k,stride,padding,groups,c_in,c_out,h",
-  [c if len(c) == 8 else c + (9,) for c in CASES],
-  ids=[c[0] for c in CASES],
-)
+@EVERY_CASE
 def test_hessian_vector_products_match_lax(
   all_taps, kernel_grad_impl, name, k, stride, padding, groups, c_in, c_out, h
 ):

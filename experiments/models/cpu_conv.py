@@ -375,16 +375,9 @@ def _native_kernel_grad_jvp(w_aval, strides, pads, groups, precision, primals, t
   # dw(dx, g) + dw(x, dg), taken from the HLO formulation: differentiable to any order
   # (GraSP's and the loss surfaces' Hessian-vector products differentiate the gradient).
   (x, g), (dx, dg) = primals, tangents
-  portable = functools.partial(
-    _portable_kernel_grad,
-    w_aval=w_aval,
-    strides=strides,
-    pads=pads,
-    groups=groups,
-    precision=precision,
-  )
-  y = _native_kernel_grad_op(x, g, w_aval, strides, pads, groups, precision)
-  return y, portable(dx, g) + portable(x, dg)
+  static = (w_aval, strides, pads, groups, precision)
+  y = _native_kernel_grad_op(x, g, *static)
+  return y, _portable_kernel_grad(dx, g, *static) + _portable_kernel_grad(x, dg, *static)
 
 
 def _portable_kernel_grad(x, g, w_aval, strides, pads, groups, precision):
