@@ -80,42 +80,42 @@ def max_difference(a, b):
   return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def train_optax_sam_opaque(params, grad, steps, lr, rho):
-  adv_opt = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
-  tx = optax.contrib.sam(optax.sgd(lr), adv_opt, sync_period=2, opaque_mode=True)
+def run_updates(tx, params, grad, calls, **update_args):
+  """``calls`` calls of ``tx.update`` on the gradient at the params held, each applied.
+
+  Returns the final params and state; ``update_args`` go to every ``update`` (``grad_fn``).
+  """
   state = tx.init(params)
-  for _ in range(steps):
-    updates, state = tx.update(grad(params), state, params, grad_fn=lambda p, _: grad(p))
+  for _ in range(calls):
+    updates, state = tx.update(grad(params), state, params, **update_args)
     params = optax.apply_updates(params, updates)
-  return params
+  return params, state
+
+
+def optax_adversarial_optimizer(rho):
+  """``optax.contrib.sam``'s ascent step of radius ``rho``: ``rho · g / ‖g‖``."""
+  return optax.chain(optax.contrib.normalize(), optax.sgd(rho))
+
+
+def train_optax_sam_opaque(params, grad, steps, lr, rho):
+  adv_opt = optax_adversarial_optimizer(rho)
+  tx = optax.contrib.sam(optax.sgd(lr), adv_opt, sync_period=2, opaque_mode=True)
+  return run_updates(tx, params, grad, steps, grad_fn=lambda p, _: grad(p))[0]
 
 
 def train_optax_sam_default(params, grad, steps, lr, rho):
-  adv_opt = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
-  tx = optax.contrib.sam(optax.sgd(lr), adv_opt, sync_period=2)
-  state = tx.init(params)
-  for _ in range(2 * steps):  # odd calls: ascent; even calls: the step, back from the ascent point
-    updates, state = tx.update(grad(params), state, params)
-    params = optax.apply_updates(params, updates)
-  return params
+  tx = optax.contrib.sam(optax.sgd(lr), optax_adversarial_optimizer(rho), sync_period=2)
+  # Odd calls: ascent; even calls: the step, back from the ascent point.
+  return run_updates(tx, params, grad, 2 * steps)[0]
 
 
 def train_ss_sam(params, grad, steps, lr, rho):
-  tx = ss.sam(optax.sgd(lr), rho=rho)
-  state = tx.init(params)
-  for _ in range(steps):
-    updates, state = tx.update(grad(params), state, params, grad_fn=grad)
-    params = optax.apply_updates(params, updates)
-  return params
+  return run_updates(ss.sam(optax.sgd(lr), rho=rho), params, grad, steps, grad_fn=grad)[0]
 
 
 def train_ss_s2sam(params, grad, steps, lr, rho):
-  tx = ss.s2sam(optax.sgd(lr), rho=rho)
-  state = tx.init(params)
-  for _ in range(steps):
-    # The params the loop holds are the perturbed point w_t + ε_t: its gradient is the only one.
-    updates, state = tx.update(grad(params), state, params)
-    params = optax.apply_updates(params, updates)
+  # The params the loop holds are the perturbed point w_t + ε_t: its gradient is the only one.
+  params, state = run_updates(ss.s2sam(optax.sgd(lr), rho=rho), params, grad, steps)
   return ss.unperturbed(params, state)
 
 

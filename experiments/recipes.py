@@ -234,15 +234,13 @@ def sparse_method(cfg: TrainConfig, inner, sched: Schedule, masks, key):
   return sparse.create(name, inner, masks=masks, key=key, **_knobs(cfg, sched), **fixed)
 
 
+# The TrainConfig fields that s2sam_jax.s2sam and s2sam_jax.sam take as arguments of that name.
+_PERTURBATION_ARGS = ("rho", "adaptive", "eta", "adaptive_formula", "perturb_pruned")
+
+
 def wrap_mode(cfg: TrainConfig, tx) -> optax.GradientTransformationExtraArgs:
   """``tx`` under ``--optimizer-mode``: S2-SAM, two-step SAM, or as is."""
-  kwargs = dict(
-    rho=cfg.rho,
-    adaptive=cfg.adaptive,
-    eta=cfg.eta,
-    adaptive_formula=cfg.adaptive_formula,
-    perturb_pruned=cfg.perturb_pruned,
-  )
+  kwargs = {name: getattr(cfg, name) for name in _PERTURBATION_ARGS}
   if cfg.optimizer_mode == "s2sam":
     return s2sam_jax.s2sam(tx, **kwargs)
   if cfg.optimizer_mode == "sam":

@@ -62,6 +62,11 @@ def nnz(tree) -> int:
   )
 
 
+def _fraction(part: int, whole: int) -> float:
+  """``part / whole``; ``1.0`` for an empty ``whole`` (nothing pruned, all shared)."""
+  return part / whole if whole else 1.0
+
+
 class _Density:
   """``density`` and ``sparsity`` of a record with ``nnz`` and ``size``."""
 
@@ -70,7 +75,7 @@ class _Density:
 
   @property
   def density(self) -> float:
-    return self.nnz / self.size if self.size else 1.0
+    return _fraction(self.nnz, self.size)
 
   @property
   def sparsity(self) -> float:
@@ -129,7 +134,7 @@ class SparsitySummary(_Density):
       f"{'sparse layers':<{width}}  {'':<18} {self.size:>10} {self.nnz:>10} "
       f"{self.density:>8.4f}  (sparsity {self.sparsity:.4f})"
     )
-    total_d = self.total_nnz / self.total_size if self.total_size else 1.0
+    total_d = _fraction(self.total_nnz, self.total_size)
     rows.append(
       f"{'all leaves':<{width}}  {'':<18} {self.total_size:>10} "
       f"{self.total_nnz:>10} {total_d:>8.4f}"
@@ -199,12 +204,12 @@ class LayerOverlap:
   @property
   def iou(self) -> float:
     """``|a ∧ b| / |a ∨ b|`` (Jaccard); ``1.0`` when both are empty."""
-    return self.intersection / self.union if self.union else 1.0
+    return _fraction(self.intersection, self.union)
 
   @property
   def shared_fraction(self) -> float:
     """``|a ∧ b| / |a|``: the fraction of ``a``'s active weights also active in ``b``."""
-    return self.intersection / self.active_a if self.active_a else 1.0
+    return _fraction(self.intersection, self.active_a)
 
 
 @dataclasses.dataclass(frozen=True)
